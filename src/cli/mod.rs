@@ -1,0 +1,84 @@
+//! The `danmaku` command line: `serve` (the default), `send` and `tail`.
+
+mod send;
+mod serve;
+mod tail;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+/// A real-time danmaku (bullet comment) server and its clients.
+#[derive(Debug, Parser)]
+#[command(name = "danmaku", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Send one danmaku over HTTP and print the stored danmaku.
+    Send(send::SendArgs),
+    /// Print a room's danmaku as they arrive.
+    Tail(tail::TailArgs),
+}
+
+/// Options of `danmaku serve`; each overrides the config file.
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7100].
+    #[arg(long, env = "DANMAKU_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: ./danmaku-data].
+    #[arg(long, env = "DANMAKU_DATA")]
+    pub data: Option<PathBuf>,
+    /// TOML config file (see danmaku.example.toml).
+    #[arg(long, env = "DANMAKU_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            None => serve::run(ServeArgs::from_env()).await,
+            Some(Command::Serve(args)) => serve::run(args).await,
+            Some(Command::Send(args)) => send::run(args).await,
+            Some(Command::Tail(args)) => tail::run(args).await,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The options when no subcommand is given: only the environment.
+    fn from_env() -> ServeArgs {
+        #[derive(Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        EnvOnly::parse_from(["danmaku"]).args
+    }
+}
+
+/// The WebSocket URL of a server's HTTP URL.
+fn ws_url(http: &str) -> String {
+    if let Some(rest) = http.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = http.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        http.to_owned()
+    }
+}
+
+/// The default server URL of the client commands.
+const DEFAULT_URL: &str = "http://127.0.0.1:7100";

@@ -1,0 +1,89 @@
+//! `danmaku serve`: configuration, logging, signals, and the server.
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use super::ServeArgs;
+use crate::config::{Config, LogFormat};
+use crate::node::Node;
+use crate::transport::{server, App};
+
+/// Starts the server and runs it until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(data) = args.data {
+        config.data = data;
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    config.validate()?;
+    init_logging(config.log_format);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let data = config.data.clone();
+    let node = Node::start(config)
+        .with_context(|| format!("cannot open the store in {}", data.display()))?;
+    // Printed on stdout, not logged: scripts and tests read the address here.
+    println!("danmaku listening on http://{addr}");
+    println!("  page       http://{addr}/");
+    println!("  websocket  ws://{addr}/ws?room=lobby");
+    println!("  sse        http://{addr}/api/v1/rooms/lobby/stream");
+    println!("  metrics    http://{addr}/metrics");
+    println!("  data       {}", data.display());
+    tracing::info!(%addr, data = %data.display(), "serving");
+
+    let app = App {
+        node,
+        tasks: TaskTracker::new(),
+    };
+    server::run(app, listener, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Only the first call installs a subscriber; later ones (tests) keep it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal received");
+}

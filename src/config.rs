@@ -1,0 +1,303 @@
+//! Configuration: embedded defaults, a TOML file, then flags and environment.
+//!
+//! Every key has a default so that `danmaku` with no arguments runs a
+//! complete server; `danmaku.example.toml` documents each one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole server configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP/WebSocket server listens on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data: PathBuf,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// Fan-out from the hub to viewers.
+    pub fanout: FanoutConfig,
+    /// Content limits enforced by the guard.
+    pub limits: Limits,
+    /// Connection lifetimes.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            data: PathBuf::from("./danmaku-data"),
+            log_format: LogFormat::Text,
+            store: StoreConfig::default(),
+            fanout: FanoutConfig::default(),
+            limits: Limits::default(),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How the embedded SQLite store commits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `full`: fsync the WAL at every group commit, so an acknowledged send
+    /// survives power loss. `normal`: survive a crash of the process only.
+    pub synchronous: Synchronous,
+    /// The most sends one group commit takes.
+    pub max_batch: usize,
+    /// How many sends may wait for the writer before new ones wait too.
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            synchronous: Synchronous::Full,
+            max_batch: 2048,
+            queue: 65_536,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting in WAL mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync at every commit.
+    Full,
+    /// fsync at checkpoints only.
+    Normal,
+}
+
+/// How the hub batches and delivers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// The shortest time between two frames of one room, in milliseconds. A
+    /// quiet room flushes at once; a busy one gathers what arrives within
+    /// the window into one frame, so each write carries many danmaku.
+    pub coalesce_ms: u64,
+    /// A frame is flushed early once its JSON reaches this many bytes.
+    pub max_frame_bytes: usize,
+    /// Frames each room keeps for viewers that are behind (the room's ring).
+    /// A viewer more than this many frames behind loses the oldest ones.
+    pub ring_frames: usize,
+    /// Bytes a connection may have queued for its socket before it stops
+    /// taking frames from the ring (and so starts to lag).
+    pub max_queued_bytes: usize,
+    /// A viewer that lags this many times in a row without catching up in
+    /// between is disconnected as a slow consumer.
+    pub max_lags: u32,
+    /// The shortest time between two `online` frames of one room, ms.
+    pub online_interval_ms: u64,
+    /// A room with no viewers and no sends for this long is forgotten, s.
+    pub room_idle_s: u64,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            coalesce_ms: 20,
+            max_frame_bytes: 16 * 1024,
+            ring_frames: 256,
+            max_queued_bytes: 256 * 1024,
+            max_lags: 3,
+            online_interval_ms: 1000,
+            room_idle_s: 60,
+        }
+    }
+}
+
+impl FanoutConfig {
+    /// The coalescing window.
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_millis(self.coalesce_ms)
+    }
+}
+
+/// Content and size limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest text, in characters (not bytes).
+    pub max_text_chars: usize,
+    /// Longest display name, in characters.
+    pub max_name_chars: usize,
+    /// Largest WebSocket message a client may send, bytes.
+    pub max_ws_message_bytes: usize,
+    /// Largest HTTP request body, bytes.
+    pub max_body_bytes: usize,
+    /// Sends one WebSocket connection may have waiting for the store.
+    pub max_in_flight: usize,
+    /// Most danmaku one history request returns.
+    pub max_history: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_text_chars: 100,
+            max_name_chars: 32,
+            max_ws_message_bytes: 4096,
+            max_body_bytes: 4096,
+            max_in_flight: 32,
+            max_history: 1000,
+        }
+    }
+}
+
+/// Connection timings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Seconds between server pings (WebSocket ping frames, SSE comments).
+    pub ping_interval_s: u64,
+    /// A WebSocket client silent for this long (no frame, no pong) is closed.
+    pub idle_timeout_s: u64,
+    /// Seconds a socket write may make no progress before the viewer is cut.
+    pub write_timeout_s: u64,
+    /// Seconds an HTTP client has to send its request headers.
+    pub header_timeout_s: u64,
+    /// Seconds shutdown waits for connections to close before exiting.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            ping_interval_s: 25,
+            idle_timeout_s: 75,
+            write_timeout_s: 15,
+            header_timeout_s: 10,
+            shutdown_grace_s: 5,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of its range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; keys it does not name keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.fanout;
+        let checks = [
+            (f.ring_frames >= 2, "fanout.ring_frames must be at least 2"),
+            (
+                f.max_frame_bytes >= 1024,
+                "fanout.max_frame_bytes must be at least 1024",
+            ),
+            (
+                f.max_queued_bytes >= f.max_frame_bytes,
+                "fanout.max_queued_bytes must be at least fanout.max_frame_bytes",
+            ),
+            (f.max_lags >= 1, "fanout.max_lags must be at least 1"),
+            (
+                self.limits.max_text_chars >= 1,
+                "limits.max_text_chars must be at least 1",
+            ),
+            (
+                self.limits.max_ws_message_bytes >= 256,
+                "limits.max_ws_message_bytes must be at least 256",
+            ),
+            (
+                self.limits.max_in_flight >= 1,
+                "limits.max_in_flight must be at least 1",
+            ),
+            (
+                self.store.max_batch >= 1 && self.store.queue >= 1,
+                "store.max_batch and store.queue must be at least 1",
+            ),
+            (
+                self.connection.ping_interval_s >= 1,
+                "connection.ping_interval_s must be at least 1",
+            ),
+            (
+                self.connection.idle_timeout_s > self.connection.ping_interval_s,
+                "connection.idle_timeout_s must exceed ping_interval_s",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_owned())),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let text = include_str!("../danmaku.example.toml");
+        let cfg = Config::from_toml(text).expect("example config parses");
+        cfg.validate().unwrap();
+        let def = Config::default();
+        assert_eq!(cfg.listen, def.listen);
+        assert_eq!(cfg.limits.max_text_chars, def.limits.max_text_chars);
+        assert_eq!(cfg.fanout.coalesce_ms, def.fanout.coalesce_ms);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::from_toml("listne = \"1.2.3.4:5\"").is_err());
+        assert!(Config::from_toml("[fanout]\ncoalesce = 3").is_err());
+    }
+}

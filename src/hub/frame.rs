@@ -1,0 +1,101 @@
+//! A frame: what the hub puts in a room's ring, encoded once for everyone.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::danmaku::Danmaku;
+use crate::protocol::frames::ServerMessage;
+use crate::protocol::{sse, websocket};
+
+/// What a frame carries.
+#[derive(Debug)]
+pub enum FrameKind {
+    /// A batch of danmaku with contiguous ids `first..=last`.
+    Danmaku {
+        /// The batch, ascending by id.
+        items: Vec<Danmaku>,
+    },
+    /// The room's viewer count.
+    Online {
+        /// Viewers in the room.
+        count: usize,
+    },
+}
+
+/// One message for every viewer of a room. The WebSocket bytes are a whole
+/// frame (header included), built when the frame is made; the SSE bytes are
+/// built by the first SSE viewer that needs them. Viewers get references to
+/// the same bytes, never copies.
+#[derive(Debug)]
+pub struct Frame {
+    kind: FrameKind,
+    ws: Bytes,
+    sse: OnceLock<Bytes>,
+    /// When the oldest danmaku in the frame was committed (for fan-out latency).
+    pub committed_at: Instant,
+}
+
+impl Frame {
+    /// A frame for a batch of danmaku (non-empty, contiguous ids).
+    pub fn danmaku(items: Vec<Danmaku>, committed_at: Instant) -> Frame {
+        debug_assert!(!items.is_empty());
+        let ws = encode_ws(&ServerMessage::Danmaku { items: &items });
+        Frame {
+            kind: FrameKind::Danmaku { items },
+            ws,
+            sse: OnceLock::new(),
+            committed_at,
+        }
+    }
+
+    /// A frame announcing the room's viewer count.
+    pub fn online(count: usize) -> Frame {
+        Frame {
+            kind: FrameKind::Online { count },
+            ws: encode_ws(&ServerMessage::Online { count }),
+            sse: OnceLock::new(),
+            committed_at: Instant::now(),
+        }
+    }
+
+    /// What the frame carries.
+    pub fn kind(&self) -> &FrameKind {
+        &self.kind
+    }
+
+    /// The danmaku in the frame (empty for control frames).
+    pub fn items(&self) -> &[Danmaku] {
+        match &self.kind {
+            FrameKind::Danmaku { items } => items,
+            FrameKind::Online { .. } => &[],
+        }
+    }
+
+    /// The first and last id of a danmaku frame.
+    pub fn id_range(&self) -> Option<(u64, u64)> {
+        let items = self.items();
+        Some((items.first()?.id, items.last()?.id))
+    }
+
+    /// The complete WebSocket frame.
+    pub fn ws(&self) -> &Bytes {
+        &self.ws
+    }
+
+    /// The SSE events of the frame.
+    pub fn sse(&self) -> &Bytes {
+        self.sse.get_or_init(|| match &self.kind {
+            FrameKind::Danmaku { items } => sse::danmaku_events(items),
+            FrameKind::Online { count } => {
+                sse::message_event("online", &ServerMessage::Online { count: *count })
+            }
+        })
+    }
+}
+
+/// A server message as one whole WebSocket text frame.
+pub fn encode_ws(message: &ServerMessage<'_>) -> Bytes {
+    websocket::frame_with(websocket::Opcode::Text, |buf| message.write_json(buf))
+}

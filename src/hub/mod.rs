@@ -1,0 +1,156 @@
+//! The hub: the room registry and the fan-out to viewers.
+//!
+//! The hub receives committed batches from the bus, coalesces each room's
+//! danmaku for a short window, encodes them once per room per flush, and
+//! puts the frame in the room's ring, from which every viewer of that room
+//! takes the same bytes. The hub never touches storage and never parses or
+//! serialises anything per viewer.
+
+mod frame;
+mod room;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::bus::BatchSink;
+use crate::config::FanoutConfig;
+use crate::danmaku::Danmaku;
+use crate::metrics::Metrics;
+
+pub use frame::{encode_ws, Frame, FrameKind};
+pub use room::{Received, Room, RoomStats, Viewer};
+
+/// Shards of the room map: enough that the store's writer and joining
+/// viewers rarely wait on one another.
+const SHARDS: usize = 16;
+
+/// The room registry.
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<Arc<str>, Arc<Room>>>>,
+    config: FanoutConfig,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Hub {
+    /// A hub whose room flushers run on the current Tokio runtime.
+    pub fn new(config: FanoutConfig, metrics: Arc<Metrics>) -> Arc<Hub> {
+        Arc::new(Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            config,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    fn shard(&self, room: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Room>>> {
+        // FNV-1a over the name: cheap and good enough to spread rooms.
+        let h = room.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.shards[(h % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The room, made (with its flusher) if the hub does not hold it yet.
+    fn room_in<'a>(
+        self: &Arc<Self>,
+        shard: &'a mut HashMap<Arc<str>, Arc<Room>>,
+        name: &str,
+    ) -> &'a Arc<Room> {
+        if !shard.contains_key(name) {
+            let room = Arc::new(Room::new(name, self.config.ring_frames));
+            self.metrics.rooms.inc();
+            let hub = Arc::downgrade(self);
+            self.runtime.spawn(room.clone().run_flusher(
+                self.config.clone(),
+                self.metrics.clone(),
+                move |room| hub.upgrade().is_none_or(|hub| hub.retire(room)),
+            ));
+            shard.insert(room.name().into(), room);
+        }
+        &shard[name]
+    }
+
+    fn retire(&self, room: &Arc<Room>) -> bool {
+        let mut shard = self.shard(room.name());
+        let idle = Duration::from_secs(self.config.room_idle_s);
+        if room.retire_if_idle(idle) {
+            shard.remove(room.name());
+            self.metrics.rooms.dec();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Joins `room` as a viewer.
+    pub fn join(self: &Arc<Self>, room: &str) -> Viewer {
+        let mut shard = self.shard(room);
+        self.room_in(&mut shard, room).join()
+    }
+
+    /// The figures of one room, if the hub holds it.
+    pub fn stats(&self, room: &str) -> Option<RoomStats> {
+        self.shard(room).get(room).map(|r| r.stats())
+    }
+
+    /// The figures of every room the hub holds, busiest first.
+    pub fn all_stats(&self) -> Vec<RoomStats> {
+        let rooms: Vec<Arc<Room>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut stats: Vec<RoomStats> = rooms.iter().map(|r| r.stats()).collect();
+        stats.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.room.cmp(&b.room)));
+        stats
+    }
+
+    /// Publishes everything pending in every room now, without waiting for
+    /// the coalescing window. Used at shutdown, after the store has handed
+    /// over its last batch.
+    pub fn flush_all(&self) {
+        for shard in &self.shards {
+            let rooms: Vec<Arc<Room>> = shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for room in rooms {
+                room.flush(self.config.max_frame_bytes, &self.metrics);
+            }
+        }
+    }
+}
+
+impl BatchSink for Arc<Hub> {
+    fn deliver(&self, batch: &[Danmaku]) {
+        let committed_at = Instant::now();
+        // A batch is ascending by id within each room but may mix rooms:
+        // hand each room its run, in order.
+        let mut start = 0;
+        while start < batch.len() {
+            let room = &batch[start].room;
+            let end = batch[start..]
+                .iter()
+                .position(|d| &d.room != room)
+                .map_or(batch.len(), |n| start + n);
+            // Pushed with the shard locked, so the room cannot be retired
+            // between being found and receiving the batch.
+            let mut shard = self.shard(room);
+            self.room_in(&mut shard, room)
+                .push(&batch[start..end], committed_at);
+            start = end;
+        }
+    }
+}

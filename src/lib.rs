@@ -1,0 +1,32 @@
+//! danmaku: a real-time danmaku (bullet comment) server.
+//!
+//! A send enters through a transport, passes the guard, is made durable by
+//! the store (which assigns its per-room id), crosses the bus, and reaches
+//! the hub, which encodes it once per room and shares the bytes with every
+//! viewer. ARCHITECTURE.md tells the whole path.
+//!
+//! # Layout
+//!
+//! - [`danmaku`]: the danmaku type shared by every layer.
+//! - [`protocol`]: wire formats: the JSON messages, WebSocket framing, SSE.
+//! - [`guard`]: validation at the edge: room names, send content.
+//! - [`store`]: the `Store` trait and its backends (`sqlite`: embedded).
+//! - [`bus`]: the `Bus` trait and its backends (`memory`: in-process).
+//! - [`hub`]: rooms, coalescing, encode-once fan-out.
+//! - [`node`]: owns the parts of one server; a viewer's feed.
+//! - [`transport`]: the HTTP server, REST routes, WebSocket and SSE.
+//! - [`cli`]: the `danmaku` command: `serve`, `send`, `tail`.
+//! - [`config`], [`metrics`], [`error`]: what every part shares.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod danmaku;
+pub mod error;
+pub mod guard;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod store;
+pub mod transport;

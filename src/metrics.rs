@@ -1,0 +1,189 @@
+//! Prometheus metrics, all named `danmaku_*`, rendered at `GET /metrics`.
+//!
+//! One [`Metrics`] value is created per node and shared by reference; each
+//! metric is a cheap atomic (histograms take a short lock), so the hot path
+//! only updates them once per write, never once per danmaku per viewer.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The transport label of connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `ws` or `sse`.
+    pub transport: &'static str,
+}
+
+/// The code label of rejected sends.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code (see docs/protocol.md).
+    pub code: &'static str,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open viewer connections, by transport.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Live per-connection tasks (HTTP, WebSocket, SSE); returns to zero when
+    /// every client has gone.
+    pub tasks: Gauge,
+    /// Rooms the hub currently holds.
+    pub rooms: Gauge,
+    /// Danmaku accepted and stored.
+    pub received: Counter,
+    /// Sends refused, by error code.
+    pub rejected: Family<CodeLabel, Counter>,
+    /// Danmaku written to viewers (one per danmaku per viewer).
+    pub deliveries: Counter,
+    /// Frames the hub encoded (each shared by all viewers of a room).
+    pub frames: Counter,
+    /// Danmaku skipped for viewers that lagged.
+    pub dropped: Counter,
+    /// Times a viewer lagged behind its room's ring.
+    pub lags: Counter,
+    /// Viewers disconnected as slow consumers.
+    pub slow_disconnects: Counter,
+    /// Seconds from receiving a send to acknowledging it (includes commit).
+    pub send_ack_seconds: Histogram,
+    /// Seconds from commit to the frame being written to a viewer's socket.
+    pub fanout_seconds: Histogram,
+    /// Seconds one group commit takes.
+    pub store_commit_seconds: Histogram,
+    /// Sends per group commit.
+    pub store_batch_size: Histogram,
+}
+
+fn latency_buckets() -> Histogram {
+    // 50 µs .. ~13 s, doubling.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("danmaku");
+        let m = Metrics {
+            connections: Family::default(),
+            tasks: Gauge::default(),
+            rooms: Gauge::default(),
+            received: Counter::default(),
+            rejected: Family::default(),
+            deliveries: Counter::default(),
+            frames: Counter::default(),
+            dropped: Counter::default(),
+            lags: Counter::default(),
+            slow_disconnects: Counter::default(),
+            send_ack_seconds: latency_buckets(),
+            fanout_seconds: latency_buckets(),
+            store_commit_seconds: latency_buckets(),
+            store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open viewer connections",
+            m.connections.clone(),
+        );
+        registry.register("tasks", "Live per-connection tasks", m.tasks.clone());
+        registry.register("rooms", "Rooms held by the hub", m.rooms.clone());
+        registry.register(
+            "received",
+            "Danmaku accepted and stored",
+            m.received.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Sends refused, by error code",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Danmaku written to viewers",
+            m.deliveries.clone(),
+        );
+        registry.register("frames", "Frames encoded by the hub", m.frames.clone());
+        registry.register(
+            "dropped",
+            "Danmaku skipped for lagging viewers",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "lags",
+            "Times a viewer lagged behind its room",
+            m.lags.clone(),
+        );
+        registry.register(
+            "slow_disconnects",
+            "Viewers disconnected as slow consumers",
+            m.slow_disconnects.clone(),
+        );
+        registry.register(
+            "send_ack_seconds",
+            "Seconds from receiving a send to acknowledging it",
+            m.send_ack_seconds.clone(),
+        );
+        registry.register(
+            "fanout_seconds",
+            "Seconds from commit to a viewer's socket write",
+            m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Seconds per group commit",
+            m.store_commit_seconds.clone(),
+        );
+        registry.register(
+            "store_batch_size",
+            "Sends per group commit",
+            m.store_batch_size.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a refused send.
+    pub fn reject(&self, code: crate::error::ErrorCode) {
+        self.rejected
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Holds a gauge up while alive: the way a task counts itself, so that the
+/// count comes down on every exit path, panics included.
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    /// Increments `gauge` until the guard drops.
+    pub fn new(gauge: &Gauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,192 @@
+//! A viewer's feed: the room's live frames, preceded by the history it
+//! missed, with no gap and no duplicate.
+//!
+//! The hub only knows the present; the store knows the past. The feed joins
+//! them by id: it joins the room first (so nothing committed from then on
+//! can be missed), then reads the store after the client's last id, then
+//! passes live frames through, skipping or trimming those it already sent.
+//! Both transports (WebSocket and SSE) use it.
+
+use std::sync::Arc;
+
+use crate::danmaku::Danmaku;
+use crate::hub::{Frame, Received, Viewer};
+use crate::store::{Store, StoreError};
+
+/// Danmaku read from the store per catch-up query.
+const PAGE: usize = 500;
+
+/// What a viewer is sent next.
+#[derive(Debug)]
+pub enum Delivery {
+    /// A frame shared with the whole room: send its bytes as they are.
+    Shared(Arc<Frame>),
+    /// Danmaku only this viewer needs (catch-up): encode them for it.
+    Own(Vec<Danmaku>),
+    /// This many danmaku were skipped because the viewer was too slow.
+    Lagged {
+        /// How many danmaku the viewer lost.
+        dropped: u64,
+    },
+}
+
+/// A viewer's position in its room.
+pub struct Feed {
+    viewer: Viewer,
+    store: Arc<dyn Store>,
+    /// The newest id sent to the viewer (or skipped for it), once known.
+    cursor: Option<u64>,
+    /// Resuming after `since`: gaps are filled from the store. Cleared once
+    /// the feed is level with the live frames; after that a gap means the
+    /// viewer was too slow, and is reported, not filled.
+    catching_up: bool,
+    /// The first history read has not reached the end yet.
+    backlog: bool,
+    /// A frame taken from the ring but not yet delivered, kept across a
+    /// store read so that cancelling `next` loses nothing.
+    held: Option<Arc<Frame>>,
+}
+
+enum Placed {
+    Deliver(Delivery),
+    Skip,
+    NeedsStore(Arc<Frame>),
+}
+
+impl Feed {
+    /// A feed of live frames, preceded by every stored danmaku after `since`
+    /// when given. `last_id` is the room's newest id when the viewer joined.
+    pub fn new(viewer: Viewer, store: Arc<dyn Store>, since: Option<u64>, last_id: u64) -> Feed {
+        Feed {
+            viewer,
+            store,
+            // A `since` from the future (another deployment, a typo) would
+            // make the feed skip everything: read it as "up to now".
+            cursor: since.map(|s| s.min(last_id)),
+            catching_up: since.is_some(),
+            backlog: since.is_some(),
+            held: None,
+        }
+    }
+
+    /// The viewer's place in the hub.
+    pub fn viewer(&self) -> &Viewer {
+        &self.viewer
+    }
+
+    /// The next delivery. Cancel-safe: its state changes only as it returns.
+    pub async fn next(&mut self) -> Result<Delivery, StoreError> {
+        loop {
+            if self.backlog {
+                let page = self.read_after_cursor().await?;
+                self.backlog = page.len() == PAGE;
+                if let Some(d) = self.advance_own(page) {
+                    return Ok(d);
+                }
+                continue;
+            }
+            let frame = match self.held.take() {
+                Some(f) => f,
+                // A lag shows up as a gap in the ids of the next frame.
+                None => match self.viewer.recv().await {
+                    Received::Frame(f) => f,
+                    Received::Lagged(_) => continue,
+                },
+            };
+            match self.place(frame) {
+                Placed::Deliver(d) => return Ok(d),
+                Placed::Skip => {}
+                Placed::NeedsStore(frame) => {
+                    self.held = Some(frame);
+                    let page = self.read_after_cursor().await?;
+                    if let Some(d) = self.advance_own(page) {
+                        return Ok(d);
+                    }
+                    // The store has nothing for the gap, so it cannot be
+                    // filled: report it rather than ask again.
+                    self.catching_up = false;
+                    let frame = self.held.take().expect("held above");
+                    return Ok(self.report_gap(frame));
+                }
+            }
+        }
+    }
+
+    /// The next delivery if one is ready without waiting; `None` when the
+    /// ring is empty or the next step needs the store ([`Feed::next`]).
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        if self.backlog || self.held.is_some() {
+            return None;
+        }
+        loop {
+            let frame = match self.viewer.try_recv()? {
+                Received::Frame(f) => f,
+                Received::Lagged(_) => continue,
+            };
+            match self.place(frame) {
+                Placed::Deliver(d) => return Some(d),
+                Placed::Skip => {}
+                Placed::NeedsStore(f) => {
+                    self.held = Some(f);
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn read_after_cursor(&self) -> Result<Vec<Danmaku>, StoreError> {
+        let after = self.cursor.unwrap_or(0);
+        self.store
+            .after(self.viewer.room().name(), after, PAGE)
+            .await
+    }
+
+    /// Decides what a live frame means for this viewer.
+    fn place(&mut self, frame: Arc<Frame>) -> Placed {
+        let Some((first, last)) = frame.id_range() else {
+            return Placed::Deliver(Delivery::Shared(frame));
+        };
+        let Some(cursor) = self.cursor else {
+            self.cursor = Some(last);
+            return Placed::Deliver(Delivery::Shared(frame));
+        };
+        if last <= cursor {
+            return Placed::Skip;
+        }
+        if first > cursor + 1 {
+            if self.catching_up {
+                return Placed::NeedsStore(frame);
+            }
+            return Placed::Deliver(self.report_gap(frame));
+        }
+        self.catching_up = false;
+        self.cursor = Some(last);
+        if first == cursor + 1 {
+            Placed::Deliver(Delivery::Shared(frame))
+        } else {
+            // The front of the frame was already sent from the store.
+            let rest = frame
+                .items()
+                .iter()
+                .filter(|d| d.id > cursor)
+                .cloned()
+                .collect();
+            Placed::Deliver(Delivery::Own(rest))
+        }
+    }
+
+    /// Reports the ids missing before `frame` as dropped, and holds the
+    /// frame to be delivered next.
+    fn report_gap(&mut self, frame: Arc<Frame>) -> Delivery {
+        let (first, _) = frame.id_range().expect("only danmaku frames leave gaps");
+        let dropped = first - 1 - self.cursor.unwrap_or(0);
+        self.cursor = Some(first - 1);
+        self.held = Some(frame);
+        Delivery::Lagged { dropped }
+    }
+
+    fn advance_own(&mut self, page: Vec<Danmaku>) -> Option<Delivery> {
+        self.cursor = Some(page.last()?.id);
+        Some(Delivery::Own(page))
+    }
+}

@@ -1,0 +1,184 @@
+//! The node: owns the parts of one server and the paths between them.
+//!
+//! Transports call the node; the node runs a send through the guard and the
+//! store, and a subscription through the hub and the store. It is the only
+//! place that knows all of them, so the parts stay ignorant of each other.
+
+mod feed;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, MemoryBus};
+use crate::config::Config;
+use crate::danmaku::Danmaku;
+use crate::error::{ApiError, ErrorCode};
+use crate::guard::{self, SendRequest, Sender};
+use crate::hub::{Hub, RoomStats};
+use crate::metrics::Metrics;
+use crate::store::{SqliteStore, Store, StoreError};
+
+pub use feed::{Delivery, Feed};
+
+/// One running server's parts.
+pub struct Node {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    /// Cancelled when viewers should be told to go: after the last
+    /// acknowledged danmaku has been published to the hub.
+    going_away: CancellationToken,
+}
+
+/// What a new viewer learns when it joins.
+pub struct Joined {
+    /// Its feed.
+    pub feed: Feed,
+    /// The room's newest id.
+    pub last_id: u64,
+    /// Viewers in the room, itself included.
+    pub online: usize,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => {
+                ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                ApiError::new(ErrorCode::Internal, "the store failed; nothing was stored")
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Opens the store under `config.data` and wires store → bus → hub.
+    /// Must be called inside a Tokio runtime.
+    pub fn start(config: Config) -> Result<Arc<Node>, StoreError> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(config.fanout.clone(), metrics.clone());
+        let bus = Arc::new(MemoryBus::new());
+        bus.subscribe(Arc::new(hub.clone()));
+        let publish = bus.clone();
+        let store = SqliteStore::open(
+            &config.data,
+            &config.store,
+            metrics.clone(),
+            Box::new(move |batch| publish.publish(batch)),
+        )?;
+        Ok(Arc::new(Node {
+            config,
+            metrics,
+            hub,
+            store: Arc::new(store),
+            going_away: CancellationToken::new(),
+        }))
+    }
+
+    /// Validates and durably stores a send; returns the stored danmaku.
+    pub async fn send(
+        &self,
+        room: &str,
+        sender: &Sender,
+        req: SendRequest,
+    ) -> Result<Danmaku, ApiError> {
+        let started = Instant::now();
+        let result = match guard::check_send(&self.config.limits, room, sender, req) {
+            Ok(new) => self.store.append(new).await.map_err(ApiError::from),
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(_) => self
+                .metrics
+                .send_ack_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => self.metrics.reject(e.code),
+        }
+        result
+    }
+
+    /// Joins `room` as a viewer; with `since`, the feed first replays every
+    /// stored danmaku after that id.
+    pub async fn watch(&self, room: &str, since: Option<u64>) -> Result<Joined, ApiError> {
+        guard::check_room(room)?;
+        let viewer = self.hub.join(room);
+        let stats = viewer.room().stats();
+        let last_id = match stats.last_id {
+            Some(id) => id,
+            None => {
+                let id = self.store.last_id(room).await?;
+                viewer.room().seed_last_id(id);
+                id
+            }
+        };
+        Ok(Joined {
+            feed: Feed::new(viewer, self.store.clone(), since, last_id),
+            last_id,
+            online: stats.online,
+        })
+    }
+
+    /// Danmaku of `room` after an id, ascending.
+    pub async fn history_after(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Danmaku>, ApiError> {
+        guard::check_room(room)?;
+        Ok(self.store.after(room, after, limit).await?)
+    }
+
+    /// Danmaku of `room` by video time in `[from, to)`.
+    pub async fn history_by_video_time(
+        &self,
+        room: &str,
+        from: f64,
+        to: f64,
+        limit: usize,
+    ) -> Result<Vec<Danmaku>, ApiError> {
+        guard::check_room(room)?;
+        Ok(self.store.by_video_time(room, from, to, limit).await?)
+    }
+
+    /// The figures of one room (also one the hub does not hold right now).
+    pub async fn room(&self, room: &str) -> Result<RoomStats, ApiError> {
+        guard::check_room(room)?;
+        let mut stats = self.hub.stats(room).unwrap_or_else(|| RoomStats {
+            room: room.to_owned(),
+            online: 0,
+            last_id: None,
+            rate_per_s: 0.0,
+        });
+        if stats.last_id.is_none() {
+            stats.last_id = Some(self.store.last_id(room).await?);
+        }
+        Ok(stats)
+    }
+
+    /// The figures of every active room.
+    pub fn rooms(&self) -> Vec<RoomStats> {
+        self.hub.all_stats()
+    }
+
+    /// Resolves when viewers should finish and close ("going away").
+    pub fn going_away(&self) -> &CancellationToken {
+        &self.going_away
+    }
+
+    /// The last steps of shutdown: commit and publish every acknowledged
+    /// send, then tell viewers to finish their queues and close.
+    pub async fn drain(&self) {
+        self.store.close().await;
+        self.hub.flush_all();
+        self.going_away.cancel();
+    }
+}

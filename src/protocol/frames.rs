@@ -1,0 +1,136 @@
+//! The JSON messages of the danmaku protocol (docs/protocol.md).
+//!
+//! Server → client messages are written straight into byte buffers with
+//! serde, never through an intermediate `serde_json::Value`, because the hub
+//! encodes one per room per flush on the hot path.
+
+use serde::{Deserialize, Serialize};
+
+use crate::danmaku::Danmaku;
+use crate::error::ApiError;
+use crate::guard::SendRequest;
+
+/// A message a WebSocket client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientMessage {
+    /// Send a danmaku to the connection's room.
+    Send {
+        /// An opaque tag the server echoes in the `ack` or `error` frame.
+        #[serde(rename = "ref", default)]
+        reference: Option<Reference>,
+        /// The danmaku.
+        #[serde(flatten)]
+        send: SendRequest,
+    },
+    /// Application-level ping; answered with `{"type":"pong"}`.
+    Ping,
+}
+
+/// A client's tag for a send: a string or a number, echoed verbatim.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reference {
+    /// A string tag.
+    Text(String),
+    /// A numeric tag.
+    Number(serde_json::Number),
+}
+
+/// A message the server sends (both WebSocket frames and SSE `data:` lines).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage<'a> {
+    /// First frame on a new connection.
+    Hello {
+        /// The room watched.
+        room: &'a str,
+        /// The newest id of the room when the client joined (0: none yet).
+        last_id: u64,
+        /// Viewers in the room.
+        online: usize,
+    },
+    /// A batch of danmaku, ascending by id.
+    Danmaku {
+        /// The danmaku.
+        items: &'a [Danmaku],
+    },
+    /// The room's viewer count changed.
+    Online {
+        /// Viewers in the room.
+        count: usize,
+    },
+    /// The client was too slow and this many danmaku were skipped for it.
+    Lagged {
+        /// How many danmaku it lost.
+        dropped: u64,
+    },
+    /// A send was stored under this id.
+    Ack {
+        /// The client's tag, if it gave one.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Reference>,
+        /// The stored danmaku's id.
+        id: u64,
+        /// The stored danmaku's server time.
+        ts: i64,
+    },
+    /// A command failed.
+    Error {
+        /// The client's tag, if the error answers a send that had one.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Reference>,
+        /// What went wrong.
+        error: &'a ApiError,
+    },
+    /// Answer to a client's `ping`.
+    Pong,
+}
+
+impl ServerMessage<'_> {
+    /// Appends the JSON of the message to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Serialising these types into a Vec cannot fail: every field is a
+        // plain string, number or a type with an infallible Serialize.
+        serde_json::to_writer(out, self).expect("server messages always serialise");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_command_parses_with_optional_fields_and_ref() {
+        let m: ClientMessage = serde_json::from_str(
+            r##"{"type":"send","ref":7,"text":"hi","mode":"top","color":"#ff0000","extra":1}"##,
+        )
+        .unwrap();
+        match m {
+            ClientMessage::Send { reference, send } => {
+                assert_eq!(reference, Some(Reference::Number(7.into())));
+                assert_eq!(send.text, "hi");
+                assert_eq!(send.mode.as_deref(), Some("top"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        ));
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"send"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nuke"}"#).is_err());
+    }
+
+    #[test]
+    fn ack_omits_missing_ref() {
+        let mut out = Vec::new();
+        ServerMessage::Ack {
+            reference: None,
+            id: 3,
+            ts: 9,
+        }
+        .write_json(&mut out);
+        assert_eq!(out, br#"{"type":"ack","id":3,"ts":9}"#);
+    }
+}

@@ -1,0 +1,75 @@
+//! The store: durable history, and the one place ids are assigned.
+//!
+//! A store takes validated danmaku, gives each the next id of its room,
+//! makes them durable by group commit, and hands every committed batch, in
+//! commit order, to the commit listener it was opened with (the bus) before
+//! acknowledging any of its sends. It never sees a socket or a viewer.
+//!
+//! Backends live beside this trait: `sqlite.rs` is the embedded default.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::danmaku::{Danmaku, NewDanmaku};
+
+pub use sqlite::SqliteStore;
+
+/// Receives every committed batch, in commit order, on the store's writer.
+/// It must not block: it hands the batch on and returns.
+pub type CommitListener = Box<dyn Fn(&[Danmaku]) + Send>;
+
+/// Why the store could not do what was asked.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is shutting down and takes no new sends.
+    #[error("the store is closed")]
+    Closed,
+    /// The database failed; the sends of the failed batch are not stored.
+    #[error("database error: {0}")]
+    Database(Arc<rusqlite::Error>),
+    /// The data directory could not be prepared.
+    #[error("cannot prepare data directory: {0}")]
+    Io(Arc<std::io::Error>),
+    /// A worker thread stopped unexpectedly.
+    #[error("store worker failed: {0}")]
+    Worker(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(Arc::new(e))
+    }
+}
+
+/// Durable danmaku history.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores one danmaku and returns it with its id and server time. Resolves
+    /// only once the danmaku is durable; many concurrent appends share one
+    /// commit.
+    async fn append(&self, new: NewDanmaku) -> Result<Danmaku, StoreError>;
+
+    /// Up to `limit` danmaku of `room` with an id above `after`, ascending.
+    async fn after(&self, room: &str, after: u64, limit: usize)
+        -> Result<Vec<Danmaku>, StoreError>;
+
+    /// Up to `limit` danmaku of `room` whose video time lies in `[from, to)`,
+    /// ascending by video time.
+    async fn by_video_time(
+        &self,
+        room: &str,
+        from: f64,
+        to: f64,
+        limit: usize,
+    ) -> Result<Vec<Danmaku>, StoreError>;
+
+    /// The newest id of `room` (0 if it has none).
+    async fn last_id(&self, room: &str) -> Result<u64, StoreError>;
+
+    /// Commits and acknowledges every send already queued, then refuses new
+    /// ones with [`StoreError::Closed`]. Resolves when the writer has stopped.
+    async fn close(&self);
+}

@@ -1,0 +1,26 @@
+//! Transports: the wire between clients and the node.
+//!
+//! `server` accepts TCP connections and serves HTTP/1.1 on them; `http`
+//! routes requests (REST, health, metrics, the page); `ws` and `sse` carry
+//! feeds to viewers. Only this layer knows about sockets and HTTP.
+
+pub mod http;
+pub mod server;
+pub mod sse;
+pub mod ws;
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::node::Node;
+
+/// What every handler needs: the node, and the tracker that shutdown waits
+/// on for connections that outlive their HTTP request (WebSocket, SSE).
+#[derive(Clone)]
+pub struct App {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Tasks shutdown waits for.
+    pub tasks: TaskTracker,
+}

@@ -1,0 +1,91 @@
+//! The accept loop: one task per TCP connection, HTTP/1.1 with upgrades,
+//! and graceful shutdown injected as a future.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::{http, App};
+use crate::metrics::GaugeGuard;
+
+/// Serves `listener` until `shutdown` resolves, then shuts down gracefully:
+/// stop accepting, let HTTP requests in flight finish, commit and publish
+/// every acknowledged send, let viewers drain and close with "going away",
+/// and return once every connection task has ended (or the grace period
+/// has passed).
+pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let router = http::router(app.clone());
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let conn = serve_connection(app.clone(), router.clone(), stream, peer, stop.clone());
+                    app.tasks.spawn(conn);
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no longer accepting connections");
+    stop.cancel();
+    app.node.drain().await;
+    app.tasks.close();
+    let grace = Duration::from_secs(app.node.config.connection.shutdown_grace_s);
+    if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            left = app.tasks.len(),
+            "connections still open after the grace period"
+        );
+    }
+}
+
+async fn serve_connection(
+    app: App,
+    router: axum::Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let _task = GaugeGuard::new(&app.node.metrics.tasks);
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(req)
+    });
+    let header_timeout = Duration::from_secs(app.node.config.connection.header_timeout_s);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => log_conn_end(result),
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            log_conn_end(conn.await);
+        }
+    }
+}
+
+fn log_conn_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}

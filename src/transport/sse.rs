@@ -1,0 +1,188 @@
+//! The SSE transport: `GET /api/v1/rooms/{room}/stream`.
+//!
+//! For clients without WebSocket (OBS browser sources, curl, EventSource).
+//! Each danmaku is an event with its id as the event id, so `Last-Event-ID`
+//! resumes exactly where the client stopped.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::App;
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{GaugeGuard, Metrics, TransportLabel};
+use crate::node::{Delivery, Feed};
+use crate::protocol::frames::ServerMessage;
+use crate::protocol::sse;
+
+#[derive(Deserialize)]
+pub(super) struct StreamQuery {
+    since: Option<u64>,
+}
+
+/// Opens an event stream for a room.
+pub(super) async fn stream(
+    State(app): State<App>,
+    Path(room): Path<String>,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    match open(app, room, query, headers).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn open(
+    app: App,
+    room: String,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
+    // The browser's own resume point wins over the query.
+    let since = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidQuery,
+                        "Last-Event-ID must be a danmaku id",
+                    )
+                })?,
+        ),
+        None => q.since,
+    };
+    let node = &app.node;
+    let joined = node.watch(&room, since).await?;
+    let hello = ServerMessage::Hello {
+        room: &room,
+        last_id: joined.last_id,
+        online: joined.online,
+    };
+    let mut first = sse::PREAMBLE.to_vec();
+    first.extend_from_slice(&sse::message_event("hello", &hello));
+    let ping = Duration::from_secs(node.config.connection.ping_interval_s);
+    let mut ticker = interval_at(Instant::now() + ping, ping);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let state = Stream {
+        first: Some(Bytes::from(first)),
+        feed: joined.feed,
+        ticker,
+        going_away: node.going_away().clone(),
+        metrics: node.metrics.clone(),
+        max_lags: node.config.fanout.max_lags,
+        lags_in_row: 0,
+        ended: false,
+        _conn: GaugeGuard::new(
+            &node
+                .metrics
+                .connections
+                .get_or_create(&TransportLabel { transport: "sse" }),
+        ),
+        _task: GaugeGuard::new(&node.metrics.tasks),
+    };
+    let body = futures_util::stream::unfold(state, |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), s))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// One SSE viewer. Dropped, with its gauges, when the client goes.
+struct Stream {
+    first: Option<Bytes>,
+    feed: Feed,
+    ticker: Interval,
+    going_away: CancellationToken,
+    metrics: std::sync::Arc<Metrics>,
+    max_lags: u32,
+    lags_in_row: u32,
+    ended: bool,
+    _conn: GaugeGuard,
+    _task: GaugeGuard,
+}
+
+impl Stream {
+    /// The next bytes for the client; `None` ends the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        if self.ended {
+            return None;
+        }
+        // hyper only asks for the next chunk once the previous one is
+        // written, so being here means the client has caught up.
+        if let Some(d) = self.feed.try_next() {
+            return self.encode(d);
+        }
+        self.lags_in_row = 0;
+        tokio::select! {
+            biased;
+            _ = self.going_away.cancelled() => {
+                // Deliver what was published before shutdown, then end.
+                self.ended = true;
+                let mut rest = Vec::new();
+                while let Some(d) = self.feed.try_next() {
+                    if let Some(b) = self.encode(d) {
+                        rest.extend_from_slice(&b);
+                    }
+                }
+                (!rest.is_empty()).then(|| Bytes::from(rest))
+            }
+            d = self.feed.next() => match d {
+                Ok(d) => self.encode(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "sse feed failed");
+                    None
+                }
+            },
+            _ = self.ticker.tick() => Some(Bytes::from_static(sse::KEEPALIVE)),
+        }
+    }
+
+    fn encode(&mut self, d: Delivery) -> Option<Bytes> {
+        match d {
+            Delivery::Shared(f) => {
+                self.metrics.deliveries.inc_by(f.items().len() as u64);
+                Some(f.sse().clone())
+            }
+            Delivery::Own(items) => {
+                self.metrics.deliveries.inc_by(items.len() as u64);
+                Some(sse::danmaku_events(&items))
+            }
+            Delivery::Lagged { dropped } => {
+                self.metrics.lags.inc();
+                self.metrics.dropped.inc_by(dropped);
+                self.lags_in_row += 1;
+                if self.lags_in_row > self.max_lags {
+                    self.metrics.slow_disconnects.inc();
+                    self.ended = true;
+                }
+                Some(sse::message_event(
+                    "lagged",
+                    &ServerMessage::Lagged { dropped },
+                ))
+            }
+        }
+    }
+}

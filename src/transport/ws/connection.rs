@@ -1,0 +1,363 @@
+//! One WebSocket connection: a single task that reads commands, writes
+//! frames, and keeps time.
+//!
+//! States: open → closing (a close frame is queued; nothing more is read or
+//! taken from the room) → done (the close frame is written, or the peer is
+//! gone). Everything the connection holds while idle is a socket, a feed
+//! cursor, a few counters and one timer; a read buffer exists only while a
+//! client frame is half-read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::outbox::Outbox;
+use crate::danmaku::Danmaku;
+use crate::error::{ApiError, ErrorCode};
+use crate::guard::Sender;
+use crate::hub::encode_ws;
+use crate::metrics::{GaugeGuard, TransportLabel};
+use crate::node::{Delivery, Feed, Joined, Node};
+use crate::protocol::frames::{ClientMessage, Reference, ServerMessage};
+use crate::protocol::websocket::{self, close_code, Decoded, Decoder, FrameError, Message, Opcode};
+use crate::transport::http::parse_json;
+
+/// How much a read may bring in at once.
+const READ_CHUNK: usize = 4096;
+
+type Ack = Pin<
+    Box<dyn std::future::Future<Output = (Option<Reference>, Result<Danmaku, ApiError>)> + Send>,
+>;
+
+/// A WebSocket viewer (and sender).
+pub struct Connection {
+    node: Arc<Node>,
+    stream: TcpStream,
+    room: String,
+    sender: Sender,
+    /// Bytes of a client frame not yet complete; empty (unallocated) when idle.
+    inbuf: BytesMut,
+    decoder: Decoder,
+    outbox: Outbox,
+    feed: Feed,
+    /// Sends waiting for the store, answered in order.
+    acks: FuturesOrdered<Ack>,
+    /// A close frame is queued: read nothing more, take nothing more.
+    closing: bool,
+    /// The client's half of the connection is closed.
+    eof: bool,
+    /// Lags since the viewer last emptied its queue.
+    lags_in_row: u32,
+    last_heard: Instant,
+    last_ping: Instant,
+    last_progress: Instant,
+    hello: Option<Bytes>,
+}
+
+impl Connection {
+    /// A connection for a client that has joined `room`.
+    pub fn new(
+        node: Arc<Node>,
+        stream: TcpStream,
+        read_buf: Bytes,
+        room: String,
+        sender: Sender,
+        joined: Joined,
+    ) -> Connection {
+        let hello = encode_ws(&ServerMessage::Hello {
+            room: &room,
+            last_id: joined.last_id,
+            online: joined.online,
+        });
+        let now = Instant::now();
+        Connection {
+            decoder: Decoder::new(node.config.limits.max_ws_message_bytes),
+            node,
+            stream,
+            room,
+            sender,
+            inbuf: BytesMut::from(&read_buf[..]),
+            outbox: Outbox::default(),
+            feed: joined.feed,
+            acks: FuturesOrdered::new(),
+            closing: false,
+            eof: false,
+            lags_in_row: 0,
+            last_heard: now,
+            last_ping: now,
+            last_progress: now,
+            hello: Some(hello),
+        }
+    }
+
+    /// Runs the connection until it closes.
+    pub async fn run(mut self) {
+        let metrics = self.node.metrics.clone();
+        let _conn = GaugeGuard::new(
+            &metrics
+                .connections
+                .get_or_create(&TransportLabel { transport: "ws" }),
+        );
+        let _task = GaugeGuard::new(&metrics.tasks);
+        if let Err(e) = self.serve().await {
+            tracing::debug!(error = %e, room = %self.room, "websocket connection ended");
+        }
+    }
+
+    async fn serve(&mut self) -> io::Result<()> {
+        let cfg = &self.node.config;
+        let ping_every = Duration::from_secs(cfg.connection.ping_interval_s);
+        let idle_timeout = Duration::from_secs(cfg.connection.idle_timeout_s);
+        let write_timeout = Duration::from_secs(cfg.connection.write_timeout_s);
+        let max_queued = cfg.fanout.max_queued_bytes;
+        let max_in_flight = cfg.limits.max_in_flight;
+        let going_away = self.node.going_away().clone();
+        let timer: Sleep = tokio::time::sleep(ping_every);
+        tokio::pin!(timer);
+
+        if let Some(hello) = self.hello.take() {
+            self.outbox.push(hello);
+        }
+        self.handle_input()?;
+        loop {
+            if !self.closing {
+                self.pull_ready(max_queued);
+            }
+            self.write()?;
+            if self.outbox.is_empty() {
+                if self.closing || self.eof {
+                    return Ok(());
+                }
+                self.lags_in_row = 0;
+            }
+            let deadline = self.deadline(ping_every, idle_timeout, write_timeout);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let reading = !self.closing && !self.eof && self.acks.len() < max_in_flight;
+            let taking = !self.closing && self.outbox.bytes() < max_queued;
+            let writing = !self.outbox.is_empty();
+            tokio::select! {
+                biased;
+                _ = going_away.cancelled(), if !self.closing => {
+                    // What was published before shutdown goes out first.
+                    self.pull_ready(usize::MAX);
+                    self.close(close_code::GOING_AWAY, "server shutting down, reconnect");
+                }
+                ready = self.stream.writable(), if writing => ready?,
+                ready = self.stream.readable(), if reading => {
+                    ready?;
+                    self.read()?;
+                }
+                Some((reference, result)) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.answer(reference.as_ref(), result);
+                    // Commands held back while too many sends were in flight.
+                    self.handle_input()?;
+                }
+                delivery = self.feed.next(), if taking => match delivery {
+                    Ok(d) => self.deliver(d),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "feed failed");
+                        self.close(close_code::INTERNAL_ERROR, "internal error");
+                    }
+                },
+                _ = &mut timer => self.on_timer(ping_every, idle_timeout, write_timeout)?,
+            }
+        }
+    }
+
+    /// Moves every delivery that is ready into the outbox, up to `limit` bytes.
+    fn pull_ready(&mut self, limit: usize) {
+        while self.outbox.bytes() < limit {
+            match self.feed.try_next() {
+                Some(d) => self.deliver(d),
+                None => break,
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let metrics = &self.node.metrics;
+        match d {
+            Delivery::Shared(frame) => {
+                metrics.deliveries.inc_by(frame.items().len() as u64);
+                if !frame.items().is_empty() {
+                    metrics
+                        .fanout_seconds
+                        .observe(frame.committed_at.elapsed().as_secs_f64());
+                }
+                self.outbox.push(frame.ws().clone());
+            }
+            Delivery::Own(items) => {
+                metrics.deliveries.inc_by(items.len() as u64);
+                self.outbox
+                    .push(encode_ws(&ServerMessage::Danmaku { items: &items }));
+            }
+            Delivery::Lagged { dropped } => {
+                metrics.lags.inc();
+                metrics.dropped.inc_by(dropped);
+                self.outbox
+                    .push(encode_ws(&ServerMessage::Lagged { dropped }));
+                self.lags_in_row += 1;
+                if self.lags_in_row > self.node.config.fanout.max_lags {
+                    metrics.slow_disconnects.inc();
+                    self.close(close_code::POLICY_VIOLATION, "slow consumer");
+                }
+            }
+        }
+    }
+
+    fn write(&mut self) -> io::Result<()> {
+        if self.outbox.write_to(&self.stream)? > 0 {
+            self.last_progress = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn read(&mut self) -> io::Result<()> {
+        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 2 {
+            self.inbuf.reserve(READ_CHUNK);
+        }
+        match self.stream.try_read_buf(&mut self.inbuf) {
+            Ok(0) => {
+                // The client closed its half: finish writing, then stop.
+                self.eof = true;
+                self.closing = true;
+            }
+            Ok(_) => {
+                self.last_heard = Instant::now();
+                self.handle_input()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Decodes and handles every complete client frame in the read buffer,
+    /// stopping while too many sends are in flight.
+    fn handle_input(&mut self) -> io::Result<()> {
+        let max_in_flight = self.node.config.limits.max_in_flight;
+        while !self.closing && self.acks.len() < max_in_flight && !self.inbuf.is_empty() {
+            match self.decoder.decode(&self.inbuf) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Fragment { consumed }) => self.inbuf.advance(consumed),
+                Ok(Decoded::Message { message, consumed }) => {
+                    self.inbuf.advance(consumed);
+                    self.on_message(message);
+                }
+                Err(e) => self.on_frame_error(e),
+            }
+        }
+        if self.inbuf.is_empty() {
+            // No half-read frame: hold no buffer while idle.
+            self.inbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    fn on_frame_error(&mut self, e: FrameError) {
+        tracing::debug!(error = %e, "closing websocket on a bad frame");
+        self.inbuf.clear();
+        self.close(e.close_code(), &e.to_string());
+    }
+
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Text(text) => self.on_command(&text),
+            Message::Binary(_) => self.close(
+                close_code::UNSUPPORTED_DATA,
+                "binary messages are not supported",
+            ),
+            Message::Ping(payload) => self.outbox.push(websocket::frame(Opcode::Pong, &payload)),
+            Message::Pong => {}
+            Message::Close(_) => self.close(close_code::NORMAL, ""),
+        }
+    }
+
+    fn on_command(&mut self, text: &str) {
+        let command = parse_json::<ClientMessage>(text.as_bytes()).map_err(|e| {
+            // An unknown `type` is a command this server does not have.
+            if e.message.contains("unknown variant") {
+                ApiError::new(ErrorCode::UnsupportedCommand, e.message)
+            } else {
+                e
+            }
+        });
+        match command {
+            Ok(ClientMessage::Ping) => self.outbox.push(encode_ws(&ServerMessage::Pong)),
+            Ok(ClientMessage::Send { reference, send }) => {
+                let node = self.node.clone();
+                let room = self.room.clone();
+                let sender = self.sender.clone();
+                self.acks.push_back(Box::pin(async move {
+                    let result = node.send(&room, &sender, send).await;
+                    (reference, result)
+                }));
+            }
+            Err(e) => {
+                self.node.metrics.reject(e.code);
+                self.answer(None, Err(e));
+            }
+        }
+    }
+
+    fn answer(&mut self, reference: Option<&Reference>, result: Result<Danmaku, ApiError>) {
+        let frame = match &result {
+            Ok(d) => encode_ws(&ServerMessage::Ack {
+                reference,
+                id: d.id,
+                ts: d.ts,
+            }),
+            Err(error) => encode_ws(&ServerMessage::Error { reference, error }),
+        };
+        self.outbox.push(frame);
+    }
+
+    /// Queues a close frame; the connection ends once it is written.
+    fn close(&mut self, code: u16, reason: &str) {
+        if !self.closing {
+            self.closing = true;
+            self.outbox.push(websocket::close_frame(code, reason));
+        }
+    }
+
+    fn deadline(&self, ping_every: Duration, idle: Duration, write_timeout: Duration) -> Instant {
+        let mut deadline = (self.last_ping + ping_every).min(self.last_heard + idle);
+        if !self.outbox.is_empty() {
+            deadline = deadline.min(self.last_progress + write_timeout);
+        }
+        deadline
+    }
+
+    fn on_timer(
+        &mut self,
+        ping_every: Duration,
+        idle: Duration,
+        write_timeout: Duration,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        if !self.outbox.is_empty() && now >= self.last_progress + write_timeout {
+            // The socket took nothing for the whole timeout: a close frame
+            // could not get through either.
+            self.node.metrics.slow_disconnects.inc();
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "write timeout"));
+        }
+        if now >= self.last_heard + idle {
+            self.close(close_code::POLICY_VIOLATION, "idle timeout");
+            self.last_heard = now;
+        } else if now >= self.last_ping + ping_every {
+            if !self.closing {
+                self.outbox.push(websocket::frame(Opcode::Ping, b""));
+            }
+            self.last_ping = now;
+        }
+        Ok(())
+    }
+}
