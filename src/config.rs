@@ -178,6 +178,10 @@ pub struct ConnectionConfig {
     pub header_timeout_s: u64,
     /// Seconds shutdown waits for connections to close before exiting.
     pub shutdown_grace_s: u64,
+    /// The kernel send buffer of each connection, bytes (0: the kernel's
+    /// autotuning, which lets one stalled client pin megabytes). Small
+    /// buffers make a stalled viewer show up as lagging within a few frames.
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -188,6 +192,7 @@ impl Default for ConnectionConfig {
             write_timeout_s: 15,
             header_timeout_s: 10,
             shutdown_grace_s: 5,
+            send_buffer_bytes: 64 * 1024,
         }
     }
 }

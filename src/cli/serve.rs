@@ -1,5 +1,7 @@
 //! `danmaku serve`: configuration, logging, signals, and the server.
 
+use std::io::Write;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -34,13 +36,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data = config.data.clone();
     let node = Node::start(config)
         .with_context(|| format!("cannot open the store in {}", data.display()))?;
-    // Printed on stdout, not logged: scripts and tests read the address here.
-    println!("danmaku listening on http://{addr}");
-    println!("  page       http://{addr}/");
-    println!("  websocket  ws://{addr}/ws?room=lobby");
-    println!("  sse        http://{addr}/api/v1/rooms/lobby/stream");
-    println!("  metrics    http://{addr}/metrics");
-    println!("  data       {}", data.display());
+    // Printed on stdout, not logged: scripts and tests read the address
+    // here. A closed stdout is no reason to stop serving, so errors are ignored.
+    let banner = format!(
+        "danmaku listening on http://{addr}\n  page       http://{addr}/\n  \
+         websocket  ws://{addr}/ws?room=lobby\n  sse        http://{addr}/api/v1/rooms/lobby/stream\n  \
+         metrics    http://{addr}/metrics\n  data       {}\n",
+        data.display()
+    );
+    let mut stdout = std::io::stdout();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
     tracing::info!(%addr, data = %data.display(), "serving");
 
     let app = App {

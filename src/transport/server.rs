@@ -63,6 +63,12 @@ async fn serve_connection(
 ) {
     let _task = GaugeGuard::new(&app.node.metrics.tasks);
     let _ = stream.set_nodelay(true);
+    let send_buffer = app.node.config.connection.send_buffer_bytes;
+    if send_buffer > 0 {
+        // Bounds the kernel memory a stalled client can pin, and makes it
+        // lag (and be cut off) instead of silently buffering megabytes.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
+    }
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(req)

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -146,7 +147,13 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = going_away.cancelled(), if !self.closing => {
-                    // What was published before shutdown goes out first.
+                    // The store is closed, so every send in flight has its
+                    // answer: deliver those first, so that no client misses
+                    // the ack of a danmaku that was stored.
+                    while let Some(Some((reference, result))) = self.acks.next().now_or_never() {
+                        self.answer(reference.as_ref(), result);
+                    }
+                    // Then what was published before shutdown.
                     self.pull_ready(usize::MAX);
                     self.close(close_code::GOING_AWAY, "server shutting down, reconnect");
                 }

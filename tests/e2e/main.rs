@@ -1,0 +1,10 @@
+//! End-to-end tests: the real server binary, real clients, real disk.
+
+mod server;
+
+mod bad_input;
+mod cli;
+mod delivery;
+mod resume;
+mod shutdown;
+mod slow_consumer;

@@ -1,0 +1,246 @@
+//! Test harness: the real `danmaku` binary on an ephemeral port, and real
+//! WebSocket and HTTP clients.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A running server process.
+pub struct Server {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Server {
+    /// Starts a server on an ephemeral port with `data` as its data dir and
+    /// an optional config file text.
+    pub fn start(data: &Path, config: Option<&str>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_danmaku"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(text) = config {
+            let path = data.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd.spawn().expect("start danmaku");
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        // Keep reading the rest, as a terminal would.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let addr = line
+            .trim()
+            .strip_prefix("danmaku listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_owned();
+        Server {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().unwrap().id();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code and how long it took.
+    pub fn wait_exit(&mut self) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            if started.elapsed() > WAIT {
+                child.kill().unwrap();
+                panic!("server did not exit within {WAIT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then asserts a clean exit (code 0) within a few seconds.
+    pub fn stop(mut self) {
+        self.terminate();
+        let (code, took) = self.wait_exit();
+        assert_eq!(code, Some(0), "exit code");
+        assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A client that opens a new connection per request, so that its idle
+/// keep-alive connections never show in the server's task gauge.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// POSTs a danmaku; returns the status and the JSON answer.
+pub async fn post(server: &Server, room: &str, body: Value) -> (u16, Value) {
+    let res = http()
+        .post(format!("{}/api/v1/rooms/{room}/danmaku", server.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// GETs a JSON document.
+pub async fn get_json(server: &Server, path: &str) -> (u16, Value) {
+    let res = http()
+        .get(format!("{}{path}", server.url()))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// The value of a metric line (`name` includes labels), if present.
+pub async fn metric(server: &Server, name: &str) -> Option<f64> {
+    let text = http()
+        .get(format!("{}/metrics", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls a metric until it has `want` or the wait runs out.
+pub async fn wait_metric(server: &Server, name: &str, want: f64) {
+    let started = Instant::now();
+    loop {
+        let got = metric(server, name).await.unwrap_or(0.0);
+        if got == want {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "{name} stayed {got}, want {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A WebSocket client.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connects a viewer and reads its `hello` frame.
+pub async fn watch(server: &Server, room: &str, since: Option<u64>) -> (Ws, Value) {
+    let mut url = format!("ws://{}/ws?room={room}", server.addr);
+    if let Some(s) = since {
+        url.push_str(&format!("&since={s}"));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("ws connect");
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    (ws, hello)
+}
+
+/// The next JSON text frame (pings are answered by the client library).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection ended")
+            .expect("websocket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// The next frame of a given type, skipping others (e.g. `online`).
+pub async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
+/// Reads danmaku frames until `n` danmaku have arrived; returns them.
+/// Panics on a `lagged` frame.
+pub async fn collect_danmaku(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = next_json(ws).await;
+        match v["type"].as_str() {
+            Some("danmaku") => out.extend(v["items"].as_array().unwrap().iter().cloned()),
+            Some("lagged") => panic!("unexpected lag: {v}"),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The ids of danmaku values.
+pub fn ids(items: &[Value]) -> Vec<u64> {
+    items.iter().map(|d| d["id"].as_u64().unwrap()).collect()
+}
+
+/// Sends a JSON command over a WebSocket.
+pub async fn send_ws(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// Waits for the connection to close; returns the close code.
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for close")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
