@@ -103,8 +103,8 @@ pub struct FanoutConfig {
     /// Bytes a connection may have queued for its socket before it stops
     /// taking frames from the ring (and so starts to lag).
     pub max_queued_bytes: usize,
-    /// A viewer that lags this many times in a row without catching up in
-    /// between is disconnected as a slow consumer.
+    /// A viewer that lags more than this many times in a row, without
+    /// emptying its queue in between, is disconnected as a slow consumer.
     pub max_lags: u32,
     /// The shortest time between two `online` frames of one room, ms.
     pub online_interval_ms: u64,
@@ -268,6 +268,10 @@ impl Config {
             (
                 self.store.max_batch >= 1 && self.store.queue >= 1,
                 "store.max_batch and store.queue must be at least 1",
+            ),
+            (
+                self.connection.send_buffer_bytes == 0 || self.connection.send_buffer_bytes >= 4096,
+                "connection.send_buffer_bytes must be 0 (kernel default) or at least 4096",
             ),
             (
                 self.connection.ping_interval_s >= 1,

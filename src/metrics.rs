@@ -37,7 +37,7 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// Danmaku accepted and stored.
     pub received: Counter,
-    /// Sends refused, by error code.
+    /// Sends and commands refused, by error code.
     pub rejected: Family<CodeLabel, Counter>,
     /// Danmaku written to viewers (one per danmaku per viewer).
     pub deliveries: Counter,
@@ -51,7 +51,8 @@ pub struct Metrics {
     pub slow_disconnects: Counter,
     /// Seconds from receiving a send to acknowledging it (includes commit).
     pub send_ack_seconds: Histogram,
-    /// Seconds from commit to the frame being written to a viewer's socket.
+    /// Seconds from commit to a frame being handed to a viewer's socket (queued
+    /// for the non-blocking write that follows at once).
     pub fanout_seconds: Histogram,
     /// Seconds one group commit takes.
     pub store_commit_seconds: Histogram,
@@ -99,7 +100,7 @@ impl Metrics {
         );
         registry.register(
             "rejected",
-            "Sends refused, by error code",
+            "Sends and commands refused, by error code",
             m.rejected.clone(),
         );
         registry.register(
@@ -130,7 +131,7 @@ impl Metrics {
         );
         registry.register(
             "fanout_seconds",
-            "Seconds from commit to a viewer's socket write",
+            "Seconds from commit to a frame being handed to a viewer's socket",
             m.fanout_seconds.clone(),
         );
         registry.register(

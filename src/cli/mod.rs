@@ -69,14 +69,12 @@ impl ServeArgs {
     }
 }
 
-/// The WebSocket URL of a server's HTTP URL.
+/// The WebSocket URL of a server's HTTP URL. The clients speak plain HTTP
+/// (they are built without TLS): put a TLS-terminating proxy in front.
 fn ws_url(http: &str) -> String {
-    if let Some(rest) = http.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else if let Some(rest) = http.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else {
-        http.to_owned()
+    match http.strip_prefix("http://") {
+        Some(rest) => format!("ws://{rest}"),
+        None => http.to_owned(),
     }
 }
 

@@ -45,6 +45,9 @@ enum Incoming {
 pub async fn run(args: TailArgs) -> anyhow::Result<()> {
     let mut since = args.since;
     let mut backoff = Duration::from_millis(500);
+    // A server that cannot be reached at all is an error; one that goes
+    // away later (a restart) is waited for.
+    let mut connected_once = false;
     loop {
         let mut url = format!(
             "{}/ws?room={}",
@@ -56,11 +59,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
         }
         let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
             Ok(ok) => ok,
-            Err(e)
-                if since.is_none()
-                    && args.since.is_none()
-                    && backoff == Duration::from_millis(500) =>
-            {
+            Err(e) if !connected_once => {
                 return Err(e).with_context(|| format!("cannot connect to {url}"));
             }
             Err(e) => {
@@ -70,6 +69,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        connected_once = true;
         backoff = Duration::from_millis(500);
         while let Some(msg) = ws.next().await {
             let text = match msg {

@@ -97,7 +97,9 @@ pub fn check_send(
     }
     if let Some(vt) = req.vt {
         if !vt.is_finite() || !(0.0..=MAX_VIDEO_TIME).contains(&vt) {
-            return Err(invalid_field("vt must be a number of seconds ≥ 0"));
+            return Err(invalid_field(
+                "vt must be a number of seconds from 0 to 2592000 (30 days)",
+            ));
         }
     }
     let name = match req.name {

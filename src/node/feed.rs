@@ -34,8 +34,9 @@ pub enum Delivery {
 pub struct Feed {
     viewer: Viewer,
     store: Arc<dyn Store>,
-    /// The newest id sent to the viewer (or skipped for it), once known.
-    cursor: Option<u64>,
+    /// The newest id sent to the viewer, or skipped for it: everything up to
+    /// here is settled, and a frame that starts later leaves a gap.
+    cursor: u64,
     /// Resuming after `since`: gaps are filled from the store. Cleared once
     /// the feed is level with the live frames; after that a gap means the
     /// viewer was too slow, and is reported, not filled.
@@ -55,14 +56,15 @@ enum Placed {
 
 impl Feed {
     /// A feed of live frames, preceded by every stored danmaku after `since`
-    /// when given. `last_id` is the room's newest id when the viewer joined.
+    /// when given. `last_id` is the room's newest id when the viewer joined:
+    /// without `since`, the feed starts after it.
     pub fn new(viewer: Viewer, store: Arc<dyn Store>, since: Option<u64>, last_id: u64) -> Feed {
         Feed {
             viewer,
             store,
             // A `since` from the future (another deployment, a typo) would
             // make the feed skip everything: read it as "up to now".
-            cursor: since.map(|s| s.min(last_id)),
+            cursor: since.map_or(last_id, |s| s.min(last_id)),
             catching_up: since.is_some(),
             backlog: since.is_some(),
             held: None,
@@ -135,9 +137,8 @@ impl Feed {
     }
 
     async fn read_after_cursor(&self) -> Result<Vec<Danmaku>, StoreError> {
-        let after = self.cursor.unwrap_or(0);
         self.store
-            .after(self.viewer.room().name(), after, PAGE)
+            .after(self.viewer.room().name(), self.cursor, PAGE)
             .await
     }
 
@@ -146,10 +147,7 @@ impl Feed {
         let Some((first, last)) = frame.id_range() else {
             return Placed::Deliver(Delivery::Shared(frame));
         };
-        let Some(cursor) = self.cursor else {
-            self.cursor = Some(last);
-            return Placed::Deliver(Delivery::Shared(frame));
-        };
+        let cursor = self.cursor;
         if last <= cursor {
             return Placed::Skip;
         }
@@ -160,7 +158,7 @@ impl Feed {
             return Placed::Deliver(self.report_gap(frame));
         }
         self.catching_up = false;
-        self.cursor = Some(last);
+        self.cursor = last;
         if first == cursor + 1 {
             Placed::Deliver(Delivery::Shared(frame))
         } else {
@@ -179,14 +177,14 @@ impl Feed {
     /// frame to be delivered next.
     fn report_gap(&mut self, frame: Arc<Frame>) -> Delivery {
         let (first, _) = frame.id_range().expect("only danmaku frames leave gaps");
-        let dropped = first - 1 - self.cursor.unwrap_or(0);
-        self.cursor = Some(first - 1);
+        let dropped = first - 1 - self.cursor;
+        self.cursor = first - 1;
         self.held = Some(frame);
         Delivery::Lagged { dropped }
     }
 
     fn advance_own(&mut self, page: Vec<Danmaku>) -> Option<Delivery> {
-        self.cursor = Some(page.last()?.id);
+        self.cursor = page.last()?.id;
         Some(Delivery::Own(page))
     }
 }

@@ -111,12 +111,16 @@ impl Node {
         guard::check_room(room)?;
         let viewer = self.hub.join(room);
         let stats = viewer.room().stats();
-        let last_id = match stats.last_id {
-            Some(id) => id,
-            None => {
-                let id = self.store.last_id(room).await?;
-                viewer.room().seed_last_id(id);
-                id
+        // The store is the authority on the newest id; the hub hears of a
+        // commit just after it. Ask the store when the hub does not know,
+        // and whenever a client resumes, so that an id the client read from
+        // the store is never taken for one from the future.
+        let last_id = match (stats.last_id, since) {
+            (Some(id), None) => id,
+            (hub, _) => {
+                let stored = self.store.last_id(room).await?;
+                viewer.room().seed_last_id(stored);
+                hub.map_or(stored, |h| h.max(stored))
             }
         };
         Ok(Joined {

@@ -81,33 +81,43 @@ async fn send(
     body: Body,
 ) -> Response {
     let limit = app.node.config.limits.max_body_bytes;
-    let result = async {
+    let parsed = async {
         guard::check_room(&room)?;
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        let bytes = read_body(body, limit).await?;
+        parse_json::<SendRequest>(&bytes)
+    }
+    .await;
+    let result = match parsed {
+        Ok(req) => {
+            let sender = guard::Sender {
+                user: guard::guest_id(peer.ip()),
+            };
+            // The node counts the refusals of its own checks.
+            app.node.send(&room, &sender, req).await
+        }
+        Err(e) => {
+            app.node.metrics.reject(e.code);
+            Err(e)
+        }
+    };
+    match result {
+        Ok(d) => (StatusCode::CREATED, Json(d)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if e.into_inner().is::<http_body_util::LengthLimitError>() {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("request body over {limit} bytes"),
             )
-        })?;
-        let req: SendRequest = parse_json(&bytes)?;
-        let sender = guard::Sender {
-            user: guard::guest_id(peer.ip()),
-        };
-        app.node.send(&room, &sender, req).await
-    }
-    .await;
-    match result {
-        Ok(d) => (StatusCode::CREATED, Json(d)).into_response(),
-        Err(e) => {
-            if matches!(
-                e.code,
-                ErrorCode::InvalidRoom | ErrorCode::PayloadTooLarge | ErrorCode::InvalidJson
-            ) {
-                app.node.metrics.reject(e.code);
-            }
-            e.into_response()
+        } else {
+            ApiError::new(ErrorCode::InvalidJson, "the request body could not be read")
         }
-    }
+    })
 }
 
 /// Parses a JSON body or command, telling malformed JSON from bad fields.

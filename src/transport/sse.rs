@@ -90,7 +90,6 @@ async fn open(
                 .connections
                 .get_or_create(&TransportLabel { transport: "sse" }),
         ),
-        _task: GaugeGuard::new(&node.metrics.tasks),
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
         let chunk = s.next_chunk().await?;
@@ -117,8 +116,9 @@ struct Stream {
     max_lags: u32,
     lags_in_row: u32,
     ended: bool,
+    /// Counts the viewer. The stream runs inside its HTTP connection's task,
+    /// which already counts in the task gauge.
     _conn: GaugeGuard,
-    _task: GaugeGuard,
 }
 
 impl Stream {
@@ -164,6 +164,10 @@ impl Stream {
         match d {
             Delivery::Shared(f) => {
                 self.metrics.deliveries.inc_by(f.items().len() as u64);
+                if !f.items().is_empty() {
+                    let latency = f.committed_at.elapsed().as_secs_f64();
+                    self.metrics.fanout_seconds.observe(latency);
+                }
                 Some(f.sse().clone())
             }
             Delivery::Own(items) => {

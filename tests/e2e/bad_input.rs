@@ -142,6 +142,11 @@ async fn websocket_errors_answer_only_the_offender() {
             "invalid_field",
             None,
         ),
+        (
+            json!({"type": "send", "ref": "no-text"}).to_string(),
+            "invalid_field",
+            Some(json!("no-text")),
+        ),
     ];
     for (text, code, reference) in cases {
         ws.send(Message::text(text)).await.unwrap();

@@ -32,6 +32,13 @@ use crate::transport::http::parse_json;
 /// How much a read may bring in at once.
 const READ_CHUNK: usize = 4096;
 
+/// Just the `ref` of a command that failed to parse as a whole.
+#[derive(serde::Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref")]
+    reference: Option<Reference>,
+}
+
 type Ack = Pin<
     Box<dyn std::future::Future<Output = (Option<Reference>, Result<Danmaku, ApiError>)> + Send>,
 >;
@@ -289,15 +296,7 @@ impl Connection {
     }
 
     fn on_command(&mut self, text: &str) {
-        let command = parse_json::<ClientMessage>(text.as_bytes()).map_err(|e| {
-            // An unknown `type` is a command this server does not have.
-            if e.message.contains("unknown variant") {
-                ApiError::new(ErrorCode::UnsupportedCommand, e.message)
-            } else {
-                e
-            }
-        });
-        match command {
+        match parse_json::<ClientMessage>(text.as_bytes()) {
             Ok(ClientMessage::Ping) => self.outbox.push(encode_ws(&ServerMessage::Pong)),
             Ok(ClientMessage::Send { reference, send }) => {
                 let node = self.node.clone();
@@ -308,9 +307,17 @@ impl Connection {
                     (reference, result)
                 }));
             }
-            Err(e) => {
+            Err(mut e) => {
+                // An unknown `type` is a command this server does not have.
+                if e.message.contains("unknown variant") {
+                    e.code = ErrorCode::UnsupportedCommand;
+                }
                 self.node.metrics.reject(e.code);
-                self.answer(None, Err(e));
+                // Echo the ref of a malformed command, if it has a readable one.
+                let reference = serde_json::from_str::<RefOnly>(text)
+                    .ok()
+                    .and_then(|r| r.reference);
+                self.answer(reference.as_ref(), Err(e));
             }
         }
     }
