@@ -15,9 +15,11 @@
 //! - [`hub`]: rooms, coalescing, encode-once fan-out.
 //! - [`node`]: owns the parts of one server; a viewer's feed.
 //! - [`transport`]: the HTTP server, REST routes, WebSocket and SSE.
-//! - [`cli`]: the `danmaku` command: `serve`, `send`, `tail`.
+//! - [`cli`]: the `danmaku` command: `serve`, `send`, `tail`, `bench`.
+//! - [`bench`]: the load generator behind `danmaku bench`.
 //! - [`config`], [`metrics`], [`error`]: what every part shares.
 
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod config;

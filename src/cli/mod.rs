@@ -26,6 +26,8 @@ enum Command {
     Send(send::SendArgs),
     /// Print a room's danmaku as they arrive.
     Tail(tail::TailArgs),
+    /// Run a load-generating benchmark scenario (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Options of `danmaku serve`; each overrides the config file.
@@ -53,6 +55,7 @@ impl Cli {
             Some(Command::Serve(args)) => serve::run(args).await,
             Some(Command::Send(args)) => send::run(args).await,
             Some(Command::Tail(args)) => tail::run(args).await,
+            Some(Command::Bench(args)) => crate::bench::run(args).await,
         }
     }
 }

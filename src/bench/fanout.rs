@@ -1,0 +1,239 @@
+//! `fanout` and `rooms`: viewers in rooms, senders over WebSocket, and what
+//! every viewer received: throughput, latency, losses and duplicates.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::progress::{Counters, Progress};
+use super::report::Report;
+use super::target::Target;
+use super::viewer::{now_micros, source_ip, Viewer, STAMP};
+
+/// Viewers whose every danmaku's latency is measured (the others only
+/// check ids): enough for stable percentiles, few enough to stay cheap.
+const SAMPLED_VIEWERS: usize = 200;
+/// Connections opened at once while connecting viewers.
+const CONNECT_CONCURRENCY: usize = 256;
+/// How long viewers may take to receive the last danmaku after sending ends.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// What to run.
+pub struct Plan {
+    scenario: &'static str,
+    rooms: Vec<String>,
+    viewers_per_room: usize,
+    senders_per_room: usize,
+    total_rate: f64,
+    duration: Duration,
+}
+
+impl Plan {
+    /// `senders` in total, spread over the rooms (at least one per room).
+    pub fn new(
+        scenario: &'static str,
+        rooms: Vec<String>,
+        viewers_per_room: usize,
+        senders: usize,
+        total_rate: f64,
+        duration: f64,
+    ) -> Plan {
+        let senders_per_room = (senders / rooms.len()).max(1);
+        Plan {
+            scenario,
+            rooms,
+            viewers_per_room,
+            senders_per_room,
+            total_rate,
+            duration: Duration::from_secs_f64(duration),
+        }
+    }
+}
+
+/// Runs the plan and reports.
+pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Result<Report> {
+    let counters = Arc::new(Counters::default());
+    let _progress = Progress::start(plan.scenario, counters.clone());
+    let rooms = plan.rooms.len();
+    let viewers = rooms * plan.viewers_per_room;
+
+    // Viewers first, so that every danmaku sent has all its viewers.
+    let connect_started = Instant::now();
+    let mut connected = Vec::with_capacity(viewers);
+    let mut errors = 0u64;
+    for chunk in (0..viewers).collect::<Vec<_>>().chunks(CONNECT_CONCURRENCY) {
+        let attempts = chunk.iter().map(|&i| {
+            let room = plan.rooms[i % rooms].clone();
+            let sample = i % viewers.div_ceil(SAMPLED_VIEWERS).max(1) == 0;
+            async move {
+                (
+                    i % rooms,
+                    Viewer::connect(addr, source_ip(i), &room, sample).await,
+                )
+            }
+        });
+        for (room, result) in futures_util::future::join_all(attempts).await {
+            match result {
+                Ok(v) => {
+                    counters.connected.fetch_add(1, Ordering::Relaxed);
+                    connected.push((room, v));
+                }
+                Err(e) => {
+                    errors += 1;
+                    tracing::warn!(error = %e, "viewer failed to connect");
+                }
+            }
+        }
+    }
+    let connect_s = connect_started.elapsed().as_secs_f64();
+
+    let last_delivery = Arc::new(AtomicU64::new(0));
+    let finals: Vec<watch::Sender<Option<u64>>> =
+        (0..rooms).map(|_| watch::channel(None).0).collect();
+    let viewer_tasks: Vec<_> = connected
+        .into_iter()
+        .map(|(room, v)| {
+            tokio::spawn(v.run(
+                counters.clone(),
+                last_delivery.clone(),
+                finals[room].subscribe(),
+            ))
+        })
+        .collect();
+
+    let cpu_before = target.cpu_seconds();
+    let send_started = Instant::now();
+    let senders = rooms * plan.senders_per_room;
+    let rate_per_sender = plan.total_rate / senders as f64;
+    let last_ids: Arc<Vec<AtomicU64>> = Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect());
+    let mut sender_tasks = Vec::with_capacity(senders);
+    for s in 0..senders {
+        let room = s % rooms;
+        let url = format!("ws://{addr}/ws?room={}", plan.rooms[room]);
+        let (counters, last_ids, duration) = (counters.clone(), last_ids.clone(), plan.duration);
+        sender_tasks.push(tokio::spawn(async move {
+            send(url, rate_per_sender, duration, counters, &last_ids[room]).await
+        }));
+    }
+    let mut sent = 0;
+    for t in sender_tasks {
+        match t.await? {
+            Ok(n) => sent += n,
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(error = %e, "sender failed");
+            }
+        }
+    }
+    // Tell each room's viewers the last id to wait for.
+    for (room, fin) in finals.iter().enumerate() {
+        let _ = fin.send(Some(last_ids[room].load(Ordering::Relaxed)));
+    }
+    let drained = tokio::time::timeout(DRAIN, futures_util::future::join_all(viewer_tasks)).await;
+    drop(finals);
+    let cpu_after = target.cpu_seconds();
+
+    let mut report = Report {
+        scenario: plan.scenario,
+        viewers: Some(viewers),
+        rooms: Some(rooms),
+        offered_per_s: Some(plan.total_rate),
+        sent: Some(sent),
+        connect_s: Some(connect_s),
+        server_rss_bytes: target.rss_bytes(),
+        server_cpu_s: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
+        ..Report::default()
+    };
+    let Ok(results) = drained else {
+        anyhow::bail!("viewers did not receive everything within {DRAIN:?} after sending ended");
+    };
+    let (mut delivered, mut lost, mut dup, mut lagged) = (0, 0, 0, 0);
+    for seen in results {
+        let seen = seen?;
+        delivered += seen.received;
+        lost += seen.lost;
+        dup += seen.duplicated;
+        lagged += seen.lagged;
+    }
+    let end = last_delivery.load(Ordering::Relaxed);
+    let start = now_micros() - send_started.elapsed().as_micros() as u64;
+    let elapsed = (end.saturating_sub(start) as f64 / 1e6).max(plan.duration.as_secs_f64());
+    report.delivered_per_s = Some(delivered as f64 / elapsed);
+    report.elapsed_s = Some(elapsed);
+    report.lost = Some(lost);
+    report.duplicated = Some(dup);
+    report.lagged = Some(lagged);
+    report.errors = Some(errors);
+    if let Some(h) = counters.latency.lock().expect("latency lock").as_ref() {
+        report.set_latency(h);
+    }
+    Ok(report)
+}
+
+/// Sends at `rate` per second for `duration`; returns how many were
+/// acknowledged, and raises `last_id` to the newest acknowledged id.
+async fn send(
+    url: String,
+    rate: f64,
+    duration: Duration,
+    counters: Arc<Counters>,
+    last_id: &AtomicU64,
+) -> anyhow::Result<u64> {
+    let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
+    let (mut sink, mut stream) = ws.split();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let deadline = Instant::now() + duration;
+    let mut sent = 0u64;
+    let mut acked = 0u64;
+    while Instant::now() < deadline {
+        tokio::select! {
+            _ = tick.tick() => {
+                let text = format!(r#"{{"type":"send","text":"{STAMP}{}"}}"#, now_micros());
+                sink.send(Message::text(text)).await?;
+                sent += 1;
+            }
+            msg = stream.next() => acked += on_answer(msg, &counters, last_id)?,
+        }
+    }
+    // Collect the answers still in flight.
+    let wait = tokio::time::sleep(DRAIN);
+    tokio::pin!(wait);
+    while acked < sent {
+        tokio::select! {
+            msg = stream.next() => acked += on_answer(msg, &counters, last_id)?,
+            _ = &mut wait => break,
+        }
+    }
+    let _ = sink.close().await;
+    Ok(acked)
+}
+
+/// Counts an `ack` (1) among the frames a sender receives.
+fn on_answer(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    counters: &Counters,
+    last_id: &AtomicU64,
+) -> anyhow::Result<u64> {
+    let msg = msg.ok_or_else(|| anyhow::anyhow!("sender connection closed"))??;
+    let Message::Text(text) = msg else {
+        return Ok(0);
+    };
+    if !text.starts_with(r#"{"type":"ack""#) {
+        if text.starts_with(r#"{"type":"error""#) {
+            anyhow::bail!("send refused: {text}");
+        }
+        return Ok(0);
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let id = v["id"].as_u64().unwrap_or(0);
+    last_id.fetch_max(id, Ordering::Relaxed);
+    counters.sent.fetch_add(1, Ordering::Relaxed);
+    Ok(1)
+}

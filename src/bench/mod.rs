@@ -1,0 +1,145 @@
+//! `danmaku bench`: the load generator and benchmark scenarios.
+//!
+//! Each scenario starts a fresh release server of its own (this same
+//! binary, a temporary data directory, its PID known so that RSS and CPU
+//! can be read from /proc) unless `--url` names a running one. Viewers are
+//! lean hand-written WebSocket readers ([`viewer`]): they scan frames for
+//! ids and send times instead of parsing JSON, so that on a 2-core machine
+//! the generator is not what limits the figures.
+
+mod connect;
+mod fanout;
+mod ingest;
+mod progress;
+mod report;
+mod target;
+mod viewer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+pub use report::Report;
+
+/// Options of `danmaku bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Benchmark a running server at this URL instead of starting one
+    /// (then server RSS and CPU are reported as null).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Print one JSON object on stdout at the end instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Config file for the server the bench starts.
+    #[arg(long, global = true)]
+    server_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N viewers in one room, S senders posting R danmaku/s in total over WebSocket.
+    Fanout {
+        /// Viewers (WebSocket connections) in the room.
+        #[arg(long, default_value_t = 1000)]
+        viewers: usize,
+        /// Sending connections.
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Danmaku per second in total.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The room.
+        #[arg(long, default_value = "bench")]
+        room: String,
+    },
+    /// Many rooms with a few viewers each, each room receiving its own rate.
+    Rooms {
+        /// Rooms.
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        /// Viewers in each room.
+        #[arg(long, default_value_t = 5)]
+        viewers_per_room: usize,
+        /// Danmaku per second sent to each room.
+        #[arg(long, default_value_t = 2.0)]
+        rate_per_room: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// HTTP POST sends, acknowledged only when durable.
+    Ingest {
+        /// Concurrent senders (each waits for its answer before sending again).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// N idle WebSocket connections: connect rate and server memory per connection.
+    Connect {
+        /// Connections (at most about 19,000 within a 20,000 open-files limit).
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+}
+
+/// Runs a scenario and prints its report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let target = target::Target::start(args.url.as_deref(), args.server_config.as_deref()).await?;
+    let addr: SocketAddr = target.addr;
+    let report = match args.scenario {
+        Scenario::Fanout {
+            viewers,
+            senders,
+            rate,
+            duration,
+            room,
+        } => {
+            let rooms = vec![room];
+            fanout::run(
+                &target,
+                addr,
+                fanout::Plan::new("fanout", rooms, viewers, senders, rate, duration),
+            )
+            .await?
+        }
+        Scenario::Rooms {
+            rooms,
+            viewers_per_room,
+            rate_per_room,
+            duration,
+        } => {
+            let names = (0..rooms).map(|i| format!("bench-{i}")).collect();
+            let senders = rooms.clamp(1, 16);
+            let plan = fanout::Plan::new(
+                "rooms",
+                names,
+                viewers_per_room,
+                senders,
+                rate_per_room * rooms as f64,
+                duration,
+            );
+            fanout::run(&target, addr, plan).await?
+        }
+        Scenario::Ingest {
+            concurrency,
+            duration,
+        } => ingest::run(&target, addr, concurrency, duration).await?,
+        Scenario::Connect { connections } => connect::run(&target, addr, connections).await?,
+    };
+    target.stop().await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The result of a scenario: one JSON object, and its human summary.
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Every figure a scenario reports; a figure it could not measure is null.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// `fanout`, `rooms`, `ingest` or `connect`.
+    pub scenario: &'static str,
+    /// Viewers in total.
+    pub viewers: Option<usize>,
+    /// Rooms.
+    pub rooms: Option<usize>,
+    /// Connections held open (connect).
+    pub connections: Option<usize>,
+    /// Danmaku (or requests) per second the load asked for.
+    pub offered_per_s: Option<f64>,
+    /// Danmaku sent and acknowledged.
+    pub sent: Option<u64>,
+    /// Acknowledged sends per second (ingest).
+    pub acked_per_s: Option<f64>,
+    /// Deliveries (danmaku received by viewers) per second.
+    pub delivered_per_s: Option<f64>,
+    /// Latency percentiles, ms: send to receipt (fanout, rooms) or send to
+    /// acknowledgement (ingest).
+    pub p50_ms: Option<f64>,
+    /// 90th percentile.
+    pub p90_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
+    /// 99.9th percentile.
+    pub p999_ms: Option<f64>,
+    /// Largest latency seen.
+    pub max_ms: Option<f64>,
+    /// Danmaku a viewer never received (summed over viewers), including
+    /// those announced as dropped by a lagged frame.
+    pub lost: Option<u64>,
+    /// Danmaku a viewer received more than once.
+    pub duplicated: Option<u64>,
+    /// Lagged frames received by viewers.
+    pub lagged: Option<u64>,
+    /// Seconds until every connection was open.
+    pub connect_s: Option<f64>,
+    /// Connections opened per second.
+    pub connects_per_s: Option<f64>,
+    /// Failed connections or requests.
+    pub errors: Option<u64>,
+    /// Server resident memory at the end, bytes.
+    pub server_rss_bytes: Option<u64>,
+    /// (RSS with the connections open − RSS before) / connections.
+    pub server_rss_per_conn_bytes: Option<f64>,
+    /// Server CPU time used during the scenario, seconds.
+    pub server_cpu_s: Option<f64>,
+    /// Wall-clock seconds of the measured phase.
+    pub elapsed_s: Option<f64>,
+}
+
+/// Microseconds in a histogram value.
+const MS: f64 = 1000.0;
+
+impl Report {
+    /// Fills the latency fields from a histogram of microseconds.
+    pub fn set_latency(&mut self, h: &Histogram<u64>) {
+        if h.is_empty() {
+            return;
+        }
+        let q = |p: f64| Some(h.value_at_quantile(p) as f64 / MS);
+        self.p50_ms = q(0.50);
+        self.p90_ms = q(0.90);
+        self.p99_ms = q(0.99);
+        self.p999_ms = q(0.999);
+        self.max_ms = Some(h.max() as f64 / MS);
+    }
+
+    /// A few lines for a person.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let json = serde_json::to_value(self).expect("a report serialises");
+        let _ = writeln!(out, "danmaku bench {}", self.scenario);
+        for (key, value) in json.as_object().expect("an object") {
+            if key != "scenario" && !value.is_null() {
+                let _ = writeln!(out, "  {key:<26} {value}");
+            }
+        }
+        out
+    }
+}
+
+/// A histogram of latencies in microseconds, 1 µs to 100 s.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds")
+}

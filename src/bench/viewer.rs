@@ -1,0 +1,260 @@
+//! A lean WebSocket viewer for the load generator.
+//!
+//! It reads server frames (unmasked) straight from a `TcpStream` and scans
+//! danmaku frames for `{"id":` and the sender's timestamp instead of parsing
+//! the JSON, so that thousands of viewers cost the generator little CPU.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use memchr::memmem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use super::progress::Counters;
+use super::report::latency_histogram;
+
+/// The text prefix a bench sender puts before its send time (µs).
+pub const STAMP: &str = "bench ";
+/// How the stamp appears in a danmaku's JSON.
+const STAMP_KEY: &[u8] = b"\"text\":\"bench ";
+
+/// Microseconds since the unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The source address for connection `i`: spread over 127.0.0.2.. so that
+/// no one source runs out of ephemeral ports.
+pub fn source_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        127,
+        0,
+        (i / 10_000 / 250) as u8,
+        2 + (i / 10_000 % 250) as u8,
+    )
+}
+
+/// Opens a TCP connection from `source` and completes the WebSocket
+/// handshake; returns the stream and whatever followed the response.
+pub async fn handshake(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    room: &str,
+) -> io::Result<(TcpStream, BytesMut)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    let mut stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET /ws?room={room} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: YmVuY2htYXJrLWtleS0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(end) = memmem::find(&buf, b"\r\n\r\n") {
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Err(io::Error::other(
+                    String::from_utf8_lossy(&buf[..end]).into_owned(),
+                ));
+            }
+            buf.advance(end + 4);
+            return Ok((stream, buf));
+        }
+    }
+}
+
+/// What one viewer saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Danmaku received.
+    pub received: u64,
+    /// Ids never received (gaps, and the tail it did not reach).
+    pub lost: u64,
+    /// Ids received more than once.
+    pub duplicated: u64,
+    /// Lagged frames.
+    pub lagged: u64,
+    /// Send-to-receipt latencies, µs (sampled viewers only), not yet
+    /// shared with the counters.
+    latency: Option<Histogram<u64>>,
+}
+
+/// A connected viewer.
+pub struct Viewer {
+    stream: TcpStream,
+    buf: BytesMut,
+    /// The next id expected; 0 until the hello frame says where to start.
+    next_id: u64,
+    seen: Seen,
+}
+
+/// Finds `key` in `hay` from `from` and parses the digits after it.
+fn number_after(hay: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
+    let at = from + memmem::find(&hay[from..], key)? + key.len();
+    let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let n = std::str::from_utf8(&hay[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    Some((n, at + digits))
+}
+
+impl Viewer {
+    /// Connects a viewer to `room`.
+    pub async fn connect(
+        addr: SocketAddr,
+        source: Ipv4Addr,
+        room: &str,
+        sample: bool,
+    ) -> io::Result<Viewer> {
+        let (stream, buf) = handshake(addr, source, room).await?;
+        Ok(Viewer {
+            stream,
+            buf,
+            next_id: 0,
+            seen: Seen {
+                latency: sample.then(latency_histogram),
+                ..Seen::default()
+            },
+        })
+    }
+
+    /// Reads until `last_id` holds a final id and the viewer has reached it,
+    /// or the channel closes; returns what it saw.
+    pub async fn run(
+        mut self,
+        counters: Arc<Counters>,
+        last_delivery: Arc<AtomicU64>,
+        mut last_id: watch::Receiver<Option<u64>>,
+    ) -> Seen {
+        let mut shared_at = now_micros();
+        loop {
+            if let Some(last) = *last_id.borrow() {
+                if self.next_id > last {
+                    break;
+                }
+            }
+            self.buf.reserve(64 * 1024);
+            let read = tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => r,
+                changed = last_id.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let before = self.seen.received;
+            if self.parse_frames().await.is_err() {
+                break;
+            }
+            let got = self.seen.received - before;
+            if got > 0 {
+                let now = now_micros();
+                counters.delivered.fetch_add(got, Ordering::Relaxed);
+                last_delivery.fetch_max(now, Ordering::Relaxed);
+                // Share latencies about once a second, for the live p99.
+                if let Some(h) = self
+                    .seen
+                    .latency
+                    .as_mut()
+                    .filter(|_| now > shared_at + 1_000_000)
+                {
+                    counters.record(h);
+                    h.reset();
+                    shared_at = now;
+                }
+            }
+        }
+        if let Some(last) = *last_id.borrow() {
+            self.seen.lost += (last + 1).saturating_sub(self.next_id.max(1));
+        }
+        if let Some(h) = &self.seen.latency {
+            counters.record(h);
+        }
+        self.seen
+    }
+
+    async fn parse_frames(&mut self) -> io::Result<()> {
+        loop {
+            let buf = &self.buf[..];
+            if buf.len() < 2 {
+                return Ok(());
+            }
+            let opcode = buf[0] & 0x0f;
+            let (len, header) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&buf[2..10]);
+                    (u64::from_be_bytes(b) as usize, 10)
+                }
+                126 | 127 => return Ok(()),
+                n => (n as usize, 2),
+            };
+            if buf.len() < header + len {
+                return Ok(());
+            }
+            match opcode {
+                0x1 => self.scan(header, header + len),
+                0x8 => return Err(io::ErrorKind::ConnectionAborted.into()),
+                0x9 => {
+                    // Pong with an all-zero mask: the payload goes as it is.
+                    let mut pong = vec![0x8A, 0x80 | len as u8, 0, 0, 0, 0];
+                    pong.extend_from_slice(&buf[header..header + len]);
+                    self.stream.write_all(&pong).await?;
+                }
+                _ => {}
+            }
+            self.buf.advance(header + len);
+        }
+    }
+
+    fn scan(&mut self, start: usize, end: usize) {
+        let payload = &self.buf[start..end];
+        if payload.starts_with(br#"{"type":"danmaku""#) {
+            let now = self.seen.latency.as_ref().map(|_| now_micros());
+            let mut pos = 0;
+            while let Some((id, after)) = number_after(payload, br#"{"id":"#, pos) {
+                pos = after;
+                self.seen.received += 1;
+                if self.next_id == 0 || id == self.next_id {
+                    self.next_id = id + 1;
+                } else if id > self.next_id {
+                    self.seen.lost += id - self.next_id;
+                    self.next_id = id + 1;
+                } else {
+                    self.seen.duplicated += 1;
+                }
+                if let (Some(h), Some(now)) = (self.seen.latency.as_mut(), now) {
+                    if let Some((sent, _)) = number_after(payload, STAMP_KEY, pos) {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                }
+            }
+        } else if payload.starts_with(br#"{"type":"hello""#) {
+            if let Some((last, _)) = number_after(payload, br#""last_id":"#, 0) {
+                self.next_id = last + 1;
+            }
+        } else if payload.starts_with(br#"{"type":"lagged""#) {
+            self.seen.lagged += 1;
+        }
+    }
+}
