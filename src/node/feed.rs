@@ -7,6 +7,8 @@
 //! passes live frames through, skipping or trimming those it already sent.
 //! Both transports (WebSocket and SSE) use it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::danmaku::Danmaku;
@@ -15,6 +17,8 @@ use crate::store::{Store, StoreError};
 
 /// Danmaku read from the store per catch-up query.
 const PAGE: usize = 500;
+
+type PendingRead = Pin<Box<dyn Future<Output = Result<Vec<Danmaku>, StoreError>> + Send>>;
 
 /// What a viewer is sent next.
 #[derive(Debug)]
@@ -46,6 +50,10 @@ pub struct Feed {
     /// A frame taken from the ring but not yet delivered, kept across a
     /// store read so that cancelling `next` loses nothing.
     held: Option<Arc<Frame>>,
+    /// A store read in progress. Kept across cancellations of `next`, so
+    /// that a viewer whose `select!` picks another branch resumes the same
+    /// query instead of starting it again.
+    reading: Option<PendingRead>,
 }
 
 enum Placed {
@@ -68,6 +76,7 @@ impl Feed {
             catching_up: since.is_some(),
             backlog: since.is_some(),
             held: None,
+            reading: None,
         }
     }
 
@@ -117,13 +126,17 @@ impl Feed {
     /// The next delivery if one is ready without waiting; `None` when the
     /// ring is empty or the next step needs the store ([`Feed::next`]).
     pub fn try_next(&mut self) -> Option<Delivery> {
-        if self.backlog || self.held.is_some() {
+        if self.backlog || (self.held.is_some() && self.catching_up) {
             return None;
         }
         loop {
-            let frame = match self.viewer.try_recv()? {
-                Received::Frame(f) => f,
-                Received::Lagged(_) => continue,
+            let frame = match self.held.take() {
+                // Held after a reported lag: ready to go.
+                Some(f) => f,
+                None => match self.viewer.try_recv()? {
+                    Received::Frame(f) => f,
+                    Received::Lagged(_) => continue,
+                },
             };
             match self.place(frame) {
                 Placed::Deliver(d) => return Some(d),
@@ -136,10 +149,25 @@ impl Feed {
         }
     }
 
-    async fn read_after_cursor(&self) -> Result<Vec<Danmaku>, StoreError> {
-        self.store
-            .after(self.viewer.room().name(), self.cursor, PAGE)
-            .await
+    /// The page after the cursor, resuming a read a cancelled `next` left.
+    async fn read_after_cursor(&mut self) -> Result<Vec<Danmaku>, StoreError> {
+        let read = self.reading.get_or_insert_with(|| {
+            let (store, room, after) = (
+                self.store.clone(),
+                self.viewer.room().name().to_owned(),
+                self.cursor,
+            );
+            Box::pin(async move { store.after(&room, after, PAGE).await })
+        });
+        let page = read.await;
+        self.reading = None;
+        page
+    }
+
+    /// The id after which this feed starts (or has reached): what an SSE
+    /// client should send back as `Last-Event-ID` if it reconnects now.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
     }
 
     /// Decides what a live frame means for this viewer.

@@ -165,6 +165,9 @@ impl Decoder {
             127 => {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(&buf[2..10]);
+                if b[0] & 0x80 != 0 {
+                    return Err(FrameError::Protocol("64-bit length with the top bit set"));
+                }
                 (u64::from_be_bytes(b), 10)
             }
             n => (u64::from(n), 2),
@@ -177,7 +180,9 @@ impl Decoder {
         let held = self.fragments.as_ref().map_or(0, |(_, p)| p.len()) as u64;
         // Checked before the payload arrives, so a huge announced length
         // costs nothing: the connection closes instead of buffering it.
-        if !opcode.is_control() && held + len > self.max_message as u64 {
+        // `len > max - held`, not `held + len > max`: an announced length
+        // near 2^63 must not wrap around and pass.
+        if !opcode.is_control() && len > (self.max_message as u64).saturating_sub(held) {
             return Err(FrameError::TooBig(self.max_message));
         }
         let len = len as usize;
@@ -389,6 +394,21 @@ mod tests {
         let mut two = client_frame(false, 1, &[b'a'; 3000]);
         two.extend(client_frame(true, 0, &[b'a'; 3000]));
         assert_eq!(decode_all(&mut d, &two), Err(FrameError::TooBig(4096)));
+    }
+
+    #[test]
+    fn huge_announced_lengths_cannot_wrap_the_limit() {
+        let mut d = Decoder::new(4096);
+        let first = client_frame(false, 1, &[b'a'; 100]);
+        assert!(matches!(d.decode(&first), Ok(Decoded::Fragment { .. })));
+        // A continuation announcing 2^63 - 50 bytes (held + len would wrap
+        // in u64 arithmetic only with the top bit; both must be refused).
+        for len in [(1u64 << 63) - 50, u64::MAX - 50] {
+            let mut cont = vec![0x80, 0x80 | 127];
+            cont.extend_from_slice(&len.to_be_bytes());
+            cont.extend_from_slice(&[0, 0, 0, 0]);
+            assert!(d.decode(&cont).is_err(), "{len}");
+        }
     }
 
     #[test]

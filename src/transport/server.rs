@@ -43,10 +43,20 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     drop(listener);
     tracing::info!("shutting down: no longer accepting connections");
     stop.cancel();
-    app.node.drain().await;
-    app.tasks.close();
     let grace = Duration::from_secs(app.node.config.connection.shutdown_grace_s);
-    if tokio::time::timeout(grace, app.tasks.wait()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, app.node.drain())
+        .await
+        .is_err()
+    {
+        tracing::error!("the store did not finish its last commit within the grace period");
+        app.node.going_away().cancel();
+    }
+    app.tasks.close();
+    if tokio::time::timeout_at(deadline, app.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             left = app.tasks.len(),
             "connections still open after the grace period"

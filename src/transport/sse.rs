@@ -71,6 +71,10 @@ async fn open(
         online: joined.online,
     };
     let mut first = sse::PREAMBLE.to_vec();
+    // The hello carries the feed's starting point as its event id, so an
+    // EventSource that drops before any danmaku arrives still resumes from
+    // where it started instead of from "now".
+    first.extend_from_slice(format!("id: {}\n", joined.feed.cursor()).as_bytes());
     first.extend_from_slice(&sse::message_event("hello", &hello));
     let ping = Duration::from_secs(node.config.connection.ping_interval_s);
     let mut ticker = interval_at(Instant::now() + ping, ping);

@@ -113,6 +113,15 @@ async fn sse_delivers_each_danmaku_with_its_id_and_resumes_from_last_event_id() 
         .await
         .unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
+    // The hello carries the starting point as its event id, so an
+    // EventSource that drops before any danmaku resumes from there.
+    let first = tokio::time::timeout(WAIT, sse.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8(first.to_vec()).unwrap();
+    assert!(first.contains("id: 0\nevent: hello\n"), "{first}");
     for text in ["one", "two"] {
         assert_eq!(post(&server, "obs", json!({"text": text})).await.0, 201);
     }

@@ -29,7 +29,11 @@ impl Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_danmaku"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
-            .env("RUST_LOG", "warn")
+            // DANMAKU_TEST_LOG=debug shows the server's logs when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("DANMAKU_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if let Some(text) = config {

@@ -95,11 +95,20 @@ async fn slow_viewers_lag_and_are_cut_off_while_a_fast_one_gets_everything() {
         let got = collect_danmaku(&mut fast, TOTAL).await;
         (fast, got)
     });
+    // The sender is a viewer too: it must keep reading (its acks among the
+    // room's frames), or it would be cut off as a slow consumer itself.
+    let mut acked = 0;
     for i in 0..TOTAL {
         send_ws(&mut sender, json!({"type": "send", "ref": i, "text": text})).await;
         if i % 32 == 31 {
             // Stay within the in-flight limit by reading acks as we go.
             while next_json(&mut sender).await["type"] != "ack" {}
+            acked += 1;
+        }
+    }
+    while acked < TOTAL {
+        if next_json(&mut sender).await["type"] == "ack" {
+            acked += 1;
         }
     }
     let (mut fast, got) = tokio::time::timeout(Duration::from_secs(60), reader)

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -56,17 +57,28 @@ pub struct Connection {
     feed: Feed,
     /// Sends waiting for the store, answered in order.
     acks: FuturesOrdered<Ack>,
-    /// A close frame is queued: read nothing more, take nothing more.
+    /// The connection is closing: read nothing more, take nothing more.
     closing: bool,
+    /// The close frame, held back until every send in flight is answered
+    /// (nothing may follow a close frame), then queued.
+    close_frame: Option<Bytes>,
+    /// The close frame is in the outbox.
+    close_queued: bool,
     /// The client's half of the connection is closed.
     eof: bool,
     /// Lags since the viewer last emptied its queue.
     lags_in_row: u32,
     last_heard: Instant,
     last_ping: Instant,
-    last_progress: Instant,
+    /// Since when queued bytes have been waiting with no write progress.
+    stalled_since: Option<Instant>,
     hello: Option<Bytes>,
 }
+
+/// How long a closed connection keeps reading (and discarding) before the
+/// socket is dropped, so that unread client bytes do not make the kernel
+/// reset the connection and destroy the close frame in flight.
+const LINGER: Duration = Duration::from_secs(2);
 
 impl Connection {
     /// A connection for a client that has joined `room`.
@@ -95,11 +107,13 @@ impl Connection {
             feed: joined.feed,
             acks: FuturesOrdered::new(),
             closing: false,
+            close_frame: None,
+            close_queued: false,
             eof: false,
             lags_in_row: 0,
             last_heard: now,
             last_ping: now,
-            last_progress: now,
+            stalled_since: None,
             hello: Some(hello),
         }
     }
@@ -113,9 +127,25 @@ impl Connection {
                 .get_or_create(&TransportLabel { transport: "ws" }),
         );
         let _task = GaugeGuard::new(&metrics.tasks);
-        if let Err(e) = self.serve().await {
-            tracing::debug!(error = %e, room = %self.room, "websocket connection ended");
+        match self.serve().await {
+            Ok(()) => self.linger().await,
+            Err(e) => tracing::debug!(error = %e, room = %self.room, "websocket connection ended"),
         }
+    }
+
+    /// After the close frame is written: end our side, then read and discard
+    /// until the client closes too (or `LINGER` passes).
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let mut scratch = [0u8; 512];
+        let drain = async {
+            while let Ok(n) = self.stream.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -137,18 +167,37 @@ impl Connection {
             if !self.closing {
                 self.pull_ready(max_queued);
             }
+            if self.closing && !self.close_queued && self.acks.is_empty() {
+                if let Some(frame) = self.close_frame.take() {
+                    self.outbox.push(frame);
+                }
+                self.close_queued = true;
+            }
             self.write()?;
             if self.outbox.is_empty() {
-                if self.closing || self.eof {
+                if self.close_queued {
                     return Ok(());
                 }
                 self.lags_in_row = 0;
             }
             let deadline = self.deadline(ping_every, idle_timeout, write_timeout);
+            // Checked here as well as in the select, so that a socket that is
+            // always readable cannot starve the timeouts.
+            if Instant::now() >= deadline {
+                self.on_timer(ping_every, idle_timeout, write_timeout)?;
+                continue;
+            }
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
-            let reading = !self.closing && !self.eof && self.acks.len() < max_in_flight;
+            // Room frames fill the outbox only up to `max_queued`; the room
+            // above that is for answers to the client (acks, pongs, errors).
+            // Reading stops when those pile up unread too, so a client that
+            // floods pings without reading cannot grow the outbox.
+            let reading = !self.closing
+                && !self.eof
+                && self.acks.len() < max_in_flight
+                && self.outbox.bytes() < 2 * max_queued;
             let taking = !self.closing && self.outbox.bytes() < max_queued;
             let writing = !self.outbox.is_empty();
             tokio::select! {
@@ -169,7 +218,7 @@ impl Connection {
                     ready?;
                     self.read()?;
                 }
-                Some((reference, result)) = self.acks.next(), if !self.acks.is_empty() => {
+                Some((reference, result)) = self.acks.next(), if !self.acks.is_empty() && !self.close_queued => {
                     self.answer(reference.as_ref(), result);
                     // Commands held back while too many sends were in flight.
                     self.handle_input()?;
@@ -228,9 +277,13 @@ impl Connection {
     }
 
     fn write(&mut self) -> io::Result<()> {
-        if self.outbox.write_to(&self.stream)? > 0 {
-            self.last_progress = Instant::now();
-        }
+        let wrote = self.outbox.write_to(&self.stream)?;
+        self.stalled_since = match self.stalled_since {
+            _ if self.outbox.is_empty() => None,
+            _ if wrote > 0 => Some(Instant::now()),
+            None => Some(Instant::now()),
+            waiting => waiting,
+        };
         Ok(())
     }
 
@@ -240,9 +293,9 @@ impl Connection {
         }
         match self.stream.try_read_buf(&mut self.inbuf) {
             Ok(0) => {
-                // The client closed its half: finish writing, then stop.
+                // The client closed its half: answer what it sent, then stop.
                 self.eof = true;
-                self.closing = true;
+                self.close(close_code::NORMAL, "");
             }
             Ok(_) => {
                 self.last_heard = Instant::now();
@@ -334,20 +387,21 @@ impl Connection {
         self.outbox.push(frame);
     }
 
-    /// Queues a close frame; the connection ends once it is written.
+    /// Starts closing: the close frame goes out once every send in flight is
+    /// answered, and the connection ends once it is written.
     fn close(&mut self, code: u16, reason: &str) {
         if !self.closing {
             self.closing = true;
-            self.outbox.push(websocket::close_frame(code, reason));
+            self.close_frame = Some(websocket::close_frame(code, reason));
         }
     }
 
     fn deadline(&self, ping_every: Duration, idle: Duration, write_timeout: Duration) -> Instant {
-        let mut deadline = (self.last_ping + ping_every).min(self.last_heard + idle);
-        if !self.outbox.is_empty() {
-            deadline = deadline.min(self.last_progress + write_timeout);
+        let deadline = (self.last_ping + ping_every).min(self.last_heard + idle);
+        match self.stalled_since {
+            Some(since) => deadline.min(since + write_timeout),
+            None => deadline,
         }
-        deadline
     }
 
     fn on_timer(
@@ -357,7 +411,10 @@ impl Connection {
         write_timeout: Duration,
     ) -> io::Result<()> {
         let now = Instant::now();
-        if !self.outbox.is_empty() && now >= self.last_progress + write_timeout {
+        if self
+            .stalled_since
+            .is_some_and(|since| now >= since + write_timeout)
+        {
             // The socket took nothing for the whole timeout: a close frame
             // could not get through either.
             self.node.metrics.slow_disconnects.inc();
