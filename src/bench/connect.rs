@@ -25,7 +25,9 @@ pub async fn run(target: &Target, addr: SocketAddr, n: usize) -> anyhow::Result<
     let mut open = Vec::with_capacity(n);
     let mut errors = 0u64;
     for chunk in (0..n).collect::<Vec<_>>().chunks(CONCURRENCY) {
-        let attempts = chunk.iter().map(|&i| handshake(addr, source_ip(i), "idle"));
+        let attempts = chunk
+            .iter()
+            .map(|&i| handshake(addr, source_ip(i), "idle", false));
         for result in futures_util::future::join_all(attempts).await {
             match result {
                 Ok(conn) => {

@@ -32,6 +32,8 @@ pub struct Plan {
     senders_per_room: usize,
     total_rate: f64,
     duration: Duration,
+    /// Viewers that read too slowly on purpose (they should show up as lagged).
+    pub slow_viewers: usize,
 }
 
 impl Plan {
@@ -52,6 +54,7 @@ impl Plan {
             senders_per_room,
             total_rate,
             duration: Duration::from_secs_f64(duration),
+            slow_viewers: 0,
         }
     }
 }
@@ -70,12 +73,12 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     for chunk in (0..viewers).collect::<Vec<_>>().chunks(CONNECT_CONCURRENCY) {
         let attempts = chunk.iter().map(|&i| {
             let room = plan.rooms[i % rooms].clone();
-            let sample = i % viewers.div_ceil(SAMPLED_VIEWERS).max(1) == 0;
+            let slow = i < plan.slow_viewers;
+            // Latency is sampled on viewers that keep up.
+            let sample = !slow && i % viewers.div_ceil(SAMPLED_VIEWERS).max(1) == 0;
             async move {
-                (
-                    i % rooms,
-                    Viewer::connect(addr, source_ip(i), &room, sample).await,
-                )
+                let viewer = Viewer::connect(addr, source_ip(i), &room, sample, slow).await;
+                (i % rooms, viewer)
             }
         });
         for (room, result) in futures_util::future::join_all(attempts).await {

@@ -58,6 +58,10 @@ enum Scenario {
         /// The room.
         #[arg(long, default_value = "bench")]
         room: String,
+        /// Of the viewers, this many read too slowly on purpose: they should
+        /// be reported as lagged (and their losses counted), never silently.
+        #[arg(long, default_value_t = 0)]
+        slow_viewers: usize,
     },
     /// Many rooms with a few viewers each, each room receiving its own rate.
     Rooms {
@@ -102,14 +106,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             duration,
             room,
+            slow_viewers,
         } => {
-            let rooms = vec![room];
-            fanout::run(
-                &target,
-                addr,
-                fanout::Plan::new("fanout", rooms, viewers, senders, rate, duration),
-            )
-            .await?
+            let mut plan =
+                fanout::Plan::new("fanout", vec![room], viewers, senders, rate, duration);
+            plan.slow_viewers = slow_viewers;
+            fanout::run(&target, addr, plan).await?
         }
         Scenario::Rooms {
             rooms,

@@ -49,8 +49,12 @@ pub async fn handshake(
     addr: SocketAddr,
     source: Ipv4Addr,
     room: &str,
+    small_buffer: bool,
 ) -> io::Result<(TcpStream, BytesMut)> {
     let socket = TcpSocket::new_v4()?;
+    if small_buffer {
+        socket.set_recv_buffer_size(4096)?;
+    }
     socket.bind(SocketAddr::from((source, 0)))?;
     let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -90,15 +94,17 @@ pub struct Seen {
     /// Send-to-receipt latencies, µs (sampled viewers only), not yet
     /// shared with the counters.
     latency: Option<Histogram<u64>>,
+    /// The next id expected; 0 until the hello frame says where to start.
+    next_id: u64,
 }
 
 /// A connected viewer.
 pub struct Viewer {
     stream: TcpStream,
     buf: BytesMut,
-    /// The next id expected; 0 until the hello frame says where to start.
-    next_id: u64,
     seen: Seen,
+    /// Pause between reads, to play a viewer that cannot keep up.
+    pause: Option<std::time::Duration>,
 }
 
 /// Finds `key` in `hay` from `from` and parses the digits after it.
@@ -112,6 +118,39 @@ fn number_after(hay: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
     Some((n, at + digits))
 }
 
+impl Seen {
+    /// Tallies one text frame from the server.
+    fn scan(&mut self, payload: &[u8]) {
+        if payload.starts_with(br#"{"type":"danmaku""#) {
+            let now = self.latency.as_ref().map(|_| now_micros());
+            let mut pos = 0;
+            while let Some((id, after)) = number_after(payload, br#"{"id":"#, pos) {
+                pos = after;
+                self.received += 1;
+                if self.next_id == 0 || id == self.next_id {
+                    self.next_id = id + 1;
+                } else if id > self.next_id {
+                    self.lost += id - self.next_id;
+                    self.next_id = id + 1;
+                } else {
+                    self.duplicated += 1;
+                }
+                if let (Some(h), Some(now)) = (self.latency.as_mut(), now) {
+                    if let Some((sent, _)) = number_after(payload, STAMP_KEY, pos) {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                }
+            }
+        } else if payload.starts_with(br#"{"type":"hello""#) {
+            if let Some((last, _)) = number_after(payload, br#""last_id":"#, 0) {
+                self.next_id = last + 1;
+            }
+        } else if payload.starts_with(br#"{"type":"lagged""#) {
+            self.lagged += 1;
+        }
+    }
+}
+
 impl Viewer {
     /// Connects a viewer to `room`.
     pub async fn connect(
@@ -119,12 +158,16 @@ impl Viewer {
         source: Ipv4Addr,
         room: &str,
         sample: bool,
+        slow: bool,
     ) -> io::Result<Viewer> {
-        let (stream, buf) = handshake(addr, source, room).await?;
+        let (stream, buf) = handshake(addr, source, room, slow).await?;
+        // A slow viewer reads a little every 50 ms through a tiny receive
+        // buffer, so that it falls behind any real rate.
+        let pause = slow.then_some(std::time::Duration::from_millis(50));
         Ok(Viewer {
             stream,
             buf,
-            next_id: 0,
+            pause,
             seen: Seen {
                 latency: sample.then(latency_histogram),
                 ..Seen::default()
@@ -143,13 +186,22 @@ impl Viewer {
         let mut shared_at = now_micros();
         loop {
             if let Some(last) = *last_id.borrow() {
-                if self.next_id > last {
+                if self.seen.next_id > last {
                     break;
                 }
             }
-            self.buf.reserve(64 * 1024);
+            if let Some(pause) = self.pause {
+                tokio::time::sleep(pause).await;
+            }
+            let chunk = if self.pause.is_some() {
+                2048
+            } else {
+                64 * 1024
+            };
+            self.buf.reserve(chunk);
+            let mut limited = (&mut self.stream).take(chunk as u64);
             let read = tokio::select! {
-                r = self.stream.read_buf(&mut self.buf) => r,
+                r = limited.read_buf(&mut self.buf) => r,
                 changed = last_id.changed() => {
                     if changed.is_err() {
                         break;
@@ -184,7 +236,7 @@ impl Viewer {
             }
         }
         if let Some(last) = *last_id.borrow() {
-            self.seen.lost += (last + 1).saturating_sub(self.next_id.max(1));
+            self.seen.lost += (last + 1).saturating_sub(self.seen.next_id.max(1));
         }
         if let Some(h) = &self.seen.latency {
             counters.record(h);
@@ -213,7 +265,7 @@ impl Viewer {
                 return Ok(());
             }
             match opcode {
-                0x1 => self.scan(header, header + len),
+                0x1 => self.seen.scan(&self.buf[header..header + len]),
                 0x8 => return Err(io::ErrorKind::ConnectionAborted.into()),
                 0x9 => {
                     // Pong with an all-zero mask: the payload goes as it is.
@@ -226,35 +278,47 @@ impl Viewer {
             self.buf.advance(header + len);
         }
     }
+}
 
-    fn scan(&mut self, start: usize, end: usize) {
-        let payload = &self.buf[start..end];
-        if payload.starts_with(br#"{"type":"danmaku""#) {
-            let now = self.seen.latency.as_ref().map(|_| now_micros());
-            let mut pos = 0;
-            while let Some((id, after)) = number_after(payload, br#"{"id":"#, pos) {
-                pos = after;
-                self.seen.received += 1;
-                if self.next_id == 0 || id == self.next_id {
-                    self.next_id = id + 1;
-                } else if id > self.next_id {
-                    self.seen.lost += id - self.next_id;
-                    self.next_id = id + 1;
-                } else {
-                    self.seen.duplicated += 1;
-                }
-                if let (Some(h), Some(now)) = (self.seen.latency.as_mut(), now) {
-                    if let Some((sent, _)) = number_after(payload, STAMP_KEY, pos) {
-                        let _ = h.record(now.saturating_sub(sent).max(1));
-                    }
-                }
-            }
-        } else if payload.starts_with(br#"{"type":"hello""#) {
-            if let Some((last, _)) = number_after(payload, br#""last_id":"#, 0) {
-                self.next_id = last + 1;
-            }
-        } else if payload.starts_with(br#"{"type":"lagged""#) {
-            self.seen.lagged += 1;
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(ids: &[u64], stamp: u64) -> Vec<u8> {
+        let items: Vec<String> = ids
+            .iter()
+            .map(|id| format!(r##"{{"id":{id},"room":"r","user":"u","name":"n","text":"{STAMP}{stamp}","mode":"scroll","color":"#ffffff","size":25,"ts":1}}"##))
+            .collect();
+        format!(r#"{{"type":"danmaku","items":[{}]}}"#, items.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn counts_ids_gaps_repeats_and_lag_notices() {
+        let mut seen = Seen {
+            latency: Some(latency_histogram()),
+            ..Seen::default()
+        };
+        seen.scan(br#"{"type":"hello","room":"r","last_id":4,"online":1}"#);
+        let sent = now_micros() - 2_000;
+        seen.scan(&batch(&[5, 6], sent));
+        seen.scan(br#"{"type":"lagged","dropped":3}"#);
+        seen.scan(&batch(&[10], sent));
+        seen.scan(&batch(&[10, 11], sent));
+        assert_eq!(
+            (seen.received, seen.lost, seen.duplicated, seen.lagged),
+            (5, 3, 1, 1)
+        );
+        assert_eq!(seen.next_id, 12);
+        let h = seen.latency.unwrap();
+        assert_eq!(h.len(), 5);
+        assert!(h.min() >= 2_000, "latency from the stamp in the text");
+    }
+
+    #[test]
+    fn text_that_looks_like_an_id_is_not_counted() {
+        // A quote inside a danmaku's text is escaped, so it cannot start `{"id":`.
+        let mut seen = Seen::default();
+        seen.scan(br#"{"type":"danmaku","items":[{"id":1,"text":"{\"id\":99}"}]}"#);
+        assert_eq!((seen.received, seen.next_id), (1, 2));
     }
 }

@@ -3,6 +3,7 @@
 mod server;
 
 mod bad_input;
+mod bench;
 mod cli;
 mod delivery;
 mod resume;

@@ -1,0 +1,88 @@
+//! `danmaku bench` against a real server: its figures match what happened.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::server::*;
+
+fn bench(server: &Server, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .args(["bench", "--url", &server.url(), "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Exactly one JSON object on stdout.
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_short_fanout_reports_exactly_what_was_sent_and_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let report = bench(
+        &server,
+        &[
+            "fanout",
+            "--viewers",
+            "20",
+            "--senders",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--room",
+            "b",
+        ],
+    );
+    let (_, room) = get_json(&server, "/api/v1/rooms/b").await;
+    assert_eq!(report["scenario"], "fanout");
+    assert_eq!(
+        report["sent"], room["last_id"],
+        "sent counts every stored danmaku"
+    );
+    assert!(report["sent"].as_u64().unwrap() >= 150);
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["lagged"], 0);
+    assert_eq!(report["viewers"], 20);
+    assert!(report["delivered_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["p99_ms"].as_f64().is_some());
+    // A server it did not start: its memory and CPU are unknown, not invented.
+    assert!(report["server_rss_bytes"].is_null());
+    assert!(report["server_cpu_s"].is_null());
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_slow_viewer_shows_up_as_lagged_not_as_silent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[fanout]\nring_frames = 16\nmax_queued_bytes = 16384\nmax_frame_bytes = 2048\nmax_lags = 1\n";
+    let server = Server::start(&dir.path().join("data"), Some(config));
+    let report = bench(
+        &server,
+        &[
+            "fanout",
+            "--viewers",
+            "6",
+            "--slow-viewers",
+            "2",
+            "--senders",
+            "2",
+            "--rate",
+            "1000",
+            "--duration",
+            "3",
+        ],
+    );
+    assert!(report["lagged"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["lost"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["duplicated"], 0);
+    server.stop();
+}
