@@ -21,6 +21,7 @@ pub async fn run(target: &Target, addr: SocketAddr, n: usize) -> anyhow::Result<
     // Settle the server's allocator before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = target.rss_bytes();
+    let cpu_before = target.cpu_seconds();
     let started = Instant::now();
     let mut open = Vec::with_capacity(n);
     let mut errors = 0u64;
@@ -58,7 +59,7 @@ pub async fn run(target: &Target, addr: SocketAddr, n: usize) -> anyhow::Result<
             .zip(rss_before)
             .filter(|_| connections > 0)
             .map(|(a, b)| (a as f64 - b as f64) / connections as f64),
-        server_cpu_s: target.cpu_seconds(),
+        server_cpu_s: target.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b),
         ..Report::default()
     };
     drop(open);

@@ -1,9 +1,20 @@
 //! `ingest`: HTTP POST sends, each acknowledged only once durable.
+//!
+//! Each sender is a plain HTTP/1.1 keep-alive connection written by hand
+//! (one request at a time, like a browser tab): a general-purpose client
+//! costs more CPU per request than the server's whole path, and would make
+//! the generator the limit on a 2-core machine.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use memchr::memmem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::progress::{Counters, Progress};
 use super::report::{latency_histogram, Report};
@@ -18,36 +29,35 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let counters = Arc::new(Counters::default());
     let _progress = Progress::start("ingest", counters.clone());
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let url = format!("http://{addr}/api/v1/rooms/ingest/danmaku");
     let cpu_before = target.cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(duration);
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
-            let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
+            let counters = counters.clone();
             tokio::spawn(async move {
                 let mut latency = latency_histogram();
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let body = format!(r#"{{"text":"ingest {i}"}}"#);
+                let request = format!(
+                    "POST /api/v1/rooms/ingest/danmaku HTTP/1.1\r\nHost: {addr}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut conn: Option<(TcpStream, BytesMut)> = None;
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    let res = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match res {
-                        Ok(r) if r.status() == 201 => {
-                            let _ = r.bytes().await;
+                    match post(&mut conn, addr, request.as_bytes()).await {
+                        Ok(201) => {
                             let _ = latency.record(sent.elapsed().as_micros().max(1) as u64);
                             ok += 1;
                             counters.sent.fetch_add(1, Ordering::Relaxed);
                         }
-                        _ => errors += 1,
+                        Ok(_) => errors += 1,
+                        Err(_) => {
+                            errors += 1;
+                            conn = None;
+                        }
                     }
                 }
                 counters.record(&latency);
@@ -77,4 +87,44 @@ pub async fn run(
         report.set_latency(h);
     }
     Ok(report)
+}
+
+/// Sends one request on the kept-alive connection (opening it if needed)
+/// and returns the response status once the whole response is read.
+async fn post(
+    conn: &mut Option<(TcpStream, BytesMut)>,
+    addr: SocketAddr,
+    request: &[u8],
+) -> io::Result<u16> {
+    if conn.is_none() {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        *conn = Some((stream, BytesMut::with_capacity(4096)));
+    }
+    let (stream, buf) = conn.as_mut().expect("opened above");
+    stream.write_all(request).await?;
+    loop {
+        if let Some(end) = memmem::find(buf, b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).map_err(io::Error::other)?;
+            let status = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io::Error::other("bad status line"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .ok_or_else(|| io::Error::other("no content-length"))?;
+            if buf.len() >= end + 4 + length {
+                buf.advance(end + 4 + length);
+                return Ok(status);
+            }
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
 }

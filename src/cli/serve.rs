@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 
 use super::ServeArgs;
@@ -29,9 +29,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.validate()?;
     init_logging(config.log_format);
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let data = config.data.clone();
     let node = Node::start(config)
@@ -57,6 +56,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     server::run(app, listener, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the listening socket with a deep accept queue: after a restart
+/// every viewer reconnects at once, and a short queue turns that burst into
+/// dropped SYNs and one-second client retries.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 fn init_logging(format: LogFormat) {
