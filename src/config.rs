@@ -103,9 +103,12 @@ pub struct FanoutConfig {
     /// Bytes a connection may have queued for its socket before it stops
     /// taking frames from the ring (and so starts to lag).
     pub max_queued_bytes: usize,
-    /// A viewer that lags more than this many times in a row, without
-    /// emptying its queue in between, is disconnected as a slow consumer.
+    /// A viewer that lags more than this many times within `lag_window_s`
+    /// is disconnected as a slow consumer: it is not keeping up, only being
+    /// skipped ahead again and again.
     pub max_lags: u32,
+    /// The window over which lags are counted, seconds.
+    pub lag_window_s: u64,
     /// The shortest time between two `online` frames of one room, ms.
     pub online_interval_ms: u64,
     /// A room with no viewers and no sends for this long is forgotten, s.
@@ -120,6 +123,7 @@ impl Default for FanoutConfig {
             ring_frames: 256,
             max_queued_bytes: 256 * 1024,
             max_lags: 3,
+            lag_window_s: 30,
             online_interval_ms: 1000,
             room_idle_s: 60,
         }

@@ -56,6 +56,37 @@ pub struct Feed {
     reading: Option<PendingRead>,
 }
 
+/// Counts a viewer's lags to tell a hiccup from a viewer that cannot keep up.
+pub struct LagCounter {
+    max: u32,
+    window: std::time::Duration,
+    count: u32,
+    since: std::time::Instant,
+}
+
+impl LagCounter {
+    /// Allows `max` lags per `window`.
+    pub fn new(max: u32, window: std::time::Duration) -> LagCounter {
+        LagCounter {
+            max,
+            window,
+            count: 0,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Records a lag; true when the viewer should be disconnected.
+    pub fn lagged(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.since) > self.window {
+            self.count = 0;
+            self.since = now;
+        }
+        self.count += 1;
+        self.count > self.max
+    }
+}
+
 enum Placed {
     Deliver(Delivery),
     Skip,

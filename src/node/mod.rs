@@ -20,7 +20,7 @@ use crate::hub::{Hub, RoomStats};
 use crate::metrics::Metrics;
 use crate::store::{SqliteStore, Store, StoreError};
 
-pub use feed::{Delivery, Feed};
+pub use feed::{Delivery, Feed, LagCounter};
 
 /// One running server's parts.
 pub struct Node {

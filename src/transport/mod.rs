@@ -7,6 +7,7 @@
 pub mod http;
 pub mod server;
 pub mod sse;
+pub mod timed_io;
 pub mod ws;
 
 use std::sync::Arc;

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::timed_io::TimedStream;
 use super::{http, App};
 use crate::metrics::GaugeGuard;
 
@@ -84,11 +85,12 @@ async fn serve_connection(
         router.clone().oneshot(req)
     });
     let header_timeout = Duration::from_secs(app.node.config.connection.header_timeout_s);
+    let write_timeout = Duration::from_secs(app.node.config.connection.write_timeout_s);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(16 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TimedStream::new(stream, write_timeout), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

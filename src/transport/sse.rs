@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{GaugeGuard, Metrics, TransportLabel};
-use crate::node::{Delivery, Feed};
+use crate::node::{Delivery, Feed, LagCounter};
 use crate::protocol::frames::ServerMessage;
 use crate::protocol::sse;
 
@@ -85,8 +85,10 @@ async fn open(
         ticker,
         going_away: node.going_away().clone(),
         metrics: node.metrics.clone(),
-        max_lags: node.config.fanout.max_lags,
-        lags_in_row: 0,
+        lags: LagCounter::new(
+            node.config.fanout.max_lags,
+            Duration::from_secs(node.config.fanout.lag_window_s),
+        ),
         ended: false,
         _conn: GaugeGuard::new(
             &node
@@ -117,8 +119,7 @@ struct Stream {
     ticker: Interval,
     going_away: CancellationToken,
     metrics: std::sync::Arc<Metrics>,
-    max_lags: u32,
-    lags_in_row: u32,
+    lags: LagCounter,
     ended: bool,
     /// Counts the viewer. The stream runs inside its HTTP connection's task,
     /// which already counts in the task gauge.
@@ -134,12 +135,9 @@ impl Stream {
         if self.ended {
             return None;
         }
-        // hyper only asks for the next chunk once the previous one is
-        // written, so being here means the client has caught up.
         if let Some(d) = self.feed.try_next() {
             return self.encode(d);
         }
-        self.lags_in_row = 0;
         tokio::select! {
             biased;
             _ = self.going_away.cancelled() => {
@@ -181,8 +179,7 @@ impl Stream {
             Delivery::Lagged { dropped } => {
                 self.metrics.lags.inc();
                 self.metrics.dropped.inc_by(dropped);
-                self.lags_in_row += 1;
-                if self.lags_in_row > self.max_lags {
+                if self.lags.lagged() {
                     self.metrics.slow_disconnects.inc();
                     self.ended = true;
                 }

@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::guard::Sender;
 use crate::hub::encode_ws;
 use crate::metrics::{GaugeGuard, TransportLabel};
-use crate::node::{Delivery, Feed, Joined, Node};
+use crate::node::{Delivery, Feed, Joined, LagCounter, Node};
 use crate::protocol::frames::{ClientMessage, Reference, ServerMessage};
 use crate::protocol::websocket::{self, close_code, Decoded, Decoder, FrameError, Message, Opcode};
 use crate::transport::http::parse_json;
@@ -66,8 +66,7 @@ pub struct Connection {
     close_queued: bool,
     /// The client's half of the connection is closed.
     eof: bool,
-    /// Lags since the viewer last emptied its queue.
-    lags_in_row: u32,
+    lags: LagCounter,
     last_heard: Instant,
     last_ping: Instant,
     /// Since when queued bytes have been waiting with no write progress.
@@ -96,6 +95,8 @@ impl Connection {
             online: joined.online,
         });
         let now = Instant::now();
+        let fanout = &node.config.fanout;
+        let lags = LagCounter::new(fanout.max_lags, Duration::from_secs(fanout.lag_window_s));
         Connection {
             decoder: Decoder::new(node.config.limits.max_ws_message_bytes),
             node,
@@ -110,7 +111,7 @@ impl Connection {
             close_frame: None,
             close_queued: false,
             eof: false,
-            lags_in_row: 0,
+            lags,
             last_heard: now,
             last_ping: now,
             stalled_since: None,
@@ -174,11 +175,8 @@ impl Connection {
                 self.close_queued = true;
             }
             self.write()?;
-            if self.outbox.is_empty() {
-                if self.close_queued {
-                    return Ok(());
-                }
-                self.lags_in_row = 0;
+            if self.outbox.is_empty() && self.close_queued {
+                return Ok(());
             }
             let deadline = self.deadline(ping_every, idle_timeout, write_timeout);
             // Checked here as well as in the select, so that a socket that is
@@ -267,8 +265,7 @@ impl Connection {
                 metrics.dropped.inc_by(dropped);
                 self.outbox
                     .push(encode_ws(&ServerMessage::Lagged { dropped }));
-                self.lags_in_row += 1;
-                if self.lags_in_row > self.node.config.fanout.max_lags {
+                if self.lags.lagged() {
                     metrics.slow_disconnects.inc();
                     self.close(close_code::POLICY_VIOLATION, "slow consumer");
                 }

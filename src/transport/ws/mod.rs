@@ -14,11 +14,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::timed_io::TimedStream;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard;
@@ -62,9 +61,9 @@ pub(super) async fn upgrade(
             Ok(u) => u,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
         };
-        // The server gives hyper a `TokioIo<TcpStream>`, so this only fails
-        // if that ever changes; then the connection is refused, not mangled.
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // The server gives hyper a `TimedStream`, so this only fails if that
+        // ever changes; then the connection is refused, not mangled.
+        let parts = match upgraded.downcast::<TimedStream>() {
             Ok(p) => p,
             Err(_) => return tracing::error!("upgraded connection is not a TcpStream"),
         };
