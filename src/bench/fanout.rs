@@ -111,7 +111,9 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
         .collect();
 
     let cpu_before = target.cpu_seconds();
-    let send_started = Instant::now();
+    // Time for every sender to connect before the first send.
+    let sending_starts = tokio::time::Instant::now() + Duration::from_secs(1);
+    let send_started = sending_starts.into_std();
     let senders = rooms * plan.senders_per_room;
     let rate_per_sender = plan.total_rate / senders as f64;
     let last_ids: Arc<Vec<AtomicU64>> = Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect());
@@ -119,9 +121,17 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     for s in 0..senders {
         let room = s % rooms;
         let url = format!("ws://{addr}/ws?room={}", plan.rooms[room]);
-        let (counters, last_ids, duration) = (counters.clone(), last_ids.clone(), plan.duration);
+        let (counters, last_ids) = (counters.clone(), last_ids.clone());
+        // Senders tick out of phase with one another, as real ones do: in
+        // step, thousands of them would arrive as one burst per period.
+        let pace = Pace {
+            start: sending_starts,
+            phase: s as f64 / senders as f64,
+            rate: rate_per_sender,
+            duration: plan.duration,
+        };
         sender_tasks.push(tokio::spawn(async move {
-            send(url, rate_per_sender, duration, counters, &last_ids[room]).await
+            send(url, pace, counters, &last_ids[room]).await
         }));
     }
     let mut sent = 0;
@@ -181,18 +191,31 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
 
 /// Sends at `rate` per second for `duration`; returns how many were
 /// acknowledged, and raises `last_id` to the newest acknowledged id.
+/// When and how fast one sender sends.
+struct Pace {
+    /// When sending starts, for all senders.
+    start: tokio::time::Instant,
+    /// This sender's offset into the period, 0 to 1.
+    phase: f64,
+    /// Sends per second.
+    rate: f64,
+    /// How long it sends.
+    duration: Duration,
+}
+
 async fn send(
     url: String,
-    rate: f64,
-    duration: Duration,
+    pace: Pace,
     counters: Arc<Counters>,
     last_id: &AtomicU64,
 ) -> anyhow::Result<u64> {
     let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
     let (mut sink, mut stream) = ws.split();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let period = Duration::from_secs_f64(1.0 / pace.rate);
+    let first = pace.start + period.mul_f64(pace.phase);
+    let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let deadline = Instant::now() + duration;
+    let deadline = first.into_std() + pace.duration;
     let mut sent = 0u64;
     let mut acked = 0u64;
     while Instant::now() < deadline {

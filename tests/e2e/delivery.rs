@@ -208,23 +208,9 @@ async fn history_by_id_and_video_time_and_the_page() {
     let (status, health) = get_json(&server, "/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
 
-    let page = http()
-        .get(server.url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&server, "/").await;
     assert!(page.contains("<title>danmaku"), "the page is served at /");
-    let metrics = http()
-        .get(format!("{}/metrics", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&server, "/metrics").await;
     for name in [
         "danmaku_send_ack_seconds_bucket",
         "danmaku_store_commit_seconds_bucket",

@@ -140,17 +140,21 @@ pub async fn get_json(server: &Server, path: &str) -> (u16, Value) {
     (status, res.json().await.unwrap())
 }
 
-/// The value of a metric line (`name` includes labels), if present.
-pub async fn metric(server: &Server, name: &str) -> Option<f64> {
-    let text = http()
-        .get(format!("{}/metrics", server.url()))
+/// GETs a text document.
+pub async fn get_text(server: &Server, path: &str) -> String {
+    let res = http()
+        .get(format!("{}{path}", server.url()))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    text.lines()
+    res.text().await.unwrap()
+}
+
+/// The value of a metric line (`name` includes labels), if present.
+pub async fn metric(server: &Server, name: &str) -> Option<f64> {
+    get_text(server, "/metrics")
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 

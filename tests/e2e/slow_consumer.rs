@@ -1,12 +1,15 @@
 //! Viewers that cannot keep up lose the oldest frames, are told so, and are
 //! disconnected; a fast viewer in the same room receives everything.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::server::*;
@@ -32,6 +35,39 @@ async fn small_buffer_socket(addr: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Eight HTTP senders posting `text` to `room` until `stop` is set or each
+/// has sent `each`; each task returns how many it sent. (A WebSocket sender
+/// would be a viewer of the room as well, and would have to keep up.)
+fn flood(
+    server: &Server,
+    room: &str,
+    text: &str,
+    each: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<JoinHandle<usize>> {
+    (0..8)
+        .map(|_| {
+            let url = format!("{}/api/v1/rooms/{room}/danmaku", server.url());
+            let (stop, text) = (stop.clone(), text.to_owned());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) && sent < each {
+                    let res = client
+                        .post(&url)
+                        .json(&json!({ "text": text }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 201);
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect()
 }
 
 /// Opens a WebSocket and never reads from it.
@@ -120,37 +156,17 @@ async fn slow_viewers_lag_and_are_cut_off_while_a_fast_one_gets_everything() {
         }
         (fast, got)
     });
-    // Send over HTTP until the slow reader has been dealt with, however fast
-    // this machine is today. (A WebSocket sender would be a viewer of the
-    // room as well, and as slow a reader as the one under test.)
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let posters: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, stop, text) = (server.url(), stop.clone(), text.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut sent = 0usize;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 4000 {
-                    let res = client
-                        .post(format!("{url}/api/v1/rooms/hot/danmaku"))
-                        .json(&json!({"text": text}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(res.status(), 201);
-                    sent += 1;
-                }
-                sent
-            })
-        })
-        .collect();
+    // Send until the slow reader has been dealt with, however fast this
+    // machine is today.
+    let stop = Arc::new(AtomicBool::new(false));
+    let posters = flood(&server, "hot", &text, 4000, stop.clone());
     let slow_done = tokio::time::timeout(Duration::from_secs(90), async {
         while !slow.is_finished() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let mut sent = 0;
     for p in posters {
         sent += p.await.unwrap();
@@ -238,23 +254,7 @@ async fn a_stalled_sse_client_is_cut_off_after_the_write_timeout() {
 
     // Flood the room over HTTP; the stalled client reads nothing more.
     let text = "弹".repeat(90);
-    let posters: Vec<_> = (0..8)
-        .map(|_| {
-            let (url, text) = (server.url(), text.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                for _ in 0..250 {
-                    let res = client
-                        .post(format!("{url}/api/v1/rooms/hot/danmaku"))
-                        .json(&json!({"text": text}))
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(res.status(), 201);
-                }
-            })
-        })
-        .collect();
+    let posters = flood(&server, "hot", &text, 250, Arc::new(AtomicBool::new(false)));
     for p in posters {
         p.await.unwrap();
     }
