@@ -1,8 +1,9 @@
 //! Transports: the wire between clients and the node.
 //!
-//! `server` accepts TCP connections and serves HTTP/1.1 on them; `http`
-//! routes requests (REST, health, metrics, the page); `ws` and `sse` carry
-//! feeds to viewers. Only this layer knows about sockets and HTTP.
+//! `server` accepts TCP connections and serves HTTP/1.1 on them, each
+//! stream wrapped by `timed_io` so that a write stuck for the write timeout
+//! fails; `http` routes requests (REST, health, metrics, the page); `ws` and
+//! `sse` carry feeds to viewers. Only this layer knows about sockets and HTTP.
 
 pub mod http;
 pub mod server;
