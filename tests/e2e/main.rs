@@ -5,6 +5,7 @@ mod server;
 mod bad_input;
 mod bench;
 mod cli;
+mod connection;
 mod delivery;
 mod resume;
 mod shutdown;
