@@ -157,6 +157,10 @@ impl Connection {
         let max_queued = cfg.fanout.max_queued_bytes;
         let max_in_flight = cfg.limits.max_in_flight;
         let going_away = self.node.going_away().clone();
+        // Registered once, not on every turn of the loop: with thousands of
+        // viewers woken per flush, re-registering is measurable.
+        let going = going_away.cancelled();
+        tokio::pin!(going);
         let timer: Sleep = tokio::time::sleep(ping_every);
         tokio::pin!(timer);
 
@@ -200,7 +204,7 @@ impl Connection {
             let writing = !self.outbox.is_empty();
             tokio::select! {
                 biased;
-                _ = going_away.cancelled(), if !self.closing => {
+                _ = &mut going, if !self.closing => {
                     // The store is closed, so every send in flight has its
                     // answer: deliver those first, so that no client misses
                     // the ack of a danmaku that was stored.
