@@ -56,7 +56,8 @@ async fn a_ping_flood_that_never_reads_is_cut_off() {
         &dir.path().join("data"),
         Some("[connection]\nwrite_timeout_s = 2\n"),
     );
-    let mut stream = raw_handshake(&server).await;
+    let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    raw_ws_handshake(&mut stream, &server.addr, "flood").await;
     // Masked ping frames (zero mask), as fast as the socket takes them,
     // without ever reading the pongs.
     let ping = [0x89u8, 0x80, 0, 0, 0, 0];
@@ -69,24 +70,4 @@ async fn a_ping_flood_that_never_reads_is_cut_off() {
     let (status, _) = get_json(&server, "/healthz").await;
     assert_eq!(status, 200);
     server.stop();
-}
-
-/// A raw WebSocket handshake (the client reads nothing after it).
-async fn raw_handshake(server: &Server) -> tokio::net::TcpStream {
-    use tokio::io::AsyncReadExt;
-    let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws?room=flood HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    stream
 }

@@ -252,3 +252,28 @@ pub async fn close_code(ws: &mut Ws) -> Option<u16> {
         }
     }
 }
+
+/// Writes a raw HTTP request on `stream` and reads the response head,
+/// leaving the body unread.
+pub async fn raw_request(stream: &mut TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Completes a WebSocket handshake for `room` by hand on `stream`; what the
+/// test then does with the socket (read nothing, flood) is its own.
+pub async fn raw_ws_handshake(stream: &mut TcpStream, addr: &str, room: &str) {
+    let request = format!(
+        "GET /ws?room={room} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let head = raw_request(stream, &request).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -73,22 +72,7 @@ fn flood(
 /// Opens a WebSocket and never reads from it.
 async fn stalled_viewer(addr: &str, room: &str) -> TcpStream {
     let mut stream = small_buffer_socket(addr).await;
-    let request = format!(
-        "GET /ws?room={room} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    raw_ws_handshake(&mut stream, addr, room).await;
     stream
 }
 
@@ -239,17 +223,10 @@ async fn a_stalled_sse_client_is_cut_off_after_the_write_timeout() {
         Some("[connection]\nwrite_timeout_s = 1\n"),
     );
     let mut stalled = small_buffer_socket(&server.addr).await;
-    stalled
-        .write_all(b"GET /api/v1/rooms/hot/stream HTTP/1.1\r\nHost: test\r\n\r\n")
+    let request = "GET /api/v1/rooms/hot/stream HTTP/1.1\r\nHost: test\r\n\r\n";
+    assert!(raw_request(&mut stalled, request)
         .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stalled.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"));
+        .starts_with("HTTP/1.1 200"));
     wait_metric(&server, "danmaku_connections{transport=\"sse\"}", 1.0).await;
 
     // Flood the room over HTTP; the stalled client reads nothing more.
