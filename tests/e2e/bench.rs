@@ -1,24 +1,15 @@
 //! `danmaku bench` against a real server: its figures match what happened.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use crate::server::*;
 
+/// Runs `danmaku bench --url SERVER --json ARGS`: exactly one JSON object on stdout.
 fn bench(server: &Server, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_danmaku"))
-        .args(["bench", "--url", &server.url(), "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // Exactly one JSON object on stdout.
-    serde_json::from_slice(&out.stdout).unwrap()
+    let url = server.url();
+    let mut all = vec!["bench", "--url", &url, "--json"];
+    all.extend_from_slice(args);
+    run_cli_json(&all)
 }
 
 #[tokio::test]

@@ -12,41 +12,23 @@ async fn send_and_tail_work_against_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let bin = env!("CARGO_BIN_EXE_danmaku");
-    let out = Command::new(bin)
-        .args([
-            "send",
-            "--url",
-            &server.url(),
-            "--room",
-            "cli",
-            "--mode",
-            "bottom",
-            "hello from the cli",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = server.url();
+    let stored = run_cli_json(&[
+        "send",
+        "--url",
+        &url,
+        "--room",
+        "cli",
+        "--mode",
+        "bottom",
+        "hello from the cli",
+    ]);
     assert_eq!(
         (stored["id"].as_u64(), stored["mode"].as_str()),
         (Some(1), Some("bottom"))
     );
 
-    let bad = Command::new(bin)
-        .args([
-            "send",
-            "--url",
-            &server.url(),
-            "--room",
-            "cli",
-            &"x".repeat(101),
-        ])
-        .output()
-        .unwrap();
+    let bad = run_cli(&["send", "--url", &url, "--room", "cli", &"x".repeat(101)]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("text_too_long"));
 

@@ -277,3 +277,22 @@ pub async fn raw_ws_handshake(stream: &mut TcpStream, addr: &str, room: &str) {
     let head = raw_request(stream, &request).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 }
+
+/// Runs the `danmaku` binary with `args` and waits for it.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs the binary, asserts it succeeded, and parses its stdout as one JSON value.
+pub fn run_cli_json(args: &[&str]) -> serde_json::Value {
+    let out = run_cli(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
