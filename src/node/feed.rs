@@ -9,14 +9,26 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::hub::{Frame, Received, Viewer};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Danmaku read from the store per catch-up query.
 const PAGE: usize = 500;
+
+/// One viewer in this many observes the fan-out latency histogram: it is
+/// a distribution, and observing it for every viewer of a 10,000-viewer
+/// room would take a lock 10,000 times per frame.
+const LATENCY_SAMPLE: u64 = 16;
+
+/// Viewers so far, to pick the sampled ones.
+static VIEWERS: AtomicU64 = AtomicU64::new(0);
 
 type PendingRead = Pin<Box<dyn Future<Output = Result<Vec<Danmaku>, StoreError>> + Send>>;
 
@@ -54,30 +66,24 @@ pub struct Feed {
     /// that a viewer whose `select!` picks another branch resumes the same
     /// query instead of starting it again.
     reading: Option<PendingRead>,
+    metrics: Arc<Metrics>,
+    lags: LagCounter,
+    /// This viewer observes the fan-out latency histogram.
+    sampled: bool,
 }
 
 /// Counts a viewer's lags to tell a hiccup from a viewer that cannot keep up.
-pub struct LagCounter {
+struct LagCounter {
     max: u32,
-    window: std::time::Duration,
+    window: Duration,
     count: u32,
-    since: std::time::Instant,
+    since: Instant,
 }
 
 impl LagCounter {
-    /// Allows `max` lags per `window`.
-    pub fn new(max: u32, window: std::time::Duration) -> LagCounter {
-        LagCounter {
-            max,
-            window,
-            count: 0,
-            since: std::time::Instant::now(),
-        }
-    }
-
     /// Records a lag; true when the viewer should be disconnected.
-    pub fn lagged(&mut self) -> bool {
-        let now = std::time::Instant::now();
+    fn lagged(&mut self) -> bool {
+        let now = Instant::now();
         if now.duration_since(self.since) > self.window {
             self.count = 0;
             self.since = now;
@@ -97,7 +103,14 @@ impl Feed {
     /// A feed of live frames, preceded by every stored danmaku after `since`
     /// when given. `last_id` is the room's newest id when the viewer joined:
     /// without `since`, the feed starts after it.
-    pub fn new(viewer: Viewer, store: Arc<dyn Store>, since: Option<u64>, last_id: u64) -> Feed {
+    pub fn new(
+        viewer: Viewer,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        fanout: &FanoutConfig,
+        since: Option<u64>,
+        last_id: u64,
+    ) -> Feed {
         Feed {
             viewer,
             store,
@@ -108,6 +121,47 @@ impl Feed {
             backlog: since.is_some(),
             held: None,
             reading: None,
+            metrics,
+            lags: LagCounter {
+                max: fanout.max_lags,
+                window: Duration::from_secs(fanout.lag_window_s),
+                count: 0,
+                since: Instant::now(),
+            },
+            sampled: VIEWERS
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(LATENCY_SAMPLE),
+        }
+    }
+
+    /// Counts a delivery the transport is about to send in the metrics, and
+    /// applies the slow-consumer rule: true when the viewer has lagged more
+    /// than `max_lags` times within `lag_window_s` and must be disconnected.
+    /// Both transports call it, so both count and judge alike.
+    pub fn account(&mut self, delivery: &Delivery) -> bool {
+        let m = &self.metrics;
+        match delivery {
+            Delivery::Shared(frame) => {
+                m.deliveries.inc_by(frame.items().len() as u64);
+                if self.sampled && !frame.items().is_empty() {
+                    m.fanout_seconds
+                        .observe(frame.committed_at.elapsed().as_secs_f64());
+                }
+                false
+            }
+            Delivery::Own(items) => {
+                m.deliveries.inc_by(items.len() as u64);
+                false
+            }
+            Delivery::Lagged { dropped } => {
+                m.lags.inc();
+                m.dropped.inc_by(*dropped);
+                let slow = self.lags.lagged();
+                if slow {
+                    m.slow_disconnects.inc();
+                }
+                slow
+            }
         }
     }
 

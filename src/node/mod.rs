@@ -20,7 +20,7 @@ use crate::hub::{Hub, RoomStats};
 use crate::metrics::Metrics;
 use crate::store::{SqliteStore, Store, StoreError};
 
-pub use feed::{Delivery, Feed, LagCounter};
+pub use feed::{Delivery, Feed};
 
 /// One running server's parts.
 pub struct Node {
@@ -124,7 +124,14 @@ impl Node {
             }
         };
         Ok(Joined {
-            feed: Feed::new(viewer, self.store.clone(), since, last_id),
+            feed: Feed::new(
+                viewer,
+                self.store.clone(),
+                self.metrics.clone(),
+                &self.config.fanout,
+                since,
+                last_id,
+            ),
             last_id,
             online: stats.online,
         })

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::App;
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::{GaugeGuard, Metrics, TransportLabel};
-use crate::node::{Delivery, Feed, LagCounter};
+use crate::metrics::{GaugeGuard, TransportLabel};
+use crate::node::{Delivery, Feed};
 use crate::protocol::frames::ServerMessage;
 use crate::protocol::sse;
 
@@ -84,11 +84,6 @@ async fn open(
         feed: joined.feed,
         ticker,
         going_away: node.going_away().clone(),
-        metrics: node.metrics.clone(),
-        lags: LagCounter::new(
-            node.config.fanout.max_lags,
-            Duration::from_secs(node.config.fanout.lag_window_s),
-        ),
         ended: false,
         _conn: GaugeGuard::new(
             &node
@@ -118,8 +113,6 @@ struct Stream {
     feed: Feed,
     ticker: Interval,
     going_away: CancellationToken,
-    metrics: std::sync::Arc<Metrics>,
-    lags: LagCounter,
     ended: bool,
     /// Counts the viewer. The stream runs inside its HTTP connection's task,
     /// which already counts in the task gauge.
@@ -163,31 +156,16 @@ impl Stream {
     }
 
     fn encode(&mut self, d: Delivery) -> Option<Bytes> {
-        match d {
-            Delivery::Shared(f) => {
-                self.metrics.deliveries.inc_by(f.items().len() as u64);
-                if !f.items().is_empty() {
-                    let latency = f.committed_at.elapsed().as_secs_f64();
-                    self.metrics.fanout_seconds.observe(latency);
-                }
-                Some(f.sse().clone())
-            }
-            Delivery::Own(items) => {
-                self.metrics.deliveries.inc_by(items.len() as u64);
-                Some(sse::danmaku_events(&items))
-            }
-            Delivery::Lagged { dropped } => {
-                self.metrics.lags.inc();
-                self.metrics.dropped.inc_by(dropped);
-                if self.lags.lagged() {
-                    self.metrics.slow_disconnects.inc();
-                    self.ended = true;
-                }
-                Some(sse::message_event(
-                    "lagged",
-                    &ServerMessage::Lagged { dropped },
-                ))
-            }
+        if self.feed.account(&d) {
+            // Slow consumer: this lagged event is the last one.
+            self.ended = true;
         }
+        Some(match d {
+            Delivery::Shared(f) => f.sse().clone(),
+            Delivery::Own(items) => sse::danmaku_events(&items),
+            Delivery::Lagged { dropped } => {
+                sse::message_event("lagged", &ServerMessage::Lagged { dropped })
+            }
+        })
     }
 }

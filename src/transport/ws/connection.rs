@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::guard::Sender;
 use crate::hub::encode_ws;
 use crate::metrics::{GaugeGuard, TransportLabel};
-use crate::node::{Delivery, Feed, Joined, LagCounter, Node};
+use crate::node::{Delivery, Feed, Joined, Node};
 use crate::protocol::frames::{ClientMessage, Reference, ServerMessage};
 use crate::protocol::websocket::{self, close_code, Decoded, Decoder, FrameError, Message, Opcode};
 use crate::transport::http::parse_json;
@@ -66,7 +66,6 @@ pub struct Connection {
     close_queued: bool,
     /// The client's half of the connection is closed.
     eof: bool,
-    lags: LagCounter,
     last_heard: Instant,
     last_ping: Instant,
     /// Since when queued bytes have been waiting with no write progress.
@@ -95,8 +94,6 @@ impl Connection {
             online: joined.online,
         });
         let now = Instant::now();
-        let fanout = &node.config.fanout;
-        let lags = LagCounter::new(fanout.max_lags, Duration::from_secs(fanout.lag_window_s));
         Connection {
             decoder: Decoder::new(node.config.limits.max_ws_message_bytes),
             node,
@@ -111,7 +108,6 @@ impl Connection {
             close_frame: None,
             close_queued: false,
             eof: false,
-            lags,
             last_heard: now,
             last_ping: now,
             stalled_since: None,
@@ -248,32 +244,15 @@ impl Connection {
     }
 
     fn deliver(&mut self, d: Delivery) {
-        let metrics = &self.node.metrics;
-        match d {
-            Delivery::Shared(frame) => {
-                metrics.deliveries.inc_by(frame.items().len() as u64);
-                if !frame.items().is_empty() {
-                    metrics
-                        .fanout_seconds
-                        .observe(frame.committed_at.elapsed().as_secs_f64());
-                }
-                self.outbox.push(frame.ws().clone());
-            }
-            Delivery::Own(items) => {
-                metrics.deliveries.inc_by(items.len() as u64);
-                self.outbox
-                    .push(encode_ws(&ServerMessage::Danmaku { items: &items }));
-            }
-            Delivery::Lagged { dropped } => {
-                metrics.lags.inc();
-                metrics.dropped.inc_by(dropped);
-                self.outbox
-                    .push(encode_ws(&ServerMessage::Lagged { dropped }));
-                if self.lags.lagged() {
-                    metrics.slow_disconnects.inc();
-                    self.close(close_code::POLICY_VIOLATION, "slow consumer");
-                }
-            }
+        let slow = self.feed.account(&d);
+        let frame = match d {
+            Delivery::Shared(frame) => frame.ws().clone(),
+            Delivery::Own(items) => encode_ws(&ServerMessage::Danmaku { items: &items }),
+            Delivery::Lagged { dropped } => encode_ws(&ServerMessage::Lagged { dropped }),
+        };
+        self.outbox.push(frame);
+        if slow {
+            self.close(close_code::POLICY_VIOLATION, "slow consumer");
         }
     }
 
