@@ -91,10 +91,16 @@ pub enum Synchronous {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FanoutConfig {
-    /// The shortest time between two frames of one room, in milliseconds. A
-    /// quiet room flushes at once; a busy one gathers what arrives within
-    /// the window into one frame, so each write carries many danmaku.
+    /// The longest coalescing window, in milliseconds: the most time between
+    /// two frames of one busy room. A quiet room flushes at once; a busy one
+    /// gathers what arrives within its window into one frame, so each write
+    /// carries many danmaku.
     pub coalesce_ms: u64,
+    /// The writes per second one room's frames may cost: a room's window is
+    /// the time its viewers take at this rate (1 ms per 100 viewers at the
+    /// default), between 1 ms and `coalesce_ms`. Small rooms get their
+    /// danmaku at once; a big room's frames carry more each.
+    pub writes_per_s: u64,
     /// A frame is flushed early once its JSON reaches this many bytes.
     pub max_frame_bytes: usize,
     /// Frames each room keeps for viewers that are behind (the room's ring).
@@ -119,6 +125,7 @@ impl Default for FanoutConfig {
     fn default() -> Self {
         FanoutConfig {
             coalesce_ms: 20,
+            writes_per_s: 100_000,
             max_frame_bytes: 16 * 1024,
             ring_frames: 256,
             max_queued_bytes: 256 * 1024,
@@ -131,9 +138,13 @@ impl Default for FanoutConfig {
 }
 
 impl FanoutConfig {
-    /// The coalescing window.
-    pub fn coalesce(&self) -> Duration {
-        Duration::from_millis(self.coalesce_ms)
+    /// The coalescing window of a room with `viewers` viewers.
+    pub fn window(&self, viewers: usize) -> Duration {
+        let budget = Duration::from_secs_f64(viewers as f64 / self.writes_per_s.max(1) as f64);
+        budget.clamp(
+            Duration::from_millis(1),
+            Duration::from_millis(self.coalesce_ms.max(1)),
+        )
     }
 }
 
@@ -306,6 +317,15 @@ mod tests {
         assert_eq!(cfg.listen, def.listen);
         assert_eq!(cfg.limits.max_text_chars, def.limits.max_text_chars);
         assert_eq!(cfg.fanout.coalesce_ms, def.fanout.coalesce_ms);
+        assert_eq!(cfg.fanout.writes_per_s, def.fanout.writes_per_s);
+    }
+
+    #[test]
+    fn a_rooms_window_grows_with_its_viewers_up_to_the_cap() {
+        let f = FanoutConfig::default();
+        assert_eq!(f.window(3), Duration::from_millis(1));
+        assert_eq!(f.window(1_000), Duration::from_millis(10));
+        assert_eq!(f.window(10_000), Duration::from_millis(20));
     }
 
     #[test]

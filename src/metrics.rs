@@ -55,6 +55,10 @@ pub struct Metrics {
     /// for the non-blocking write that follows at once), observed on one
     /// viewer in 16 so that a big room does not take this lock per viewer.
     pub fanout_seconds: Histogram,
+    /// Seconds one flusher pass over a room's viewers takes (direct writes
+    /// to parked viewers, wake-ups for the others): in a big room, the
+    /// floor under its fan-out latency.
+    pub pass_seconds: Histogram,
     /// Seconds one group commit takes.
     pub store_commit_seconds: Histogram,
     /// Sends per group commit.
@@ -83,6 +87,7 @@ impl Metrics {
             slow_disconnects: Counter::default(),
             send_ack_seconds: latency_buckets(),
             fanout_seconds: latency_buckets(),
+            pass_seconds: latency_buckets(),
             store_commit_seconds: latency_buckets(),
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             registry: Registry::default(),
@@ -134,6 +139,11 @@ impl Metrics {
             "fanout_seconds",
             "Seconds from commit to a frame being handed to a viewer's socket (1 viewer in 16)",
             m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "pass_seconds",
+            "Seconds per flusher pass over a room's viewers",
+            m.pass_seconds.clone(),
         );
         registry.register(
             "store_commit_seconds",

@@ -2,12 +2,17 @@
 //!
 //! The hub receives committed batches from the bus, coalesces each room's
 //! danmaku for a short window, encodes them once per room per flush, and
-//! puts the frame in the room's ring, from which every viewer of that room
-//! takes the same bytes. The hub never touches storage and never parses or
-//! serialises anything per viewer.
+//! puts the frame in the room's ring. The room's flusher then writes the
+//! same bytes straight to every idle viewer's socket, through a sink the
+//! transport provides, and wakes the viewers that are busy, which take the
+//! frame from the ring themselves. The hub never touches storage, never
+//! knows a wire protocol, and never parses or serialises anything per
+//! viewer.
 
 mod frame;
+mod ring;
 mod room;
+mod seat;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +24,8 @@ use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
 
 pub use frame::{encode_ws, Frame, FrameKind};
-pub use room::{Received, Room, RoomStats, Viewer};
+pub use room::{Room, RoomStats};
+pub use seat::{DirectSink, Received, Unparked, Viewer};
 
 /// Shards of the room map: enough that the store's writer and joining
 /// viewers rarely wait on one another.
@@ -127,7 +133,9 @@ impl Hub {
                 .cloned()
                 .collect();
             for room in rooms {
-                room.flush(self.config.max_frame_bytes, &self.metrics);
+                if let Some(published) = room.flush(self.config.max_frame_bytes, &self.metrics) {
+                    room.pass_now(&published, &self.metrics);
+                }
             }
         }
     }

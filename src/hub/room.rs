@@ -1,11 +1,15 @@
-//! A room: its ring of recent frames, its pending danmaku and its flusher.
+//! A room: its ring of recent frames, its pending danmaku, its viewers'
+//! seats and its flusher.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
 use super::frame::Frame;
+use super::ring::{Ring, Slot};
+use super::seat::{Seat, Viewer, Written};
 use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
@@ -13,16 +17,37 @@ use crate::metrics::Metrics;
 /// Rough JSON size of a danmaku beyond its text, for the frame-size trigger.
 const ITEM_OVERHEAD: usize = 160;
 
+/// Seats one task of a flusher's pass writes to: a pass over a big room is
+/// split into tasks of this many, which the runtime spreads over its
+/// threads, so that a hot room's writes use every core.
+const PASS_CHUNK: usize = 1024;
+
+/// One viewer in this many observes the fan-out latency histogram: it is
+/// a distribution, and observing it for every viewer of a 10,000-viewer
+/// room would take a lock 10,000 times per frame.
+const LATENCY_SAMPLE: u64 = 16;
+
+/// Viewers so far, to pick the sampled ones.
+static VIEWERS: AtomicU64 = AtomicU64::new(0);
+
 /// A room's shared state. Viewers hold it through a [`Viewer`].
 pub struct Room {
     name: Arc<str>,
-    /// The room's ring: the last `ring_frames` frames. Each viewer's
-    /// receiver is a cursor into it, so a room costs O(ring) memory and each
-    /// viewer O(1), however far behind it is.
-    ring: broadcast::Sender<Arc<Frame>>,
+    /// The room's ring: the last `ring_frames` frames. Each viewer's place
+    /// is a number into it, so a room costs O(ring) memory and each viewer
+    /// O(1), however far behind it is.
+    ring: Mutex<Ring>,
+    seats: Mutex<Seats>,
     state: Mutex<RoomState>,
     /// Wakes the flusher: danmaku arrived, or the viewer count changed.
     wake: Notify,
+}
+
+/// The viewers' seats, and the list a flusher's pass walks.
+struct Seats {
+    all: Vec<Arc<Seat>>,
+    /// `all` as of the last pass; rebuilt when viewers came or went.
+    snapshot: Option<Arc<[Arc<Seat>]>>,
 }
 
 struct RoomState {
@@ -59,7 +84,11 @@ impl Room {
     pub(super) fn new(name: &str, ring_frames: usize) -> Room {
         Room {
             name: name.into(),
-            ring: broadcast::channel(ring_frames).0,
+            ring: Mutex::new(Ring::new(ring_frames)),
+            seats: Mutex::new(Seats {
+                all: Vec::new(),
+                snapshot: None,
+            }),
             state: Mutex::new(RoomState {
                 pending: Vec::new(),
                 pending_bytes: 0,
@@ -104,26 +133,62 @@ impl Room {
         self.wake.notify_one();
     }
 
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn seats(&self) -> MutexGuard<'_, Seats> {
+        self.seats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the ring holds at `seq`.
+    pub(super) fn ring_get(&self, seq: u64) -> Slot {
+        self.ring().get(seq)
+    }
+
+    /// The number the next frame will get.
+    pub(super) fn ring_end(&self) -> u64 {
+        self.ring().end()
+    }
+
     /// Registers a viewer; called with the hub's shard locked so the room
     /// cannot be forgotten in between.
     pub(super) fn join(self: &Arc<Self>) -> Viewer {
-        let mut s = self.state();
-        s.viewers += 1;
-        let rx = self.ring.subscribe();
-        drop(s);
+        self.state().viewers += 1;
+        let sampled = VIEWERS
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(LATENCY_SAMPLE);
+        // The seat is listed and its place read under the seats lock: a
+        // frame published before is not the viewer's; one published after
+        // finds the seat in its pass.
+        let mut seats = self.seats();
+        let seat = Arc::new(Seat::new(self.ring_end(), sampled));
+        seats.all.push(seat.clone());
+        seats.snapshot = None;
+        drop(seats);
         self.wake.notify_one();
-        Viewer {
-            room: self.clone(),
-            rx,
-        }
+        Viewer::new(self.clone(), seat)
     }
 
-    fn leave(&self) {
+    pub(super) fn leave(&self) {
         let mut s = self.state();
         s.viewers -= 1;
         s.last_activity = Instant::now();
         drop(s);
+        self.seats().snapshot = None;
         self.wake.notify_one();
+    }
+
+    /// The seats a pass walks, without those whose viewers left.
+    fn seat_list(&self) -> Arc<[Arc<Seat>]> {
+        let mut seats = self.seats();
+        if let Some(list) = &seats.snapshot {
+            return list.clone();
+        }
+        seats.all.retain(|s| !s.gone.load(Ordering::Relaxed));
+        let list: Arc<[Arc<Seat>]> = seats.all.iter().cloned().collect();
+        seats.snapshot = Some(list.clone());
+        list
     }
 
     /// The room's figures now.
@@ -153,16 +218,16 @@ impl Room {
         retire
     }
 
-    /// Encodes and publishes what is pending, in frames of at most
-    /// `max_frame_bytes`. Encoding happens under the room lock so that two
-    /// flushes can never publish out of id order.
-    pub(super) fn flush(&self, max_frame_bytes: usize, metrics: &Metrics) {
+    /// Encodes what is pending, in frames of at most `max_frame_bytes`, and
+    /// puts them in the ring; returns the first frame's number and the
+    /// frames, for the pass that delivers them. Encoding happens under the
+    /// room lock so that two flushes can never publish out of id order.
+    pub(super) fn flush(&self, max_frame_bytes: usize, metrics: &Metrics) -> Option<Published> {
         let mut s = self.state();
-        let Some(committed_at) = s.pending_since.take() else {
-            return;
-        };
+        let committed_at = s.pending_since.take()?;
         let mut items = std::mem::take(&mut s.pending);
         s.pending_bytes = 0;
+        let mut frames = Vec::new();
         while !items.is_empty() {
             let mut bytes = 0;
             let split = items
@@ -174,23 +239,67 @@ impl Room {
                 .map_or(items.len(), |i| i.max(1));
             let rest = items.split_off(split);
             metrics.frames.inc();
-            // No receivers is fine: nobody watches right now.
-            let _ = self
-                .ring
-                .send(Arc::new(Frame::danmaku(items, committed_at)));
+            frames.push(Arc::new(Frame::danmaku(items, committed_at)));
             items = rest;
+        }
+        Some(self.publish(frames))
+    }
+
+    /// Puts an `online` frame in the ring if the count changed.
+    fn announce(&self) -> Option<Published> {
+        let mut s = self.state();
+        if s.viewers == s.announced {
+            return None;
+        }
+        s.announced = s.viewers;
+        Some(self.publish(vec![Arc::new(Frame::online(s.viewers))]))
+    }
+
+    /// Appends frames to the ring. Called with the room state locked, which
+    /// orders publications.
+    fn publish(&self, frames: Vec<Arc<Frame>>) -> Published {
+        let mut ring = self.ring();
+        let first = ring.end();
+        for f in &frames {
+            ring.push(f.clone());
+        }
+        Published {
+            first,
+            frames: frames.into(),
         }
     }
 
-    /// Publishes an `online` frame if the count changed; returns whether it did.
-    fn announce(&self) -> bool {
-        let mut s = self.state();
-        if s.viewers == s.announced {
-            return false;
+    /// Delivers published frames: written straight to every parked viewer's
+    /// socket, and waking every viewer whose task waits for the ring. A big
+    /// room's pass is split into tasks that run on every runtime thread.
+    pub(super) async fn pass(self: &Arc<Self>, published: Published, metrics: &Arc<Metrics>) {
+        let seats = self.seat_list();
+        let started = Instant::now();
+        if seats.len() <= PASS_CHUNK {
+            serve_seats(&seats, &published, metrics);
+            metrics
+                .pass_seconds
+                .observe(started.elapsed().as_secs_f64());
+            return;
         }
-        s.announced = s.viewers;
-        let _ = self.ring.send(Arc::new(Frame::online(s.viewers)));
-        true
+        let published = Arc::new(published);
+        let mut tasks = tokio::task::JoinSet::new();
+        for start in (0..seats.len()).step_by(PASS_CHUNK) {
+            let (seats, published, metrics) = (seats.clone(), published.clone(), metrics.clone());
+            tasks.spawn(async move {
+                let end = (start + PASS_CHUNK).min(seats.len());
+                serve_seats(&seats[start..end], &published, &metrics);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Delivers published frames without splitting the pass (at shutdown).
+    pub(super) fn pass_now(&self, published: &Published, metrics: &Metrics) {
+        serve_seats(&self.seat_list(), published, metrics);
     }
 
     /// Runs until the room is forgotten: waits for danmaku, coalesces them
@@ -202,20 +311,20 @@ impl Room {
         metrics: Arc<Metrics>,
         retire: impl Fn(&Arc<Room>) -> bool,
     ) {
-        let window = config.coalesce();
         let online_every = Duration::from_millis(config.online_interval_ms);
         let idle = Duration::from_secs(config.room_idle_s);
         // So that the first danmaku of a quiet room goes out at once.
-        let mut last_flush = Instant::now() - window;
+        let mut last_flush = Instant::now() - config.window(usize::MAX);
         let mut last_online = Instant::now() - online_every;
         loop {
-            let (pending_bytes, oldest, online_due, removed) = {
+            let (pending_bytes, oldest, online_due, removed, window) = {
                 let s = self.state();
                 (
                     s.pending_bytes,
                     s.pending_since,
                     s.viewers != s.announced,
                     s.removed,
+                    config.window(s.viewers),
                 )
             };
             if removed {
@@ -226,8 +335,12 @@ impl Room {
             if oldest.is_some() {
                 let due = last_flush + window;
                 if now >= due || pending_bytes >= config.max_frame_bytes {
-                    self.flush(config.max_frame_bytes, &metrics);
                     last_flush = now;
+                    if let Some(published) = self.flush(config.max_frame_bytes, &metrics) {
+                        // The next flush waits for this pass: what arrives
+                        // meanwhile goes out together in the next frame.
+                        self.pass(published, &metrics).await;
+                    }
                     continue;
                 }
                 next_wake = Some(due);
@@ -235,8 +348,9 @@ impl Room {
             if online_due {
                 let due = last_online + online_every;
                 if now >= due {
-                    if self.announce() {
+                    if let Some(published) = self.announce() {
                         last_online = now;
+                        self.pass(published, &metrics).await;
                     }
                     continue;
                 }
@@ -255,55 +369,39 @@ impl Room {
     }
 }
 
-/// A viewer's place in a room: a cursor into the ring. Dropping it leaves
-/// the room.
-pub struct Viewer {
-    room: Arc<Room>,
-    rx: broadcast::Receiver<Arc<Frame>>,
+/// Frames just put in a room's ring, for the pass that delivers them.
+pub(super) struct Published {
+    /// The number of the first frame.
+    first: u64,
+    frames: Arc<[Arc<Frame>]>,
 }
 
-/// What a viewer's receiver found.
-#[derive(Debug)]
-pub enum Received {
-    /// The next frame.
-    Frame(Arc<Frame>),
-    /// The viewer fell behind the ring by this many frames, which are gone.
-    Lagged(u64),
-}
-
-impl Viewer {
-    /// The room watched.
-    pub fn room(&self) -> &Arc<Room> {
-        &self.room
-    }
-
-    /// Waits for the next frame. Cancel-safe.
-    pub async fn recv(&mut self) -> Received {
-        loop {
-            match self.rx.recv().await {
-                Ok(f) => return Received::Frame(f),
-                Err(broadcast::error::RecvError::Lagged(n)) => return Received::Lagged(n),
-                // The room owns the sender and the viewer owns the room, so
-                // the ring cannot close while the viewer exists.
-                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+/// One task's share of a pass: offers the frames to each seat, and counts
+/// what was written in one go.
+fn serve_seats(seats: &[Arc<Seat>], published: &Published, metrics: &Metrics) {
+    let frames = &published.frames;
+    let items: usize = frames.iter().map(|f| f.items().len()).sum();
+    let committed_at = frames
+        .iter()
+        .find(|f| !f.items().is_empty())
+        .map(|f| f.committed_at);
+    let mut written = 0u64;
+    for seat in seats {
+        if seat.gone.load(Ordering::Relaxed) {
+            continue;
+        }
+        match seat.offer(published.first, frames) {
+            Written::No => {}
+            Written::HandedBack { progressed } => written += u64::from(progressed),
+            Written::All => {
+                written += 1;
+                if let (true, Some(at)) = (seat.sampled, committed_at) {
+                    metrics.fanout_seconds.observe(at.elapsed().as_secs_f64());
+                }
             }
         }
     }
-
-    /// The next frame if one is ready.
-    pub fn try_recv(&mut self) -> Option<Received> {
-        match self.rx.try_recv() {
-            Ok(f) => Some(Received::Frame(f)),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Received::Lagged(n)),
-            Err(_) => None,
-        }
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        self.room.leave();
-    }
+    metrics.deliveries.inc_by(written * items as u64);
 }
 
 /// Danmaku per second over a sliding ten-second window.

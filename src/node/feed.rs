@@ -9,26 +9,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
-use crate::hub::{Frame, Received, Viewer};
+use crate::hub::{DirectSink, Frame, Received, Viewer};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Danmaku read from the store per catch-up query.
 const PAGE: usize = 500;
-
-/// One viewer in this many observes the fan-out latency histogram: it is
-/// a distribution, and observing it for every viewer of a 10,000-viewer
-/// room would take a lock 10,000 times per frame.
-const LATENCY_SAMPLE: u64 = 16;
-
-/// Viewers so far, to pick the sampled ones.
-static VIEWERS: AtomicU64 = AtomicU64::new(0);
 
 type PendingRead = Pin<Box<dyn Future<Output = Result<Vec<Danmaku>, StoreError>> + Send>>;
 
@@ -43,6 +36,12 @@ pub enum Delivery {
     Lagged {
         /// How many danmaku the viewer lost.
         dropped: u64,
+    },
+    /// The room's flusher handed a parked viewer back ([`Feed::park`]):
+    /// these bytes, the end of what it was writing, go before anything else.
+    HandedBack {
+        /// The unwritten bytes, in order (already counted as delivered).
+        leftover: Vec<Bytes>,
     },
 }
 
@@ -68,8 +67,8 @@ pub struct Feed {
     reading: Option<PendingRead>,
     metrics: Arc<Metrics>,
     lags: LagCounter,
-    /// This viewer observes the fan-out latency histogram.
-    sampled: bool,
+    /// The room's flusher writes for the viewer (see [`Feed::park`]).
+    parked: bool,
 }
 
 /// Counts a viewer's lags to tell a hiccup from a viewer that cannot keep up.
@@ -128,9 +127,7 @@ impl Feed {
                 count: 0,
                 since: Instant::now(),
             },
-            sampled: VIEWERS
-                .fetch_add(1, Ordering::Relaxed)
-                .is_multiple_of(LATENCY_SAMPLE),
+            parked: false,
         }
     }
 
@@ -143,7 +140,7 @@ impl Feed {
         match delivery {
             Delivery::Shared(frame) => {
                 m.deliveries.inc_by(frame.items().len() as u64);
-                if self.sampled && !frame.items().is_empty() {
+                if self.viewer.sampled() && !frame.items().is_empty() {
                     m.fanout_seconds
                         .observe(frame.committed_at.elapsed().as_secs_f64());
                 }
@@ -153,6 +150,7 @@ impl Feed {
                 m.deliveries.inc_by(items.len() as u64);
                 false
             }
+            Delivery::HandedBack { .. } => false,
             Delivery::Lagged { dropped } => {
                 m.lags.inc();
                 m.dropped.inc_by(*dropped);
@@ -170,8 +168,55 @@ impl Feed {
         &self.viewer
     }
 
+    /// Lets the room's flusher write to `sink` while the feed is parked.
+    pub fn attach(&self, sink: Arc<dyn DirectSink>) {
+        self.viewer.attach(sink);
+    }
+
+    /// Hands the viewer to the room's flusher, which then writes each new
+    /// frame straight to the attached sink, if the feed is level with the
+    /// room (no history to read, nothing held, nothing waiting in the
+    /// ring). Returns whether it did; while parked, the owner writes
+    /// nothing until [`Feed::unpark`].
+    pub fn park(&mut self) -> bool {
+        if !self.parked
+            && !self.backlog
+            && !self.catching_up
+            && self.held.is_none()
+            && self.reading.is_none()
+        {
+            self.parked = self.viewer.park();
+        }
+        self.parked
+    }
+
+    /// Whether the flusher writes for the viewer.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Takes the viewer back from the flusher. Returns the bytes the flusher
+    /// could not finish writing: the owner writes them before anything else.
+    pub fn unpark(&mut self) -> Vec<Bytes> {
+        if !self.parked {
+            return Vec::new();
+        }
+        self.parked = false;
+        let back = self.viewer.unpark();
+        if let Some(id) = back.last_id {
+            self.cursor = self.cursor.max(id);
+        }
+        back.leftover
+    }
+
     /// The next delivery. Cancel-safe: its state changes only as it returns.
+    /// While parked, waits for the flusher to hand the viewer back.
     pub async fn next(&mut self) -> Result<Delivery, StoreError> {
+        if self.parked {
+            self.viewer.handed_back().await;
+            let leftover = self.unpark();
+            return Ok(Delivery::HandedBack { leftover });
+        }
         loop {
             if self.backlog {
                 let page = self.read_after_cursor().await?;
@@ -211,7 +256,7 @@ impl Feed {
     /// The next delivery if one is ready without waiting; `None` when the
     /// ring is empty or the next step needs the store ([`Feed::next`]).
     pub fn try_next(&mut self) -> Option<Delivery> {
-        if self.backlog || (self.held.is_some() && self.catching_up) {
+        if self.parked || self.backlog || (self.held.is_some() && self.catching_up) {
             return None;
         }
         loop {

@@ -166,6 +166,8 @@ impl Stream {
             Delivery::Lagged { dropped } => {
                 sse::message_event("lagged", &ServerMessage::Lagged { dropped })
             }
+            // SSE feeds attach no sink, so they are never parked.
+            Delivery::HandedBack { leftover } => Bytes::from(leftover.concat()),
         })
     }
 }

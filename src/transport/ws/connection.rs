@@ -15,7 +15,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -23,7 +22,7 @@ use super::outbox::Outbox;
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::Sender;
-use crate::hub::encode_ws;
+use crate::hub::{encode_ws, DirectSink, Frame};
 use crate::metrics::{GaugeGuard, TransportLabel};
 use crate::node::{Delivery, Feed, Joined, Node};
 use crate::protocol::frames::{ClientMessage, Reference, ServerMessage};
@@ -47,7 +46,9 @@ type Ack = Pin<
 /// A WebSocket viewer (and sender).
 pub struct Connection {
     node: Arc<Node>,
-    stream: TcpStream,
+    /// Shared with the room's flusher, which writes to it while the feed is
+    /// parked (see `hub::seat`).
+    stream: Arc<TcpStream>,
     room: String,
     sender: Sender,
     /// Bytes of a client frame not yet complete; empty (unallocated) when idle.
@@ -78,6 +79,19 @@ pub struct Connection {
 /// reset the connection and destroy the close frame in flight.
 const LINGER: Duration = Duration::from_secs(2);
 
+/// The socket as the room's flusher sees it.
+struct Socket(Arc<TcpStream>);
+
+impl DirectSink for Socket {
+    fn bytes<'f>(&self, frame: &'f Frame) -> &'f Bytes {
+        frame.ws()
+    }
+
+    fn try_write(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+}
+
 impl Connection {
     /// A connection for a client that has joined `room`.
     pub fn new(
@@ -94,6 +108,8 @@ impl Connection {
             online: joined.online,
         });
         let now = Instant::now();
+        let stream = Arc::new(stream);
+        joined.feed.attach(Arc::new(Socket(stream.clone())));
         Connection {
             decoder: Decoder::new(node.config.limits.max_ws_message_bytes),
             node,
@@ -133,12 +149,18 @@ impl Connection {
     /// After the close frame is written: end our side, then read and discard
     /// until the client closes too (or `LINGER` passes).
     async fn linger(&mut self) {
-        let _ = self.stream.shutdown().await;
+        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
         let mut scratch = [0u8; 512];
         let drain = async {
-            while let Ok(n) = self.stream.read(&mut scratch).await {
-                if n == 0 {
+            loop {
+                if self.stream.readable().await.is_err() {
                     break;
+                }
+                match self.stream.try_read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             }
         };
@@ -161,7 +183,7 @@ impl Connection {
         tokio::pin!(timer);
 
         if let Some(hello) = self.hello.take() {
-            self.outbox.push(hello);
+            self.queue(hello);
         }
         self.handle_input()?;
         loop {
@@ -170,13 +192,18 @@ impl Connection {
             }
             if self.closing && !self.close_queued && self.acks.is_empty() {
                 if let Some(frame) = self.close_frame.take() {
-                    self.outbox.push(frame);
+                    self.queue(frame);
                 }
                 self.close_queued = true;
             }
             self.write()?;
             if self.outbox.is_empty() && self.close_queued {
                 return Ok(());
+            }
+            if self.outbox.is_empty() && !self.closing {
+                // Nothing to write and level with the room: the flusher
+                // writes the next frames itself, and this task sleeps.
+                self.feed.park();
             }
             let deadline = self.deadline(ping_every, idle_timeout, write_timeout);
             // Checked here as well as in the select, so that a socket that is
@@ -208,6 +235,7 @@ impl Connection {
                         self.answer(reference.as_ref(), result);
                     }
                     // Then what was published before shutdown.
+                    self.take_back();
                     self.pull_ready(usize::MAX);
                     self.close(close_code::GOING_AWAY, "server shutting down, reconnect");
                 }
@@ -249,10 +277,29 @@ impl Connection {
             Delivery::Shared(frame) => frame.ws().clone(),
             Delivery::Own(items) => encode_ws(&ServerMessage::Danmaku { items: &items }),
             Delivery::Lagged { dropped } => encode_ws(&ServerMessage::Lagged { dropped }),
+            Delivery::HandedBack { leftover } => {
+                leftover.into_iter().for_each(|b| self.outbox.push(b));
+                return;
+            }
         };
         self.outbox.push(frame);
         if slow {
             self.close(close_code::POLICY_VIOLATION, "slow consumer");
+        }
+    }
+
+    /// Queues a frame of the connection's own (not the room's). The task
+    /// takes the viewer back from the flusher first: two writers must never
+    /// interleave their frames on one socket.
+    fn queue(&mut self, frame: Bytes) {
+        self.take_back();
+        self.outbox.push(frame);
+    }
+
+    /// Ends parking, keeping what the flusher left half-written in front.
+    fn take_back(&mut self) {
+        for b in self.feed.unpark() {
+            self.outbox.push(b);
         }
     }
 
@@ -322,7 +369,7 @@ impl Connection {
                 close_code::UNSUPPORTED_DATA,
                 "binary messages are not supported",
             ),
-            Message::Ping(payload) => self.outbox.push(websocket::frame(Opcode::Pong, &payload)),
+            Message::Ping(payload) => self.queue(websocket::frame(Opcode::Pong, &payload)),
             Message::Pong => {}
             Message::Close(_) => self.close(close_code::NORMAL, ""),
         }
@@ -330,7 +377,7 @@ impl Connection {
 
     fn on_command(&mut self, text: &str) {
         match parse_json::<ClientMessage>(text.as_bytes()) {
-            Ok(ClientMessage::Ping) => self.outbox.push(encode_ws(&ServerMessage::Pong)),
+            Ok(ClientMessage::Ping) => self.queue(encode_ws(&ServerMessage::Pong)),
             Ok(ClientMessage::Send { reference, send }) => {
                 let node = self.node.clone();
                 let room = self.room.clone();
@@ -364,7 +411,7 @@ impl Connection {
             }),
             Err(error) => encode_ws(&ServerMessage::Error { reference, error }),
         };
-        self.outbox.push(frame);
+        self.queue(frame);
     }
 
     /// Starts closing: the close frame goes out once every send in flight is
@@ -405,7 +452,7 @@ impl Connection {
             self.last_heard = now;
         } else if now >= self.last_ping + ping_every {
             if !self.closing {
-                self.outbox.push(websocket::frame(Opcode::Ping, b""));
+                self.queue(websocket::frame(Opcode::Ping, b""));
             }
             self.last_ping = now;
         }

@@ -1,0 +1,386 @@
+//! A viewer's seat in a room: its place in the ring, and the way the room
+//! reaches it.
+//!
+//! A viewer is in one of two modes. Awake, its own task takes frames from
+//! the ring ([`Viewer::recv`]) and writes them. Parked, its task has nothing
+//! to write and is level with the room; then the room's flusher writes each
+//! new frame straight to the viewer's socket through its [`DirectSink`], and
+//! the task sleeps. Waking 10,000 tasks per frame costs as much as the
+//! writes themselves; writing from where the frame is costs only the writes.
+//! The flusher hands the seat back (wakes the task) as soon as a socket
+//! would block, so a slow viewer is handled by its own task, with its own
+//! queue, exactly as before.
+
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, Bytes};
+use tokio::sync::Notify;
+
+use super::frame::Frame;
+use super::ring::Slot;
+use super::room::Room;
+
+/// Frames one direct write takes at most.
+const MAX_SLICES: usize = 64;
+
+/// A socket the room's flusher may write to while its viewer is parked.
+/// The transport implements it; the hub only hands it frames.
+pub trait DirectSink: Send + Sync {
+    /// The bytes of `frame` this sink's protocol sends.
+    fn bytes<'f>(&self, frame: &'f Frame) -> &'f Bytes;
+
+    /// Writes as much of `bufs` as the socket takes now, without blocking.
+    fn try_write(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+}
+
+/// A viewer's shared state: written by its own task and by the flusher.
+pub(super) struct Seat {
+    state: Mutex<SeatState>,
+    /// Wakes the viewer's task: a frame arrived while it waited, or the
+    /// flusher handed a parked viewer back.
+    wake: Notify,
+    sink: std::sync::OnceLock<Arc<dyn DirectSink>>,
+    /// The viewer left; the room drops the seat at its next pass.
+    pub(super) gone: AtomicBool,
+    /// This viewer observes the fan-out latency histogram (a sample).
+    pub(super) sampled: bool,
+}
+
+struct SeatState {
+    /// The sequence number of the next frame the viewer needs.
+    next: u64,
+    /// The flusher writes for the viewer.
+    parked: bool,
+    /// The viewer's task waits for the ring; wake it on the next frame.
+    waiting: bool,
+    /// The unwritten end of what the flusher was writing when the socket
+    /// filled up: the viewer's task writes it before anything else.
+    leftover: Vec<Bytes>,
+    /// The newest danmaku id the flusher wrote for the viewer.
+    last_id: Option<u64>,
+}
+
+/// What the flusher did for one seat.
+pub(super) enum Written {
+    /// Nothing: the seat was not parked (its task was woken if it waits).
+    No,
+    /// Every frame, whole.
+    All,
+    /// Handed back to the viewer's task; `progressed` when part of the
+    /// frames was written and the task finishes them from the leftover.
+    HandedBack {
+        /// Some of the frames were written.
+        progressed: bool,
+    },
+}
+
+impl Seat {
+    pub(super) fn new(next: u64, sampled: bool) -> Seat {
+        Seat {
+            state: Mutex::new(SeatState {
+                next,
+                parked: false,
+                waiting: false,
+                leftover: Vec::new(),
+                last_id: None,
+            }),
+            wake: Notify::new(),
+            sink: std::sync::OnceLock::new(),
+            gone: AtomicBool::new(false),
+            sampled,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, SeatState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by the flusher after it put `frames`, numbered from `first`,
+    /// in the ring: writes them to a parked viewer, or wakes a waiting one.
+    pub(super) fn offer(&self, first: u64, frames: &[Arc<Frame>]) -> Written {
+        let mut s = self.state();
+        if !s.parked {
+            if s.waiting {
+                s.waiting = false;
+                drop(s);
+                self.wake.notify_one();
+            }
+            return Written::No;
+        }
+        let sink = self.sink.get().expect("only a seat with a sink parks");
+        if s.next != first {
+            // Frames went into the ring without passing here (a flush at
+            // shutdown): the viewer's task takes them itself.
+            return self.hand_back(s, false);
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = frames.len().min(MAX_SLICES);
+        for (slot, frame) in slices.iter_mut().zip(frames) {
+            *slot = IoSlice::new(sink.bytes(frame));
+        }
+        let total: usize = slices[..n].iter().map(|s| s.len()).sum();
+        let written = match sink.try_write(&slices[..n]) {
+            Ok(w) => w,
+            // Full (or broken): the task finds out which on its own write.
+            Err(_) => return self.hand_back(s, false),
+        };
+        if written == 0 {
+            return self.hand_back(s, false);
+        }
+        let taken = if written == total { n } else { 0 };
+        if written < total || n < frames.len() {
+            // Keep the rest, in order, for the viewer's task.
+            let mut skip = written;
+            for frame in frames {
+                let mut b = sink.bytes(frame).clone();
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                b.advance(skip);
+                skip = 0;
+                s.leftover.push(b);
+            }
+        }
+        s.next = first + frames.len() as u64;
+        if let Some(id) = frames.iter().rev().find_map(|f| f.id_range()).map(|r| r.1) {
+            s.last_id = Some(id);
+        }
+        if taken == frames.len() {
+            Written::All
+        } else {
+            self.hand_back(s, true)
+        }
+    }
+
+    fn hand_back(&self, mut s: MutexGuard<'_, SeatState>, progressed: bool) -> Written {
+        s.parked = false;
+        drop(s);
+        self.wake.notify_one();
+        Written::HandedBack { progressed }
+    }
+}
+
+/// A viewer's place in a room. Dropping it leaves the room.
+pub struct Viewer {
+    room: Arc<Room>,
+    seat: Arc<Seat>,
+}
+
+/// What a viewer's place in the ring holds.
+#[derive(Debug)]
+pub enum Received {
+    /// The next frame.
+    Frame(Arc<Frame>),
+    /// The viewer fell behind the ring by this many frames, which are gone.
+    Lagged(u64),
+}
+
+/// What a parked viewer's task takes back when it wakes.
+pub struct Unparked {
+    /// Bytes the flusher could not finish writing: they go first.
+    pub leftover: Vec<Bytes>,
+    /// The newest danmaku id the flusher wrote while the viewer was parked.
+    pub last_id: Option<u64>,
+}
+
+impl Viewer {
+    pub(super) fn new(room: Arc<Room>, seat: Arc<Seat>) -> Viewer {
+        Viewer { room, seat }
+    }
+
+    /// The room watched.
+    pub fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+
+    /// Whether this viewer observes the fan-out latency histogram.
+    pub fn sampled(&self) -> bool {
+        self.seat.sampled
+    }
+
+    /// Lets the room's flusher write to `sink` while the viewer is parked.
+    pub fn attach(&self, sink: Arc<dyn DirectSink>) {
+        let _ = self.seat.sink.set(sink);
+    }
+
+    fn take(&self, s: &mut SeatState) -> Option<Received> {
+        match self.room.ring_get(s.next) {
+            Slot::Frame(f) => {
+                s.next += 1;
+                Some(Received::Frame(f))
+            }
+            Slot::Empty => None,
+            Slot::Gone { oldest } => {
+                let lost = oldest - s.next;
+                s.next = oldest;
+                Some(Received::Lagged(lost))
+            }
+        }
+    }
+
+    /// Waits for the next frame. Cancel-safe. Not for a parked viewer.
+    pub async fn recv(&mut self) -> Received {
+        loop {
+            let notified = self.seat.wake.notified();
+            {
+                let mut s = self.seat.state();
+                debug_assert!(!s.parked);
+                if let Some(r) = self.take(&mut s) {
+                    s.waiting = false;
+                    return r;
+                }
+                // Set before the ring is read again by the flusher's pass,
+                // which clears it and wakes this task.
+                s.waiting = true;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next frame if one is ready.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        let mut s = self.seat.state();
+        self.take(&mut s)
+    }
+
+    /// Parks the viewer if it is level with the room and can be written to
+    /// directly; returns whether it did. Its task must then write nothing
+    /// until [`Viewer::unpark`].
+    pub fn park(&mut self) -> bool {
+        if self.seat.sink.get().is_none() {
+            return false;
+        }
+        let mut s = self.seat.state();
+        if s.next != self.room.ring_end() {
+            return false;
+        }
+        s.parked = true;
+        s.waiting = false;
+        true
+    }
+
+    /// Waits until the flusher hands a parked viewer back. Cancel-safe.
+    pub async fn handed_back(&self) {
+        loop {
+            let notified = self.seat.wake.notified();
+            if !self.seat.state().parked {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes the viewer back from the flusher, so that its task may write.
+    pub fn unpark(&mut self) -> Unparked {
+        let mut s = self.seat.state();
+        s.parked = false;
+        Unparked {
+            leftover: std::mem::take(&mut s.leftover),
+            last_id: s.last_id.take(),
+        }
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.seat.gone.store(true, Ordering::Relaxed);
+        self.room.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::danmaku::Danmaku;
+    use crate::metrics::Metrics;
+
+    /// A socket that takes `room` more bytes, then would block.
+    struct Socket {
+        room: Mutex<usize>,
+        got: Mutex<Vec<u8>>,
+    }
+
+    impl DirectSink for Socket {
+        fn bytes<'f>(&self, frame: &'f Frame) -> &'f Bytes {
+            frame.ws()
+        }
+
+        fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(*room - n);
+                self.got.lock().unwrap().extend_from_slice(&b[..take]);
+                n += take;
+            }
+            *room -= n;
+            Ok(n)
+        }
+    }
+
+    fn danmaku(id: u64) -> Danmaku {
+        let new = crate::danmaku::NewDanmaku {
+            room: "r".into(),
+            user: "u".into(),
+            name: "n".into(),
+            text: format!("text {id}"),
+            mode: Default::default(),
+            color: crate::danmaku::Color::WHITE,
+            size: 25,
+            vt: None,
+        };
+        Danmaku::stored(new, id, 0)
+    }
+
+    #[test]
+    fn a_parked_viewer_is_written_to_and_handed_back_with_the_rest_in_order() {
+        let room = Arc::new(Room::new("r", 8));
+        let mut viewer = room.join();
+        let socket = Arc::new(Socket {
+            room: Mutex::new(usize::MAX),
+            got: Mutex::new(Vec::new()),
+        });
+        viewer.attach(socket.clone());
+        assert!(viewer.park());
+        let metrics = Metrics::new();
+
+        room.push(&[danmaku(1)], Instant::now());
+        let published = room.flush(1 << 20, &metrics).unwrap();
+        room.pass_now(&published, &metrics);
+        let first = socket.got.lock().unwrap().clone();
+        assert!(!first.is_empty(), "written while parked");
+
+        // Room for only 5 more bytes: the frame is cut, the seat handed back.
+        *socket.room.lock().unwrap() = 5;
+        room.push(&[danmaku(2)], Instant::now());
+        let published = room.flush(1 << 20, &metrics).unwrap();
+        room.pass_now(&published, &metrics);
+        let back = viewer.unpark();
+        assert_eq!(back.last_id, Some(2));
+        let mut whole = socket.got.lock().unwrap()[first.len()..].to_vec();
+        for b in back.leftover {
+            whole.extend_from_slice(&b);
+        }
+        let frame = room.ring_get(1);
+        let Slot::Frame(frame) = frame else {
+            panic!("frame 1 is in the ring")
+        };
+        assert_eq!(whole, frame.ws().to_vec(), "written part + leftover = the frame");
+
+        // No longer parked: the next frame waits in the ring for the task.
+        room.push(&[danmaku(3)], Instant::now());
+        let published = room.flush(1 << 20, &metrics).unwrap();
+        room.pass_now(&published, &metrics);
+        assert!(matches!(viewer.try_recv(), Some(Received::Frame(_))));
+    }
+}
