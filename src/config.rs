@@ -23,8 +23,10 @@ pub struct Config {
     pub store: StoreConfig,
     /// Fan-out from the hub to viewers.
     pub fanout: FanoutConfig,
-    /// Content limits enforced by the guard.
+    /// Content limits and rate limits enforced by the guard.
     pub limits: Limits,
+    /// Content rules: the sensitive-word list and the flood guard.
+    pub filter: FilterConfig,
     /// Connection lifetimes.
     pub connection: ConnectionConfig,
 }
@@ -38,6 +40,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             fanout: FanoutConfig::default(),
             limits: Limits::default(),
+            filter: FilterConfig::default(),
             connection: ConnectionConfig::default(),
         }
     }
@@ -148,7 +151,12 @@ impl FanoutConfig {
     }
 }
 
-/// Content and size limits.
+/// Content and size limits, and rate limits.
+///
+/// A rate limit is a token bucket: `*_burst` sends (or connections) at once,
+/// refilled at `*_per_second`. A rate of `0` turns that limit off; any other
+/// rate must lie between 0.001 and 1,000,000 per second, with a burst of at
+/// least 1.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -164,6 +172,28 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Most danmaku one history request returns.
     pub max_history: usize,
+    /// Sends one user may make at once.
+    pub send_burst: u32,
+    /// Sends per second one user's bucket refills at (0: no per-user limit).
+    pub send_per_second: f64,
+    /// Sends one IP address (an IPv6 /64) may make at once, all its users
+    /// together. Higher than a user's, because viewers share NAT addresses.
+    pub ip_send_burst: u32,
+    /// Sends per second one IP address's bucket refills at (0: no limit).
+    pub ip_send_per_second: f64,
+    /// New connections (WebSocket, SSE) one IP address may open at once.
+    pub connect_burst: u32,
+    /// New connections per second one IP address's bucket refills at (0: no
+    /// limit).
+    pub connect_per_second: f64,
+    /// Accepted sends one room may take at once, all senders together.
+    pub room_send_burst: u32,
+    /// Accepted sends per second a room's bucket refills at (0: no limit).
+    pub room_send_per_second: f64,
+    /// Keys (users, addresses, rooms) each rate limiter, and the flood
+    /// guard, remembers at most. Past it, new keys are let through without
+    /// being remembered (fail open); docs/security.md tells why.
+    pub max_limiter_keys: usize,
 }
 
 impl Default for Limits {
@@ -175,8 +205,76 @@ impl Default for Limits {
             max_body_bytes: 4096,
             max_in_flight: 32,
             max_history: 1000,
+            send_burst: 3,
+            send_per_second: 0.5,
+            ip_send_burst: 10,
+            ip_send_per_second: 5.0,
+            connect_burst: 20,
+            connect_per_second: 5.0,
+            room_send_burst: 2000,
+            room_send_per_second: 1000.0,
+            max_limiter_keys: 100_000,
         }
     }
+}
+
+impl Limits {
+    /// Each rate limit as (name, burst, per second), for validation.
+    fn rates(&self) -> [(&'static str, u32, f64); 4] {
+        [
+            ("send", self.send_burst, self.send_per_second),
+            ("ip_send", self.ip_send_burst, self.ip_send_per_second),
+            ("connect", self.connect_burst, self.connect_per_second),
+            ("room_send", self.room_send_burst, self.room_send_per_second),
+        ]
+    }
+}
+
+/// Content rules: the sensitive-word list and the flood guard.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The sensitive-word list: UTF-8, one word or phrase a line, `#`
+    /// comments and blank lines ignored. None: no word filter.
+    pub words_file: Option<PathBuf>,
+    /// What a text containing a listed word gets.
+    pub action: FilterAction,
+    /// How often the word list's file is checked for changes, ms.
+    pub reload_interval_ms: u64,
+    /// The flood guard's window, seconds (0: no flood guard).
+    pub flood_window_s: u64,
+    /// How many times one user may send the same text within the window.
+    pub flood_repeats: u32,
+}
+
+impl Default for FilterConfig {
+    fn default() -> Self {
+        FilterConfig {
+            words_file: None,
+            action: FilterAction::Reject,
+            reload_interval_ms: 1000,
+            flood_window_s: 10,
+            flood_repeats: 1,
+        }
+    }
+}
+
+impl FilterConfig {
+    /// The interval between two looks at the word list's file.
+    pub fn reload_interval(&self) -> Duration {
+        Duration::from_millis(self.reload_interval_ms)
+    }
+}
+
+/// What the word filter does with a text that contains a listed word.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterAction {
+    /// Refuse the send (`blocked_content`).
+    #[default]
+    Reject,
+    /// Accept it with each character of each match replaced by `*`.
+    Mask,
 }
 
 /// Connection timings.
@@ -297,6 +395,40 @@ impl Config {
                 "connection.idle_timeout_s must exceed ping_interval_s",
             ),
         ];
+        if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(ConfigError::Invalid((*msg).to_owned()));
+        }
+        self.validate_guard()
+    }
+
+    /// Checks the rate limits and content rules.
+    fn validate_guard(&self) -> Result<(), ConfigError> {
+        for (name, burst, rate) in self.limits.rates() {
+            // The bounds keep governor's replenish period (1/rate) between
+            // 1 µs and 1000 s: representable, and not a typo.
+            let rate_ok = rate == 0.0 || (0.001..=1_000_000.0).contains(&rate);
+            if !rate_ok || (rate > 0.0 && burst == 0) {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name}_per_second must be 0 (no limit) or 0.001 to 1000000, \
+                     with limits.{name}_burst at least 1"
+                )));
+            }
+        }
+        let f = &self.filter;
+        let checks = [
+            (
+                self.limits.max_limiter_keys >= 1,
+                "limits.max_limiter_keys must be at least 1",
+            ),
+            (
+                f.reload_interval_ms >= 100,
+                "filter.reload_interval_ms must be at least 100",
+            ),
+            (
+                f.flood_repeats >= 1,
+                "filter.flood_repeats must be at least 1",
+            ),
+        ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_owned())),
             None => Ok(()),
@@ -318,6 +450,25 @@ mod tests {
         assert_eq!(cfg.limits.max_text_chars, def.limits.max_text_chars);
         assert_eq!(cfg.fanout.coalesce_ms, def.fanout.coalesce_ms);
         assert_eq!(cfg.fanout.writes_per_s, def.fanout.writes_per_s);
+        assert_eq!(cfg.limits.rates(), def.limits.rates());
+        assert_eq!(cfg.limits.max_limiter_keys, def.limits.max_limiter_keys);
+        let (f, d) = (&cfg.filter, &def.filter);
+        assert_eq!(
+            (
+                &f.words_file,
+                f.action,
+                f.reload_interval_ms,
+                f.flood_window_s,
+                f.flood_repeats
+            ),
+            (
+                &d.words_file,
+                d.action,
+                d.reload_interval_ms,
+                d.flood_window_s,
+                d.flood_repeats
+            )
+        );
     }
 
     #[test]
@@ -326,6 +477,21 @@ mod tests {
         assert_eq!(f.window(3), Duration::from_millis(1));
         assert_eq!(f.window(1_000), Duration::from_millis(10));
         assert_eq!(f.window(10_000), Duration::from_millis(20));
+    }
+
+    #[test]
+    fn rate_limits_are_validated() {
+        let valid = |text: &str| Config::from_toml(text).unwrap().validate().is_ok();
+        assert!(valid("[limits]\nsend_per_second = 0\nsend_burst = 0"));
+        assert!(valid("[limits]\nroom_send_per_second = 0.25"));
+        assert!(!valid("[limits]\nsend_per_second = -1"));
+        assert!(!valid("[limits]\nip_send_per_second = nan"));
+        assert!(!valid("[limits]\nconnect_per_second = 1e9"));
+        assert!(!valid("[limits]\nsend_burst = 0"));
+        assert!(!valid("[filter]\nflood_repeats = 0"));
+        let cfg = Config::from_toml("[filter]\naction = \"mask\"\nwords_file = \"w.txt\"").unwrap();
+        assert_eq!(cfg.filter.action, FilterAction::Mask);
+        assert_eq!(cfg.filter.words_file.as_deref(), Some(Path::new("w.txt")));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! Every layer reports its own typed error; the edge turns it into an
 //! [`ApiError`], which renders as `{"error":{"code":"...","message":"..."}}`
-//! over HTTP and as an `error` frame over a WebSocket.
+//! over HTTP and as an `error` frame over a WebSocket. A rate-limited error
+//! also carries `"retry_after_s"`, and over HTTP a `Retry-After` header.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -36,6 +37,16 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The server is shutting down; retry on another node or later.
     ShuttingDown,
+    /// A rate limit or the flood guard refused the request; the error says
+    /// how many seconds to wait (`retry_after_s`, and `Retry-After` over HTTP).
+    RateLimited,
+    /// The text matched the sensitive-word list. Which word is not said, so
+    /// that the list cannot be probed one word at a time.
+    BlockedContent,
+    /// The caller is known but may not do this.
+    Forbidden,
+    /// The request needs credentials and has none, or invalid ones.
+    Unauthorized,
     /// The store failed; nothing was acknowledged.
     Internal,
 }
@@ -56,6 +67,10 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BlockedContent => "blocked_content",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
         }
     }
@@ -69,7 +84,11 @@ impl ErrorCode {
             | ErrorCode::TextTooLong
             | ErrorCode::InvalidField
             | ErrorCode::InvalidQuery
-            | ErrorCode::UnsupportedCommand => StatusCode::BAD_REQUEST,
+            | ErrorCode::UnsupportedCommand
+            | ErrorCode::BlockedContent => StatusCode::BAD_REQUEST,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -88,6 +107,11 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// A human explanation; not meant to be matched on.
     pub message: String,
+    /// Whole seconds to wait before trying again, for `rate_limited`. It is
+    /// in the JSON (only when set) as well as in the HTTP `Retry-After`
+    /// header, because a WebSocket client has no header to read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -96,6 +120,15 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// The same error, telling the client to wait `seconds` before retrying.
+    pub fn with_retry_after(self, seconds: u64) -> ApiError {
+        ApiError {
+            retry_after_s: Some(seconds),
+            ..self
         }
     }
 }
@@ -108,6 +141,50 @@ struct Envelope<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        (status, axum::Json(Envelope { error: &self })).into_response()
+        let mut response = (status, axum::Json(Envelope { error: &self })).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn render(e: ApiError) -> (StatusCode, Option<String>, String) {
+        let response = e.into_response();
+        let status = response.status();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, retry, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_a_header_and_a_field_only_when_set() {
+        let (status, retry, body) =
+            render(ApiError::new(ErrorCode::RateLimited, "slow down").with_retry_after(3)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry.as_deref(), Some("3"));
+        assert_eq!(
+            body,
+            r#"{"error":{"code":"rate_limited","message":"slow down","retry_after_s":3}}"#
+        );
+
+        let (status, retry, body) = render(ApiError::new(ErrorCode::BlockedContent, "no")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(retry, None);
+        assert_eq!(
+            body,
+            r#"{"error":{"code":"blocked_content","message":"no"}}"#
+        );
     }
 }

@@ -5,6 +5,9 @@
 //! trust what they are handed. This guard checks room names and the
 //! content of a send; identity and rate limits join it later.
 
+pub mod filter;
+pub mod limits;
+
 use serde::Deserialize;
 
 use crate::config::Limits;
