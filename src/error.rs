@@ -34,6 +34,15 @@ pub enum ErrorCode {
     NotFound,
     /// The route exists but not with this method.
     MethodNotAllowed,
+    /// No valid token was given where one is needed, or the token is
+    /// invalid (expired, badly signed, wrong algorithm, bad claims).
+    Unauthorized,
+    /// The identity is known but may not do this (e.g. enter this room).
+    Forbidden,
+    /// Too many requests or sends; slow down and retry later.
+    RateLimited,
+    /// The text was refused by the content filter.
+    BlockedContent,
     /// The server is shutting down; retry on another node or later.
     ShuttingDown,
     /// The store failed; nothing was acknowledged.
@@ -55,6 +64,10 @@ impl ErrorCode {
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BlockedContent => "blocked_content",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -69,7 +82,11 @@ impl ErrorCode {
             | ErrorCode::TextTooLong
             | ErrorCode::InvalidField
             | ErrorCode::InvalidQuery
-            | ErrorCode::UnsupportedCommand => StatusCode::BAD_REQUEST,
+            | ErrorCode::UnsupportedCommand
+            | ErrorCode::BlockedContent => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
