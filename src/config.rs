@@ -29,6 +29,8 @@ pub struct Config {
     pub filter: FilterConfig,
     /// Connection lifetimes.
     pub connection: ConnectionConfig,
+    /// Identity: which tokens are accepted, and what anonymous clients may do.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             limits: Limits::default(),
             filter: FilterConfig::default(),
             connection: ConnectionConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -310,6 +313,91 @@ impl Default for ConnectionConfig {
     }
 }
 
+/// Identity: the key that verifies tokens (JWT) and what clients without
+/// one may do. At most one algorithm is configured; with none, no token
+/// is accepted and every client is anonymous.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The HS256 shared secret, at least 32 bytes (the SHA-256 output size).
+    pub hs256_secret: Option<String>,
+    /// A PEM file with the RSA public key that verifies RS256 tokens.
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// A PEM file with the P-256 public key that verifies ES256 tokens.
+    pub es256_public_key_file: Option<PathBuf>,
+    /// The RSA private key (PEM) `danmaku token` signs with. The server
+    /// itself never reads it: it needs the public key only.
+    pub rs256_private_key_file: Option<PathBuf>,
+    /// The P-256 private key (PKCS#8 PEM) `danmaku token` signs with; like
+    /// the RSA one, never read by the server.
+    pub es256_private_key_file: Option<PathBuf>,
+    /// Whether a client without a token may watch rooms.
+    pub anonymous_watch: bool,
+    /// Whether a client without a token may send, under a guest id.
+    pub anonymous_send: bool,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`, at most 300.
+    pub leeway_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hs256_secret: None,
+            rs256_public_key_file: None,
+            es256_public_key_file: None,
+            rs256_private_key_file: None,
+            es256_private_key_file: None,
+            anonymous_watch: true,
+            anonymous_send: true,
+            leeway_s: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Checks that at most one algorithm is configured, that an HS256
+    /// secret is long enough, that a private key goes with its public key
+    /// and that the leeway is short.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let algorithms = [
+            self.hs256_secret.is_some(),
+            self.rs256_public_key_file.is_some(),
+            self.es256_public_key_file.is_some(),
+        ];
+        let checks = [
+            (
+                algorithms.iter().filter(|&&on| on).count() <= 1,
+                "auth: configure only one of hs256_secret, rs256_public_key_file and \
+                 es256_public_key_file; tokens are accepted for one algorithm only",
+            ),
+            (
+                self.hs256_secret.as_ref().is_none_or(|s| s.len() >= 32),
+                "auth.hs256_secret must be at least 32 bytes: anyone holding one token \
+                 can try secrets offline, and a short one falls quickly (use e.g. \
+                 `openssl rand -base64 48`)",
+            ),
+            (
+                self.rs256_private_key_file.is_none() || self.rs256_public_key_file.is_some(),
+                "auth.rs256_private_key_file needs auth.rs256_public_key_file, which \
+                 selects the algorithm and checks each minted token",
+            ),
+            (
+                self.es256_private_key_file.is_none() || self.es256_public_key_file.is_some(),
+                "auth.es256_private_key_file needs auth.es256_public_key_file, which \
+                 selects the algorithm and checks each minted token",
+            ),
+            (
+                self.leeway_s <= 300,
+                "auth.leeway_s must be at most 300: a long leeway keeps expired tokens alive",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(msg),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -431,7 +519,10 @@ impl Config {
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_owned())),
-            None => Ok(()),
+            None => self
+                .auth
+                .check()
+                .map_err(|msg| ConfigError::Invalid(msg.to_owned())),
         }
     }
 }
@@ -469,6 +560,12 @@ mod tests {
                 d.flood_repeats
             )
         );
+        let (a, d) = (&cfg.auth, &def.auth);
+        assert_eq!(
+            (a.anonymous_watch, a.anonymous_send, a.leeway_s),
+            (d.anonymous_watch, d.anonymous_send, d.leeway_s)
+        );
+        assert!(cfg.auth.hs256_secret.is_none() && cfg.auth.rs256_public_key_file.is_none());
     }
 
     #[test]
@@ -492,6 +589,19 @@ mod tests {
         let cfg = Config::from_toml("[filter]\naction = \"mask\"\nwords_file = \"w.txt\"").unwrap();
         assert_eq!(cfg.filter.action, FilterAction::Mask);
         assert_eq!(cfg.filter.words_file.as_deref(), Some(Path::new("w.txt")));
+    }
+
+    #[test]
+    fn auth_keys_are_checked() {
+        let invalid = |text: &str| Config::from_toml(text).unwrap().validate().is_err();
+        let secret = "hs256_secret = \"0123456789abcdef0123456789abcdef\"";
+        assert!(!invalid(&format!("[auth]\n{secret}")));
+        assert!(invalid("[auth]\nhs256_secret = \"too short\""));
+        assert!(invalid(&format!(
+            "[auth]\n{secret}\nrs256_public_key_file = \"k.pem\""
+        )));
+        assert!(invalid("[auth]\nes256_private_key_file = \"k.pem\""));
+        assert!(invalid("[auth]\nleeway_s = 301"));
     }
 
     #[test]

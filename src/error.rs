@@ -43,9 +43,11 @@ pub enum ErrorCode {
     /// The text matched the sensitive-word list. Which word is not said, so
     /// that the list cannot be probed one word at a time.
     BlockedContent,
-    /// The caller is known but may not do this.
+    /// The caller is known but may not do this: muted, banned, the room is
+    /// closed, or the role or token does not allow it.
     Forbidden,
-    /// The request needs credentials and has none, or invalid ones.
+    /// No valid token was given where one is needed, or the token is
+    /// invalid (expired, badly signed, wrong algorithm, bad claims).
     Unauthorized,
     /// The store failed; nothing was acknowledged.
     Internal,

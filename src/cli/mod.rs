@@ -3,6 +3,7 @@
 mod send;
 mod serve;
 mod tail;
+mod token;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Run a load-generating benchmark scenario (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Mint a token (JWT) from the configured key and print it (see docs/auth.md).
+    Token(token::TokenArgs),
 }
 
 /// Options of `danmaku serve`; each overrides the config file.
@@ -56,6 +59,7 @@ impl Cli {
             Some(Command::Send(args)) => send::run(args).await,
             Some(Command::Tail(args)) => tail::run(args).await,
             Some(Command::Bench(args)) => crate::bench::run(args).await,
+            Some(Command::Token(args)) => token::run(args),
         }
     }
 }

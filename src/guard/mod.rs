@@ -5,6 +5,7 @@
 //! trust what they are handed. This guard checks room names and the
 //! content of a send; identity and rate limits join it later.
 
+pub mod auth;
 pub mod filter;
 pub mod limits;
 

@@ -375,7 +375,11 @@ mod tests {
         let Slot::Frame(frame) = frame else {
             panic!("frame 1 is in the ring")
         };
-        assert_eq!(whole, frame.ws().to_vec(), "written part + leftover = the frame");
+        assert_eq!(
+            whole,
+            frame.ws().to_vec(),
+            "written part + leftover = the frame"
+        );
 
         // No longer parked: the next frame waits in the ring for the task.
         room.push(&[danmaku(3)], Instant::now());
