@@ -197,6 +197,11 @@ pub struct Limits {
     /// guard, remembers at most. Past it, new keys are let through without
     /// being remembered (fail open); docs/security.md tells why.
     pub max_limiter_keys: usize,
+    /// Client addresses that skip every rate limit and the flood guard, as
+    /// admins do. The default, loopback, is the operator's own machine: the
+    /// bench, a local bot. Behind a reverse proxy on the same host every
+    /// client looks like loopback: set it to `[]` there.
+    pub exempt_ips: Vec<ipnet::IpNet>,
 }
 
 impl Default for Limits {
@@ -217,6 +222,10 @@ impl Default for Limits {
             room_send_burst: 2000,
             room_send_per_second: 1000.0,
             max_limiter_keys: 100_000,
+            exempt_ips: vec![
+                "127.0.0.0/8".parse().expect("a valid network"),
+                "::1/128".parse().expect("a valid network"),
+            ],
         }
     }
 }
@@ -543,6 +552,7 @@ mod tests {
         assert_eq!(cfg.fanout.writes_per_s, def.fanout.writes_per_s);
         assert_eq!(cfg.limits.rates(), def.limits.rates());
         assert_eq!(cfg.limits.max_limiter_keys, def.limits.max_limiter_keys);
+        assert_eq!(cfg.limits.exempt_ips, def.limits.exempt_ips);
         let (f, d) = (&cfg.filter, &def.filter);
         assert_eq!(
             (

@@ -34,7 +34,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let data = config.data.clone();
     let node = Node::start(config)
-        .with_context(|| format!("cannot open the store in {}", data.display()))?;
+        .with_context(|| format!("cannot start (data in {})", data.display()))?;
     // Printed on stdout, not logged: scripts and tests read the address
     // here. A closed stdout is no reason to stop serving, so errors are ignored.
     let banner = format!(

@@ -78,6 +78,11 @@ impl Identity {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// Whether this is an anonymous client (no token).
+    pub fn is_guest(&self) -> bool {
+        self.user.starts_with(GUEST_PREFIX)
+    }
 }
 
 /// The claims [`mint`] signs.

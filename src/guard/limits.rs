@@ -195,14 +195,11 @@ impl<C: Clock + Clone> RateLimits<C> {
     pub fn check_send(&self, user: &str, ip: IpAddr, room: &str) -> Result<(), RetryAfter> {
         check(&self.user_send, &self.hasher.hash_one(user))?;
         check(&self.ip_send, &ip_key(ip))?;
-        self.check_privileged_send(room)
+        self.check_room(room)
     }
 
-    /// A send by a privileged caller (an admin, or a trusted role such as a
-    /// load generator): it skips the per-user and per-IP limits but takes a
-    /// token from the room like any send, and is refused when the room has
-    /// none, so that the room's limit stays a cap on what viewers receive.
-    pub fn check_privileged_send(&self, room: &str) -> Result<(), RetryAfter> {
+    /// Takes a token from the room's bucket.
+    fn check_room(&self, room: &str) -> Result<(), RetryAfter> {
         check(&self.room_send, &self.hasher.hash_one(room))
     }
 
@@ -314,19 +311,8 @@ mod tests {
         rl.check_send("b", a, "r").unwrap();
         let refused = rl.check_send("c", a, "r").unwrap_err();
         assert!(refused.secs() > 100, "the room's bucket, refilling slowly");
-        // Privileged senders skip the user's limit but not the room's.
-        assert!(rl.check_privileged_send("r").is_err());
-        rl.check_privileged_send("other").unwrap();
-        rl.check_privileged_send("other").unwrap();
-        assert!(rl.check_privileged_send("other").is_err());
-    }
-
-    #[test]
-    fn privileged_sends_skip_the_user_and_address_limits() {
-        let rl = RateLimits::with_clock(&limits(), FakeRelativeClock::default());
-        for _ in 0..500 {
-            rl.check_privileged_send("r").unwrap();
-        }
+        // Another room has its own bucket.
+        rl.check_send("d", a, "other").unwrap();
     }
 
     #[test]

@@ -1,232 +1,213 @@
 //! The guard: everything a send or a subscription must pass before it reaches
 //! the store or the hub.
 //!
-//! Validation lives here, at the edge, so that the store and the hub can
-//! trust what they are handed. This guard checks room names and the
-//! content of a send; identity and rate limits join it later.
+//! Checks live here, at the edge, so that the store and the hub can trust
+//! what they are handed. The transports turn a request into a [`Sender`]
+//! ([`Guard::identify`]: a verified token or a guest), then the node asks
+//! the [`Guard`] whether that sender may watch ([`Guard::admit_viewer`]) or
+//! send ([`Guard::check_send`]).
+//!
+//! Layout: `send.rs` is what a send must be (pure checks), `auth.rs` who is
+//! asking, `limits.rs` how often, `filter/` what the text may say.
 
 pub mod auth;
 pub mod filter;
 pub mod limits;
+mod send;
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Limits;
-use crate::danmaku::{Color, Mode, NewDanmaku};
+use ipnet::IpNet;
+
+use crate::config::{Config, Limits};
+use crate::danmaku::NewDanmaku;
 use crate::error::{ApiError, ErrorCode};
+use auth::{Authenticator, Identity, SetupError};
+use filter::{FilterError, FilterHandle, FloodGuard};
+use limits::RateLimits;
 
-/// Font sizes a danmaku may have, in CSS pixels.
-pub const SIZE_RANGE: std::ops::RangeInclusive<u16> = 12..=64;
-/// The size of a danmaku that names none.
-pub const DEFAULT_SIZE: u16 = 25;
-/// The display name of a sender who gives none.
-pub const DEFAULT_NAME: &str = "guest";
-/// The largest video-time offset accepted: 30 days, in seconds.
-pub const MAX_VIDEO_TIME: f64 = 30.0 * 24.0 * 3600.0;
+pub use send::{
+    check_room, check_send, guest_id, SendRequest, DEFAULT_NAME, DEFAULT_SIZE, MAX_VIDEO_TIME,
+    SIZE_RANGE,
+};
 
-/// Checks a room name against `[A-Za-z0-9_.:-]{1,64}`.
-pub fn check_room(name: &str) -> Result<(), ApiError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::InvalidRoom,
-            "room names are 1 to 64 characters of A-Z a-z 0-9 _ . : -",
-        ))
-    }
-}
+/// How often idle rate-limit and flood-guard keys are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// A send as a client writes it, over HTTP or WebSocket. Only `text` is
-/// required; unknown fields are ignored so that clients may add their own.
-#[derive(Debug, Default, Deserialize)]
-pub struct SendRequest {
-    /// The comment text.
-    pub text: String,
-    /// `scroll` (default), `top`, `bottom` or `reverse`.
-    pub mode: Option<String>,
-    /// `#rrggbb`, default `#ffffff`.
-    pub color: Option<String>,
-    /// Font size in pixels, 12 to 64, default 25.
-    pub size: Option<u16>,
-    /// Video time offset in seconds.
-    pub vt: Option<f64>,
-    /// Display name.
-    pub name: Option<String>,
-}
-
-/// Who is sending: filled in by the transport from the connection.
+/// Who is asking, and from where: filled in by the transport.
 #[derive(Clone, Debug)]
 pub struct Sender {
-    /// The user id the danmaku is stored under.
-    pub user: String,
+    /// A verified token's identity, or a guest's.
+    pub identity: Identity,
+    /// The client's address.
+    pub ip: IpAddr,
 }
 
-/// Turns a client's send into a danmaku the store may accept, or says why not.
-pub fn check_send(
-    limits: &Limits,
-    room: &str,
-    sender: &Sender,
-    req: SendRequest,
-) -> Result<NewDanmaku, ApiError> {
-    check_room(room)?;
-    if req.text.trim().is_empty() {
-        return Err(ApiError::new(ErrorCode::EmptyText, "text is empty"));
+impl Sender {
+    /// A sender without a token.
+    pub fn guest(ip: IpAddr) -> Sender {
+        Sender {
+            identity: Identity::guest(ip),
+            ip,
+        }
     }
-    let chars = req.text.chars().count();
-    if chars > limits.max_text_chars {
-        return Err(ApiError::new(
-            ErrorCode::TextTooLong,
-            format!(
-                "text is {chars} characters; the limit is {}",
-                limits.max_text_chars
-            ),
-        ));
+
+    /// The user id its danmaku are stored under.
+    pub fn user(&self) -> &str {
+        &self.identity.user
     }
-    let mode = match req.mode.as_deref() {
-        None => Mode::default(),
-        Some(m) => Mode::parse(m)
-            .ok_or_else(|| invalid_field("mode must be one of scroll, top, bottom, reverse"))?,
-    };
-    let color = match req.color.as_deref() {
-        None => Color::WHITE,
-        Some(c) => Color::parse(c).ok_or_else(|| invalid_field("color must be #rrggbb"))?,
-    };
-    let size = req.size.unwrap_or(DEFAULT_SIZE);
-    if !SIZE_RANGE.contains(&size) {
-        return Err(invalid_field("size must be between 12 and 64"));
+}
+
+/// Why the guard could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardSetupError {
+    /// The `[auth]` keys could not be loaded.
+    #[error("auth: {0}")]
+    Auth(#[from] SetupError),
+    /// The word list could not be loaded.
+    #[error("filter: {0}")]
+    Words(#[from] FilterError),
+}
+
+/// The node's gatekeeper: identity, rate limits and content rules.
+pub struct Guard {
+    auth: Authenticator,
+    anonymous_send: bool,
+    anonymous_watch: bool,
+    /// Addresses whose clients skip every per-user, per-address and per-room
+    /// limit (`limits.exempt_ips`), like admins.
+    exempt: Vec<IpNet>,
+    limits: RateLimits,
+    words: Option<FilterHandle>,
+    flood: Option<FloodGuard>,
+    text: Limits,
+}
+
+impl Guard {
+    /// Builds the guard: loads the token keys and the word list, which must
+    /// be readable at start-up.
+    pub fn new(config: &Config) -> Result<Guard, GuardSetupError> {
+        let words = match &config.filter.words_file {
+            Some(path) => Some(FilterHandle::load(path, config.filter.action)?),
+            None => None,
+        };
+        Ok(Guard {
+            auth: Authenticator::from_config(&config.auth)?,
+            anonymous_send: config.auth.anonymous_send,
+            anonymous_watch: config.auth.anonymous_watch,
+            exempt: config.limits.exempt_ips.clone(),
+            limits: RateLimits::new(&config.limits),
+            words,
+            flood: FloodGuard::new(&config.filter, config.limits.max_limiter_keys),
+            text: config.limits.clone(),
+        })
     }
-    if let Some(vt) = req.vt {
-        if !vt.is_finite() || !(0.0..=MAX_VIDEO_TIME).contains(&vt) {
-            return Err(invalid_field(
-                "vt must be a number of seconds from 0 to 2592000 (30 days)",
+
+    /// Starts the guard's background work on the current runtime: following
+    /// the word list's file, and forgetting idle limiter keys. The tasks end
+    /// when the guard is dropped.
+    pub fn start_background(self: &Arc<Self>, reload_every: Duration) {
+        if let Some(words) = &self.words {
+            words.spawn_reloader(reload_every);
+        }
+        let guard = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(guard) = guard.upgrade() else { return };
+                // O(keys): off the runtime's worker threads.
+                let _ = tokio::task::spawn_blocking(move || {
+                    guard.limits.sweep();
+                    if let Some(f) = &guard.flood {
+                        f.sweep();
+                    }
+                })
+                .await;
+            }
+        });
+    }
+
+    /// The sender behind a request: the token's identity when a token is
+    /// given (an invalid one is refused, never downgraded to a guest), a
+    /// guest otherwise.
+    pub fn identify(&self, token: Option<&str>, ip: IpAddr) -> Result<Sender, ApiError> {
+        match token {
+            Some(token) => Ok(Sender {
+                identity: self.auth.verify(token).map_err(ApiError::from)?,
+                ip,
+            }),
+            None => Ok(Sender::guest(ip)),
+        }
+    }
+
+    /// Whether limits pass the sender by: admins, and exempt addresses.
+    fn privileged(&self, sender: &Sender) -> bool {
+        sender.identity.is_admin() || self.exempt.iter().any(|net| net.contains(&sender.ip))
+    }
+
+    /// May `sender` open a stream of `room`? Takes a token from its
+    /// address's connection bucket.
+    pub fn admit_viewer(&self, sender: &Sender, room: &str) -> Result<(), ApiError> {
+        check_room(room)?;
+        if sender.identity.is_guest() && !self.anonymous_watch {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this server needs a token to watch: pass ?token= or Authorization: Bearer",
             ));
         }
+        self.may_enter(sender, room)?;
+        if !self.privileged(sender) {
+            self.limits.check_connect(sender.ip)?;
+        }
+        Ok(())
     }
-    let name = match req.name {
-        None => DEFAULT_NAME.to_owned(),
-        Some(n) => {
-            let n = n.trim();
-            if n.is_empty() || n.chars().count() > limits.max_name_chars || has_control(n) {
-                return Err(invalid_field(format!(
-                    "name must be 1 to {} printable characters",
-                    limits.max_name_chars
-                )));
+
+    fn may_enter(&self, sender: &Sender, room: &str) -> Result<(), ApiError> {
+        if sender.identity.may_enter(room) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the token does not admit room {room}"),
+            ))
+        }
+    }
+
+    /// Turns `sender`'s send into a danmaku the store may take, or says why
+    /// not. In order: who may send, what the send is, the word list, the
+    /// rate limits, the flood guard. The flood guard goes last because it
+    /// remembers every text it passes: a send refused after it would make
+    /// the client's retry look like a repeat.
+    pub fn check_send(
+        &self,
+        room: &str,
+        sender: &Sender,
+        req: SendRequest,
+    ) -> Result<NewDanmaku, ApiError> {
+        if sender.identity.is_guest() && !self.anonymous_send {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this server needs a token to send: pass Authorization: Bearer (or ?token= on a WebSocket)",
+            ));
+        }
+        self.may_enter(sender, room)?;
+        let mut new = check_send(&self.text, room, &sender.identity, req)?;
+        if let Some(words) = &self.words {
+            if let Cow::Owned(masked) = words.apply(&new.text)? {
+                new.text = masked;
             }
-            n.to_owned()
         }
-    };
-    Ok(NewDanmaku {
-        room: room.to_owned(),
-        user: sender.user.clone(),
-        name,
-        text: req.text,
-        mode,
-        color,
-        size,
-        vt: req.vt,
-    })
-}
-
-fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
-}
-
-fn invalid_field(message: impl Into<String>) -> ApiError {
-    ApiError::new(ErrorCode::InvalidField, message)
-}
-
-/// A stable guest id for an anonymous sender, derived from its address so the
-/// same client keeps the same id across connections and restarts.
-pub fn guest_id(addr: std::net::IpAddr) -> String {
-    // FNV-1a: stable across builds and platforms, unlike std's RandomState.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let octets = match addr {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    };
-    for b in octets {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("guest-{:010x}", hash & 0xff_ffff_ffff)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn send(text: &str) -> SendRequest {
-        SendRequest {
-            text: text.into(),
-            ..Default::default()
+        if !self.privileged(sender) {
+            self.limits.check_send(sender.user(), sender.ip, room)?;
+            if let Some(flood) = &self.flood {
+                flood.check(sender.user(), &new.text)?;
+            }
         }
-    }
-
-    fn check(req: SendRequest) -> Result<NewDanmaku, ErrorCode> {
-        let sender = Sender { user: "u1".into() };
-        check_send(&Limits::default(), "room", &sender, req).map_err(|e| e.code)
-    }
-
-    #[test]
-    fn room_names() {
-        for ok in ["a", "live:123", "A-b_c.d", &"x".repeat(64)] {
-            assert!(check_room(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "a b", "房间", "a/b", &"x".repeat(65)] {
-            assert!(check_room(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn text_limits_count_characters_not_bytes() {
-        assert!(check(send(&"弹".repeat(100))).is_ok());
-        assert_eq!(check(send(&"弹".repeat(101))), Err(ErrorCode::TextTooLong));
-        assert_eq!(check(send("   ")), Err(ErrorCode::EmptyText));
-    }
-
-    #[test]
-    fn fields_are_validated_and_defaulted() {
-        let d = check(send("hi")).unwrap();
-        assert_eq!(
-            (d.mode, d.color, d.size, d.name.as_str()),
-            (Mode::Scroll, Color::WHITE, 25, "guest")
-        );
-        let bad = [
-            SendRequest {
-                mode: Some("sideways".into()),
-                ..send("x")
-            },
-            SendRequest {
-                color: Some("red".into()),
-                ..send("x")
-            },
-            SendRequest {
-                size: Some(200),
-                ..send("x")
-            },
-            SendRequest {
-                vt: Some(-1.0),
-                ..send("x")
-            },
-            SendRequest {
-                name: Some("a\u{7}".into()),
-                ..send("x")
-            },
-        ];
-        for req in bad {
-            assert_eq!(check(req), Err(ErrorCode::InvalidField));
-        }
-    }
-
-    #[test]
-    fn guest_ids_are_stable_and_distinct() {
-        let a = guest_id("127.0.0.1".parse().unwrap());
-        assert_eq!(a, guest_id("127.0.0.1".parse().unwrap()));
-        assert_ne!(a, guest_id("127.0.0.2".parse().unwrap()));
-        assert_eq!(a.len(), "guest-".len() + 10);
+        Ok(new)
     }
 }

@@ -15,7 +15,7 @@ use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
-use crate::guard::{self, SendRequest, Sender};
+use crate::guard::{self, Guard, GuardSetupError, SendRequest, Sender};
 use crate::hub::{Hub, RoomStats};
 use crate::metrics::Metrics;
 use crate::store::{SqliteStore, Store, StoreError};
@@ -28,6 +28,8 @@ pub struct Node {
     pub config: Config,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// Identity, limits and content rules.
+    pub guard: Arc<Guard>,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     /// Cancelled when viewers should be told to go: after the last
@@ -59,10 +61,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The guard's keys or word list could not be loaded.
+    #[error(transparent)]
+    Guard(#[from] GuardSetupError),
+}
+
 impl Node {
-    /// Opens the store under `config.data` and wires store → bus → hub.
-    /// Must be called inside a Tokio runtime.
-    pub fn start(config: Config) -> Result<Arc<Node>, StoreError> {
+    /// Loads the guard, opens the store under `config.data` and wires
+    /// store → bus → hub. Must be called inside a Tokio runtime.
+    pub fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        let guard = Arc::new(Guard::new(&config)?);
+        guard.start_background(std::time::Duration::from_millis(
+            config.filter.reload_interval_ms,
+        ));
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.fanout.clone(), metrics.clone());
         let bus = Arc::new(MemoryBus::new());
@@ -77,13 +94,22 @@ impl Node {
         Ok(Arc::new(Node {
             config,
             metrics,
+            guard,
             hub,
             store: Arc::new(store),
             going_away: CancellationToken::new(),
         }))
     }
 
-    /// Validates and durably stores a send; returns the stored danmaku.
+    /// The sender behind a request's token (or a guest without one).
+    pub fn identify(&self, token: Option<&str>, ip: std::net::IpAddr) -> Result<Sender, ApiError> {
+        self.guard
+            .identify(token, ip)
+            .inspect_err(|e| self.metrics.reject(e.code))
+    }
+
+    /// Runs a send through the guard and durably stores it; returns the
+    /// stored danmaku.
     pub async fn send(
         &self,
         room: &str,
@@ -91,7 +117,7 @@ impl Node {
         req: SendRequest,
     ) -> Result<Danmaku, ApiError> {
         let started = Instant::now();
-        let result = match guard::check_send(&self.config.limits, room, sender, req) {
+        let result = match self.guard.check_send(room, sender, req) {
             Ok(new) => self.store.append(new).await.map_err(ApiError::from),
             Err(e) => Err(e),
         };
@@ -105,10 +131,18 @@ impl Node {
         result
     }
 
-    /// Joins `room` as a viewer; with `since`, the feed first replays every
-    /// stored danmaku after that id.
-    pub async fn watch(&self, room: &str, since: Option<u64>) -> Result<Joined, ApiError> {
-        guard::check_room(room)?;
+    /// Admits `sender` to `room` as a viewer; with `since`, the feed first
+    /// replays every stored danmaku after that id.
+    pub async fn watch(
+        &self,
+        room: &str,
+        sender: &Sender,
+        since: Option<u64>,
+    ) -> Result<Joined, ApiError> {
+        if let Err(e) = self.guard.admit_viewer(sender, room) {
+            self.metrics.reject(e.code);
+            return Err(e);
+        }
         let viewer = self.hub.join(room);
         let stats = viewer.room().stats();
         // The store is the authority on the newest id; the hub hears of a

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{sse, ws, App};
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
+use crate::guard::auth::bearer;
 use crate::guard::{self, SendRequest};
 
 /// The page at `/`, served from the binary.
@@ -78,23 +79,20 @@ async fn send(
     State(app): State<App>,
     Path(room): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let limit = app.node.config.limits.max_body_bytes;
     let parsed = async {
         guard::check_room(&room)?;
+        let sender = app.node.identify(bearer(&headers), peer.ip())?;
         let bytes = read_body(body, limit).await?;
-        parse_json::<SendRequest>(&bytes)
+        Ok::<_, ApiError>((sender, parse_json::<SendRequest>(&bytes)?))
     }
     .await;
     let result = match parsed {
-        Ok(req) => {
-            let sender = guard::Sender {
-                user: guard::guest_id(peer.ip()),
-            };
-            // The node counts the refusals of its own checks.
-            app.node.send(&room, &sender, req).await
-        }
+        // The node counts the refusals of its own checks.
+        Ok((sender, req)) => app.node.send(&room, &sender, req).await,
         Err(e) => {
             app.node.metrics.reject(e.code);
             Err(e)

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::App;
 use crate::error::{ApiError, ErrorCode};
+use crate::guard::auth::bearer;
 use crate::metrics::{GaugeGuard, TransportLabel};
 use crate::node::{Delivery, Feed};
 use crate::protocol::frames::ServerMessage;
@@ -26,16 +29,19 @@ use crate::protocol::sse;
 #[derive(Deserialize)]
 pub(super) struct StreamQuery {
     since: Option<u64>,
+    /// An `EventSource` cannot set headers: its token comes here.
+    token: Option<String>,
 }
 
 /// Opens an event stream for a room.
 pub(super) async fn stream(
     State(app): State<App>,
     Path(room): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    match open(app, room, query, headers).await {
+    match open(app, room, peer, query, headers).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -44,6 +50,7 @@ pub(super) async fn stream(
 async fn open(
     app: App,
     room: String,
+    peer: SocketAddr,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -64,7 +71,9 @@ async fn open(
         None => q.since,
     };
     let node = &app.node;
-    let joined = node.watch(&room, since).await?;
+    let token = q.token.as_deref().or(bearer(&headers));
+    let sender = node.identify(token, peer.ip())?;
+    let joined = node.watch(&room, &sender, since).await?;
     let hello = ServerMessage::Hello {
         room: &room,
         last_id: joined.last_id,

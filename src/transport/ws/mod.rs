@@ -21,6 +21,7 @@ use super::timed_io::TimedStream;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard;
+use crate::guard::auth::bearer;
 
 pub use connection::Connection;
 
@@ -28,6 +29,8 @@ pub use connection::Connection;
 pub(super) struct WsQuery {
     room: String,
     since: Option<u64>,
+    /// A browser's WebSocket cannot set headers: its token comes here.
+    token: Option<String>,
 }
 
 /// Answers a WebSocket handshake and starts the connection's task.
@@ -40,17 +43,21 @@ pub(super) async fn upgrade(
     // Read before any await: the request body is not Sync, so the future
     // must not hold a reference to the request across one.
     let handshake = check_handshake(req.headers());
+    let headers = req.headers().clone();
     let result = async {
         let key = handshake?;
         let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
         guard::check_room(&q.room)?;
-        // Joined before answering, so a bad room or a closing store is an
-        // HTTP error, and nothing published after the 101 can be missed.
-        let joined = app.node.watch(&q.room, q.since).await?;
-        Ok::<_, ApiError>((key, q.room, joined))
+        let token = q.token.as_deref().or(bearer(&headers));
+        let sender = app.node.identify(token, peer.ip())?;
+        // Joined before answering, so a bad room, a refused token or a
+        // closing store is an HTTP error, and nothing published after the
+        // 101 can be missed.
+        let joined = app.node.watch(&q.room, &sender, q.since).await?;
+        Ok::<_, ApiError>((key, q.room, sender, joined))
     }
     .await;
-    let (key, room, joined) = match result {
+    let (key, room, sender, joined) = match result {
         Ok(ok) => ok,
         Err(e) => return e.into_response(),
     };
@@ -66,9 +73,6 @@ pub(super) async fn upgrade(
         let parts = match upgraded.downcast::<TimedStream>() {
             Ok(p) => p,
             Err(_) => return tracing::error!("upgraded connection is not a TcpStream"),
-        };
-        let sender = guard::Sender {
-            user: guard::guest_id(peer.ip()),
         };
         let stream = parts.io.into_inner();
         Connection::new(node, stream, parts.read_buf, room, sender, joined)
