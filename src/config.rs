@@ -289,7 +289,7 @@ pub enum FilterAction {
     Mask,
 }
 
-/// Connection timings.
+/// Connection timings and caps.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionConfig {
@@ -307,6 +307,17 @@ pub struct ConnectionConfig {
     /// autotuning, which lets one stalled client pin megabytes). Small
     /// buffers make a stalled viewer show up as lagging within a few frames.
     pub send_buffer_bytes: usize,
+    /// Connections (HTTP, SSE, WebSocket) the server holds at most; one
+    /// more is answered 503 `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) holds at most. Higher
+    /// than one viewer needs, because viewers share NAT addresses;
+    /// `limits.exempt_ips` are not capped.
+    pub max_connections_per_ip: usize,
+    /// Browser origins allowed to open a WebSocket (`Origin` header, e.g.
+    /// `https://live.example.com`). Empty: any. A handshake without an
+    /// `Origin` (not a browser) is not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ConnectionConfig {
@@ -318,6 +329,9 @@ impl Default for ConnectionConfig {
             header_timeout_s: 10,
             shutdown_grace_s: 5,
             send_buffer_bytes: 64 * 1024,
+            max_connections: 50_000,
+            max_connections_per_ip: 500,
+            allowed_origins: Vec::new(),
         }
     }
 }

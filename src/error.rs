@@ -37,6 +37,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The server is shutting down; retry on another node or later.
     ShuttingDown,
+    /// The server, or the client's address, holds as many connections as
+    /// it may (`connection.max_connections`, `max_connections_per_ip`).
+    TooManyConnections,
     /// A rate limit or the flood guard refused the request; the error says
     /// how many seconds to wait (`retry_after_s`, and `Retry-After` over HTTP).
     RateLimited,
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BlockedContent => "blocked_content",
             ErrorCode::Forbidden => "forbidden",
@@ -95,7 +99,9 @@ impl ErrorCode {
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -230,7 +230,7 @@ impl<C: Clock + Clone> RateLimits<C> {
 /// IPv6), or an IPv6 address's /64. A single IPv6 subscriber is routinely
 /// given a /64 or more, so counting /128s would hand one client 2^64 fresh
 /// buckets.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(super) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

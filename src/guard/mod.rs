@@ -11,6 +11,7 @@
 //! asking, `limits.rs` how often, `filter/` what the text may say.
 
 pub mod auth;
+mod connections;
 pub mod filter;
 pub mod limits;
 mod send;
@@ -29,6 +30,7 @@ use auth::{Authenticator, Identity, SetupError};
 use filter::{FilterError, FilterHandle, FloodGuard};
 use limits::RateLimits;
 
+pub use connections::{Admitted, Connections};
 pub use send::{
     check_room, check_send, guest_id, SendRequest, DEFAULT_NAME, DEFAULT_SIZE, MAX_VIDEO_TIME,
     SIZE_RANGE,
@@ -84,6 +86,8 @@ pub struct Guard {
     words: Option<FilterHandle>,
     flood: Option<FloodGuard>,
     text: Limits,
+    connections: Arc<Connections>,
+    allowed_origins: Vec<String>,
 }
 
 impl Guard {
@@ -103,6 +107,11 @@ impl Guard {
             words,
             flood: FloodGuard::new(&config.filter, config.limits.max_limiter_keys),
             text: config.limits.clone(),
+            connections: Arc::new(Connections::new(
+                &config.connection,
+                config.limits.exempt_ips.clone(),
+            )),
+            allowed_origins: config.connection.allowed_origins.clone(),
         })
     }
 
@@ -142,6 +151,29 @@ impl Guard {
                 ip,
             }),
             None => Ok(Sender::guest(ip)),
+        }
+    }
+
+    /// Admits a new TCP connection from `ip` under the connection caps.
+    pub fn admit_connection(&self, ip: IpAddr) -> Result<Admitted, ApiError> {
+        self.connections.admit(ip)
+    }
+
+    /// Checks a browser's `Origin` against `connection.allowed_origins`
+    /// (a WebSocket handshake is not subject to CORS, so a page on any site
+    /// could otherwise open one with its visitor's cookies and address).
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), ApiError> {
+        match origin {
+            Some(o)
+                if !self.allowed_origins.is_empty()
+                    && !self.allowed_origins.iter().any(|a| a == o) =>
+            {
+                Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("origin {o} is not allowed to open a WebSocket here"),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 

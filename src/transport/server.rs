@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -14,6 +15,8 @@ use tower::ServiceExt;
 
 use super::timed_io::TimedStream;
 use super::{http, App};
+use crate::error::ApiError;
+use crate::guard::Admitted;
 use crate::metrics::GaugeGuard;
 
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully:
@@ -29,10 +32,13 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let conn = serve_connection(app.clone(), router.clone(), stream, peer, stop.clone());
-                    app.tasks.spawn(conn);
-                }
+                Ok((stream, peer)) => match app.node.guard.admit_connection(peer.ip()) {
+                    Ok(admitted) => {
+                        let conn = serve_connection(app.clone(), router.clone(), stream, peer, admitted, stop.clone());
+                        app.tasks.spawn(conn);
+                    }
+                    Err(e) => refuse(&app, stream, e),
+                },
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -65,13 +71,33 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     }
 }
 
+/// Answers a connection over a cap with its error and closes it, without
+/// reading its request: the cap is there so that it costs nothing more.
+fn refuse(app: &App, stream: TcpStream, e: ApiError) {
+    app.node.metrics.reject(e.code);
+    let body = serde_json::json!({ "error": &e }).to_string();
+    let response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        e.code.status().as_u16(),
+        e.code.status().canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    // Best effort: a fresh socket's buffer takes this at once, or the
+    // client gets a reset, which also says "go away".
+    let _ = stream.try_write(response.as_bytes());
+}
+
 async fn serve_connection(
     app: App,
     router: axum::Router,
     stream: TcpStream,
     peer: SocketAddr,
+    admitted: Admitted,
     stop: CancellationToken,
 ) {
+    // Shared with a WebSocket that takes the connection over, so that the
+    // place is given back when the last of them ends.
+    let admitted = Arc::new(admitted);
     let _task = GaugeGuard::new(&app.node.metrics.tasks);
     let _ = stream.set_nodelay(true);
     let send_buffer = app.node.config.connection.send_buffer_bytes;
@@ -82,6 +108,7 @@ async fn serve_connection(
     }
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(admitted.clone());
         router.clone().oneshot(req)
     });
     let header_timeout = Duration::from_secs(app.node.config.connection.header_timeout_s);

@@ -1,5 +1,6 @@
-//! Connection lifecycle: answers before the close frame, and clients that
-//! flood without reading.
+//! Connection lifecycle and hygiene: answers before the close frame,
+//! clients that flood without reading or dribble their handshake, the
+//! connection caps and the Origin allow-list.
 
 use std::time::Duration;
 
@@ -70,4 +71,73 @@ async fn a_ping_flood_that_never_reads_is_cut_off() {
     let (status, _) = get_json(&server, "/healthz").await;
     assert_eq!(status, 200);
     server.stop();
+}
+
+#[tokio::test]
+async fn connections_are_capped_per_address_and_places_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[limits]\nexempt_ips = []\n[connection]\nmax_connections_per_ip = 2\n";
+    let server = Server::start(&dir.path().join("data"), Some(config));
+    let (a, _) = watch(&server, "r", None).await;
+    let (_b, _) = watch(&server, "r", None).await;
+    assert_eq!(ws_status(&server, "room=r", &[]).await, 503);
+    let res = http().get(format!("{}/healthz", server.url())).send().await;
+    // Plain HTTP is capped alike (the refusal may also show as a reset).
+    if let Ok(res) = res {
+        assert_eq!(res.status().as_u16(), 503);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "too_many_connections");
+    }
+    drop(a);
+    let started = std::time::Instant::now();
+    while ws_status(&server, "room=r", &[]).await != 101 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the closed connection's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_open_a_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[connection]\nallowed_origins = [\"https://live.example\"]\n";
+    let server = Server::start(&dir.path().join("data"), Some(config));
+    let evil = [("origin", "https://evil.example")];
+    let good = [("origin", "https://live.example")];
+    assert_eq!(ws_status(&server, "room=r", &evil).await, 403);
+    assert_eq!(ws_status(&server, "room=r", &good).await, 101);
+    // Not a browser: no Origin, no check.
+    assert_eq!(ws_status(&server, "room=r", &[]).await, 101);
+}
+
+#[tokio::test]
+async fn a_handshake_dribbled_byte_by_byte_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[connection]\nheader_timeout_s = 1\n";
+    let server = Server::start(&dir.path().join("data"), Some(config));
+    let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let request = b"GET /ws?room=r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n";
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for b in request.iter().cycle() {
+        if stream.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < WAIT, "still connected");
+    }
+    assert!(cut);
+    // It took the header timeout, not the whole request, to cut it off.
+    assert!(started.elapsed() < Duration::from_secs(5));
 }

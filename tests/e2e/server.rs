@@ -296,3 +296,21 @@ pub fn run_cli_json(args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The HTTP status a WebSocket handshake with `query` (and optional extra
+/// request headers) is answered with: 101 when it is accepted.
+pub async fn ws_status(server: &Server, query: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws?{query}", server.addr)
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes());
+        req.headers_mut().insert(name.unwrap(), v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
+    }
+}

@@ -9,6 +9,7 @@ mod connection;
 mod outbox;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -20,8 +21,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use super::timed_io::TimedStream;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
-use crate::guard;
 use crate::guard::auth::bearer;
+use crate::guard::{self, Admitted};
 
 pub use connection::Connection;
 
@@ -44,8 +45,14 @@ pub(super) async fn upgrade(
     // must not hold a reference to the request across one.
     let handshake = check_handshake(req.headers());
     let headers = req.headers().clone();
+    let admitted = req.extensions().get::<Arc<Admitted>>().cloned();
     let result = async {
         let key = handshake?;
+        let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        app.node
+            .guard
+            .check_origin(origin)
+            .inspect_err(|e| app.node.metrics.reject(e.code))?;
         let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
         guard::check_room(&q.room)?;
         let token = q.token.as_deref().or(bearer(&headers));
@@ -75,6 +82,8 @@ pub(super) async fn upgrade(
             Err(_) => return tracing::error!("upgraded connection is not a TcpStream"),
         };
         let stream = parts.io.into_inner();
+        // Counted under the connection caps until the WebSocket ends.
+        let _admitted = admitted;
         Connection::new(node, stream, parts.read_buf, room, sender, joined)
             .run()
             .await;
