@@ -115,7 +115,7 @@ mod tests {
 
     #[test]
     fn caps_per_address_and_in_total_and_gives_places_back() {
-        let c = caps(3, 2, &["127.0.0.0/8"]);
+        let c = caps(2, 2, &["127.0.0.0/8"]);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let first = c.admit(a).unwrap();
         let _second = c.admit(a).unwrap();
