@@ -107,6 +107,13 @@ pub struct FanoutConfig {
     /// default), between 1 ms and `coalesce_ms`. Small rooms get their
     /// danmaku at once; a big room's frames carry more each.
     pub writes_per_s: u64,
+    /// Hot-room density control: thin what a room's viewers are sent once
+    /// its danmaku arrive faster than `density_max_per_s` (everything is
+    /// still stored; admins' danmaku are never thinned).
+    pub density_control: bool,
+    /// The danmaku per second a viewer can read: what density control
+    /// lets through per room.
+    pub density_max_per_s: u32,
     /// A frame is flushed early once its JSON reaches this many bytes.
     pub max_frame_bytes: usize,
     /// Frames each room keeps for viewers that are behind (the room's ring).
@@ -132,6 +139,8 @@ impl Default for FanoutConfig {
         FanoutConfig {
             coalesce_ms: 20,
             writes_per_s: 100_000,
+            density_control: false,
+            density_max_per_s: 50,
             max_frame_bytes: 16 * 1024,
             ring_frames: 256,
             max_queued_bytes: 256 * 1024,

@@ -109,6 +109,8 @@ pub struct NewDanmaku {
     pub size: u16,
     /// Offset into a recording, in seconds, when pinned to a moment of a video.
     pub vt: Option<f64>,
+    /// Sent by an admin: density control never thins it.
+    pub priority: bool,
 }
 
 /// A stored danmaku: what history returns and what viewers receive.
@@ -135,6 +137,10 @@ pub struct Danmaku {
     /// Offset into a recording, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vt: Option<f64>,
+    /// Sent by an admin: density control never thins it. Known only on its
+    /// way from the store to the hub; not stored, not sent.
+    #[serde(skip)]
+    pub priority: bool,
 }
 
 impl Danmaku {
@@ -151,6 +157,7 @@ impl Danmaku {
             size: new.size,
             ts,
             vt: new.vt,
+            priority: new.priority,
         }
     }
 }

@@ -55,6 +55,9 @@ pub struct Metrics {
     /// for the non-blocking write that follows at once), observed on one
     /// viewer in 16 so that a big room does not take this lock per viewer.
     pub fanout_seconds: Histogram,
+    /// Danmaku density control left out of hot rooms' frames (stored, not
+    /// sent live).
+    pub thinned: Counter,
     /// Seconds one flusher pass over a room's viewers takes (direct writes
     /// to parked viewers, wake-ups for the others): in a big room, the
     /// floor under its fan-out latency.
@@ -88,6 +91,7 @@ impl Metrics {
             send_ack_seconds: latency_buckets(),
             fanout_seconds: latency_buckets(),
             pass_seconds: latency_buckets(),
+            thinned: Counter::default(),
             store_commit_seconds: latency_buckets(),
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             registry: Registry::default(),
@@ -139,6 +143,11 @@ impl Metrics {
             "fanout_seconds",
             "Seconds from commit to a frame being handed to a viewer's socket (1 viewer in 16)",
             m.fanout_seconds.clone(),
+        );
+        registry.register(
+            "thinned",
+            "Danmaku left out of hot rooms' frames by density control (still stored)",
+            m.thinned.clone(),
         );
         registry.register(
             "pass_seconds",

@@ -166,13 +166,14 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     let Ok(results) = drained else {
         anyhow::bail!("viewers did not receive everything within {DRAIN:?} after sending ended");
     };
-    let (mut delivered, mut lost, mut dup, mut lagged) = (0, 0, 0, 0);
+    let (mut delivered, mut lost, mut dup, mut lagged, mut thinned) = (0, 0, 0, 0, 0);
     for seen in results {
         let seen = seen?;
         delivered += seen.received;
         lost += seen.lost;
         dup += seen.duplicated;
         lagged += seen.lagged;
+        thinned += seen.thinned;
     }
     let end = last_delivery.load(Ordering::Relaxed);
     let start = now_micros() - send_started.elapsed().as_micros() as u64;
@@ -182,6 +183,7 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     report.lost = Some(lost);
     report.duplicated = Some(dup);
     report.lagged = Some(lagged);
+    report.thinned = Some(thinned);
     report.errors = Some(errors);
     if let Some(h) = counters.latency.lock().expect("latency lock").as_ref() {
         report.set_latency(h);

@@ -42,6 +42,9 @@ pub struct Report {
     pub duplicated: Option<u64>,
     /// Lagged frames received by viewers.
     pub lagged: Option<u64>,
+    /// Danmaku the server's density control left out (summed over viewers):
+    /// stored, announced in the frame, and not counted as lost.
+    pub thinned: Option<u64>,
     /// Seconds until every connection was open.
     pub connect_s: Option<f64>,
     /// Connections opened per second.

@@ -91,6 +91,8 @@ pub struct Seen {
     pub duplicated: u64,
     /// Lagged frames.
     pub lagged: u64,
+    /// Danmaku the server's density control left out of frames.
+    pub thinned: u64,
     /// Send-to-receipt latencies, µs (sampled viewers only), not yet
     /// shared with the counters.
     latency: Option<Histogram<u64>>,
@@ -122,6 +124,11 @@ impl Seen {
     /// Tallies one text frame from the server.
     fn scan(&mut self, payload: &[u8]) {
         if payload.starts_with(br#"{"type":"danmaku""#) {
+            // Density control names what it left out before the items: the
+            // ids it skipped are thinned, not lost.
+            let head = &payload[..memmem::find(payload, br#""items":"#).unwrap_or(0)];
+            let thinned = number_after(head, br#""thinned":"#, 0).map(|(n, _)| n);
+            let last = number_after(head, br#""last":"#, 0).map(|(n, _)| n);
             let now = self.latency.as_ref().map(|_| now_micros());
             let mut pos = 0;
             while let Some((id, after)) = number_after(payload, br#"{"id":"#, pos) {
@@ -140,6 +147,14 @@ impl Seen {
                         let _ = h.record(now.saturating_sub(sent).max(1));
                     }
                 }
+            }
+            if let Some(n) = thinned {
+                if let Some(last) = last.filter(|&l| self.next_id != 0 && l >= self.next_id) {
+                    self.lost += last + 1 - self.next_id;
+                    self.next_id = last + 1;
+                }
+                self.lost = self.lost.saturating_sub(n);
+                self.thinned += n;
             }
         } else if payload.starts_with(br#"{"type":"hello""#) {
             if let Some((last, _)) = number_after(payload, br#""last_id":"#, 0) {
@@ -312,6 +327,25 @@ mod tests {
         let h = seen.latency.unwrap();
         assert_eq!(h.len(), 5);
         assert!(h.min() >= 2_000, "latency from the stamp in the text");
+    }
+
+    #[test]
+    fn thinned_ids_are_not_lost() {
+        let mut seen = Seen::default();
+        seen.scan(br#"{"type":"hello","room":"r","last_id":0,"online":1}"#);
+        seen.scan(&batch(&[1, 2], 1));
+        // Ids 3..=8 stood for by this frame; 4, 5, 7, 8 left out.
+        let mut thinned = batch(&[3, 6], 1);
+        thinned.splice(18..18, br#""thinned":4,"last":8,"#.iter().copied());
+        seen.scan(&thinned);
+        seen.scan(&batch(&[9], 1));
+        assert_eq!(
+            (seen.received, seen.lost, seen.thinned, seen.next_id),
+            (5, 0, 4, 10)
+        );
+        // A real gap is still a loss.
+        seen.scan(&batch(&[12], 1));
+        assert_eq!(seen.lost, 2);
     }
 
     #[test]

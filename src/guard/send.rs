@@ -119,6 +119,7 @@ pub fn check_send(
         color,
         size,
         vt: req.vt,
+        priority: identity.is_admin(),
     })
 }
 

@@ -12,10 +12,15 @@ use crate::protocol::{sse, websocket};
 /// What a frame carries.
 #[derive(Debug)]
 pub enum FrameKind {
-    /// A batch of danmaku with contiguous ids `first..=last`.
+    /// A batch of danmaku standing for the ids `first..=last`: all of them,
+    /// or what density control kept of them.
     Danmaku {
         /// The batch, ascending by id.
         items: Vec<Danmaku>,
+        /// The first id the frame stands for.
+        first: u64,
+        /// The last id the frame stands for.
+        last: u64,
     },
     /// The room's viewer count.
     Online {
@@ -38,12 +43,18 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A frame for a batch of danmaku (non-empty, contiguous ids).
-    pub fn danmaku(items: Vec<Danmaku>, committed_at: Instant) -> Frame {
-        debug_assert!(!items.is_empty());
-        let ws = encode_ws(&ServerMessage::Danmaku { items: &items });
+    /// A frame for the ids `first..=last`, of which `items` were kept
+    /// (all of them unless density control thinned the frame).
+    pub fn danmaku(items: Vec<Danmaku>, (first, last): (u64, u64), committed_at: Instant) -> Frame {
+        debug_assert!(items.iter().all(|d| (first..=last).contains(&d.id)));
+        let thinned = (last - first + 1).saturating_sub(items.len() as u64);
+        let ws = encode_ws(&ServerMessage::Danmaku {
+            thinned,
+            last: (thinned > 0).then_some(last),
+            items: &items,
+        });
         Frame {
-            kind: FrameKind::Danmaku { items },
+            kind: FrameKind::Danmaku { items, first, last },
             ws,
             sse: OnceLock::new(),
             committed_at,
@@ -68,15 +79,17 @@ impl Frame {
     /// The danmaku in the frame (empty for control frames).
     pub fn items(&self) -> &[Danmaku] {
         match &self.kind {
-            FrameKind::Danmaku { items } => items,
+            FrameKind::Danmaku { items, .. } => items,
             FrameKind::Online { .. } => &[],
         }
     }
 
-    /// The first and last id of a danmaku frame.
+    /// The first and last id a danmaku frame stands for.
     pub fn id_range(&self) -> Option<(u64, u64)> {
-        let items = self.items();
-        Some((items.first()?.id, items.last()?.id))
+        match self.kind {
+            FrameKind::Danmaku { first, last, .. } => Some((first, last)),
+            FrameKind::Online { .. } => None,
+        }
     }
 
     /// The complete WebSocket frame.
@@ -87,7 +100,7 @@ impl Frame {
     /// The SSE events of the frame.
     pub fn sse(&self) -> &Bytes {
         self.sse.get_or_init(|| match &self.kind {
-            FrameKind::Danmaku { items } => sse::danmaku_events(items),
+            FrameKind::Danmaku { items, .. } => sse::danmaku_events(items),
             FrameKind::Online { count } => {
                 sse::message_event("online", &ServerMessage::Online { count: *count })
             }

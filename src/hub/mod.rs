@@ -9,6 +9,7 @@
 //! knows a wire protocol, and never parses or serialises anything per
 //! viewer.
 
+mod density;
 mod frame;
 mod ring;
 mod room;
@@ -133,7 +134,7 @@ impl Hub {
                 .cloned()
                 .collect();
             for room in rooms {
-                if let Some(published) = room.flush(self.config.max_frame_bytes, &self.metrics) {
+                if let Some(published) = room.flush(&self.config, &self.metrics) {
                     room.pass_now(&published, &self.metrics);
                 }
             }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::density::Density;
 use super::frame::Frame;
 use super::ring::{Ring, Slot};
 use super::seat::{Seat, Viewer, Written};
@@ -61,6 +62,7 @@ struct RoomState {
     /// The newest id this room has seen, if any since the hub made it.
     last_id: Option<u64>,
     rate: RateMeter,
+    density: Density,
     last_activity: Instant,
     /// Set when the hub forgets the room; a flusher that sees it exits.
     removed: bool,
@@ -97,6 +99,7 @@ impl Room {
                 announced: 0,
                 last_id: None,
                 rate: RateMeter::default(),
+                density: Density::default(),
                 last_activity: Instant::now(),
                 removed: false,
             }),
@@ -222,13 +225,24 @@ impl Room {
     /// puts them in the ring; returns the first frame's number and the
     /// frames, for the pass that delivers them. Encoding happens under the
     /// room lock so that two flushes can never publish out of id order.
-    pub(super) fn flush(&self, max_frame_bytes: usize, metrics: &Metrics) -> Option<Published> {
+    /// With density control on, a hot room's frames keep only what its
+    /// viewers can read; each frame still stands for its whole id range.
+    pub(super) fn flush(&self, config: &FanoutConfig, metrics: &Metrics) -> Option<Published> {
+        let max_frame_bytes = config.max_frame_bytes;
         let mut s = self.state();
         let committed_at = s.pending_since.take()?;
         let mut items = std::mem::take(&mut s.pending);
         s.pending_bytes = 0;
+        // Pending danmaku are contiguous: the frames cover this whole range.
+        let (first, last) = (items.first()?.id, items.last()?.id);
+        if config.density_control {
+            let (kept, thinned) = s.density.thin(items, config.density_max_per_s);
+            metrics.thinned.inc_by(thinned);
+            items = kept;
+        }
         let mut frames = Vec::new();
-        while !items.is_empty() {
+        let mut next = first;
+        loop {
             let mut bytes = 0;
             let split = items
                 .iter()
@@ -238,9 +252,15 @@ impl Room {
                 })
                 .map_or(items.len(), |i| i.max(1));
             let rest = items.split_off(split);
+            // The last frame stands for the rest of the range, kept or not.
+            let end = rest.first().map_or(last, |d| d.id - 1);
             metrics.frames.inc();
-            frames.push(Arc::new(Frame::danmaku(items, committed_at)));
+            frames.push(Arc::new(Frame::danmaku(items, (next, end), committed_at)));
+            next = end + 1;
             items = rest;
+            if items.is_empty() {
+                break;
+            }
         }
         Some(self.publish(frames))
     }
@@ -336,7 +356,7 @@ impl Room {
                 let due = last_flush + window;
                 if now >= due || pending_bytes >= config.max_frame_bytes {
                     last_flush = now;
-                    if let Some(published) = self.flush(config.max_frame_bytes, &metrics) {
+                    if let Some(published) = self.flush(&config, &metrics) {
                         // The next flush waits for this pass: what arrives
                         // meanwhile goes out together in the next frame.
                         self.pass(published, &metrics).await;

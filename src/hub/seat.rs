@@ -298,6 +298,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::config::FanoutConfig;
     use crate::danmaku::Danmaku;
     use crate::metrics::Metrics;
 
@@ -338,6 +339,7 @@ mod tests {
             color: crate::danmaku::Color::WHITE,
             size: 25,
             vt: None,
+            priority: false,
         };
         Danmaku::stored(new, id, 0)
     }
@@ -355,7 +357,7 @@ mod tests {
         let metrics = Metrics::new();
 
         room.push(&[danmaku(1)], Instant::now());
-        let published = room.flush(1 << 20, &metrics).unwrap();
+        let published = room.flush(&FanoutConfig::default(), &metrics).unwrap();
         room.pass_now(&published, &metrics);
         let first = socket.got.lock().unwrap().clone();
         assert!(!first.is_empty(), "written while parked");
@@ -363,7 +365,7 @@ mod tests {
         // Room for only 5 more bytes: the frame is cut, the seat handed back.
         *socket.room.lock().unwrap() = 5;
         room.push(&[danmaku(2)], Instant::now());
-        let published = room.flush(1 << 20, &metrics).unwrap();
+        let published = room.flush(&FanoutConfig::default(), &metrics).unwrap();
         room.pass_now(&published, &metrics);
         let back = viewer.unpark();
         assert_eq!(back.last_id, Some(2));
@@ -383,7 +385,7 @@ mod tests {
 
         // No longer parked: the next frame waits in the ring for the task.
         room.push(&[danmaku(3)], Instant::now());
-        let published = room.flush(1 << 20, &metrics).unwrap();
+        let published = room.flush(&FanoutConfig::default(), &metrics).unwrap();
         room.pass_now(&published, &metrics);
         assert!(matches!(viewer.try_recv(), Some(Received::Frame(_))));
     }

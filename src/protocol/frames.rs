@@ -52,6 +52,13 @@ pub enum ServerMessage<'a> {
     },
     /// A batch of danmaku, ascending by id.
     Danmaku {
+        /// Danmaku left out by density control (0: none; then not sent).
+        #[serde(skip_serializing_if = "is_zero")]
+        thinned: u64,
+        /// The last id the frame stands for, when density control left it
+        /// out: the next frame starts after it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last: Option<u64>,
         /// The danmaku.
         items: &'a [Danmaku],
     },
@@ -87,7 +94,16 @@ pub enum ServerMessage<'a> {
     Pong,
 }
 
-impl ServerMessage<'_> {
+impl<'a> ServerMessage<'a> {
+    /// A frame of danmaku, nothing left out.
+    pub fn danmaku(items: &'a [Danmaku]) -> ServerMessage<'a> {
+        ServerMessage::Danmaku {
+            thinned: 0,
+            last: None,
+            items,
+        }
+    }
+
     /// Appends the JSON of the message to `out`.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         // Serialising these types into a Vec cannot fail: every field is a
@@ -133,4 +149,8 @@ mod tests {
         .write_json(&mut out);
         assert_eq!(out, br#"{"type":"ack","id":3,"ts":9}"#);
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -58,6 +58,7 @@ mod tests {
             size: 25,
             ts: 1,
             vt: None,
+            priority: false,
         };
         let out = danmaku_events(&[d(4), d(5)]);
         let text = std::str::from_utf8(&out).unwrap();

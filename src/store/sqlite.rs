@@ -196,6 +196,7 @@ fn row_to_danmaku(r: &rusqlite::Row<'_>) -> Result<Danmaku, rusqlite::Error> {
         size: r.get(7)?,
         ts: r.get(8)?,
         vt: r.get(9)?,
+        priority: false,
     })
 }
 
@@ -389,6 +390,7 @@ mod tests {
             color: Color(0x123456),
             size: 18,
             vt: Some(1.5),
+            priority: false,
         }
     }
 

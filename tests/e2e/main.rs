@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod connection;
 mod delivery;
+mod density;
 mod guard;
 mod resume;
 mod shutdown;

@@ -275,7 +275,7 @@ impl Connection {
         let slow = self.feed.account(&d);
         let frame = match d {
             Delivery::Shared(frame) => frame.ws().clone(),
-            Delivery::Own(items) => encode_ws(&ServerMessage::Danmaku { items: &items }),
+            Delivery::Own(items) => encode_ws(&ServerMessage::danmaku(&items)),
             Delivery::Lagged { dropped } => encode_ws(&ServerMessage::Lagged { dropped }),
             Delivery::HandedBack { leftover } => {
                 leftover.into_iter().for_each(|b| self.outbox.push(b));
