@@ -112,6 +112,11 @@ impl<'a> ServerMessage<'a> {
     }
 }
 
+/// Whether a count is zero (then it is not sent).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,8 +154,4 @@ mod tests {
         .write_json(&mut out);
         assert_eq!(out, br#"{"type":"ack","id":3,"ts":9}"#);
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
