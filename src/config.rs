@@ -602,6 +602,17 @@ mod tests {
     }
 
     #[test]
+    fn production_example_parses_and_is_locked_down() {
+        let text = include_str!("../danmaku.production.toml");
+        let cfg = Config::from_toml(text).expect("production example parses");
+        cfg.validate().unwrap();
+        assert!(!cfg.auth.anonymous_send && cfg.auth.hs256_secret.is_some());
+        assert!(cfg.limits.exempt_ips.is_empty());
+        assert!(cfg.fanout.density_control && cfg.filter.words_file.is_some());
+        assert!(!cfg.connection.allowed_origins.is_empty());
+    }
+
+    #[test]
     fn a_rooms_window_grows_with_its_viewers_up_to_the_cap() {
         let f = FanoutConfig::default();
         assert_eq!(f.window(3), Duration::from_millis(1));

@@ -120,7 +120,11 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     let mut sender_tasks = Vec::with_capacity(senders);
     for s in 0..senders {
         let room = s % rooms;
-        let url = format!("ws://{addr}/ws?room={}", plan.rooms[room]);
+        let url = format!(
+            "ws://{addr}/ws?room={}{}",
+            plan.rooms[room],
+            super::token_query()
+        );
         let (counters, last_ids) = (counters.clone(), last_ids.clone());
         // Senders tick out of phase with one another, as real ones do: in
         // step, thousands of them would arrive as one burst per period.

@@ -40,8 +40,9 @@ pub async fn run(
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let body = format!(r#"{{"text":"ingest {i}"}}"#);
                 let request = format!(
-                    "POST /api/v1/rooms/ingest/danmaku HTTP/1.1\r\nHost: {addr}\r\n\
+                    "POST /api/v1/rooms/ingest/danmaku HTTP/1.1\r\nHost: {addr}\r\n{}\
                      Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    super::token_header(),
                     body.len()
                 );
                 let mut conn: Option<(TcpStream, BytesMut)> = None;

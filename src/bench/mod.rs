@@ -37,6 +37,27 @@ pub struct BenchArgs {
     /// Config file for the server the bench starts.
     #[arg(long, global = true)]
     server_config: Option<PathBuf>,
+    /// A token every bench connection presents (viewers, senders, ingest):
+    /// against a server that needs one, an admin token (`danmaku token
+    /// --role admin`), which is exempt from per-user and per-address limits.
+    #[arg(long, global = true, env = "DANMAKU_TOKEN")]
+    token: Option<String>,
+}
+
+/// The token from `--token`, set once before a scenario starts; every
+/// connection the bench opens reads it.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `&token=…` for a WebSocket URL's query, or nothing.
+fn token_query() -> String {
+    TOKEN.get().map_or_else(String::new, |t| format!("&token={t}"))
+}
+
+/// An `Authorization` header line (with its CRLF), or nothing.
+fn token_header() -> String {
+    TOKEN
+        .get()
+        .map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +118,9 @@ enum Scenario {
 
 /// Runs a scenario and prints its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(token) = args.token {
+        let _ = TOKEN.set(token);
+    }
     let target = target::Target::start(args.url.as_deref(), args.server_config.as_deref()).await?;
     let addr: SocketAddr = target.addr;
     let report = match args.scenario {

@@ -32,15 +32,16 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Connections the bench opens from one source address: under the
+/// server's default `connection.max_connections_per_ip` (500), so that a
+/// server whose limits bind loopback too takes them all.
+const PER_SOURCE: usize = 250;
+
 /// The source address for connection `i`: spread over 127.0.0.2.. so that
-/// no one source runs out of ephemeral ports.
+/// no one source runs out of ephemeral ports or its address's caps.
 pub fn source_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        127,
-        0,
-        (i / 10_000 / 250) as u8,
-        2 + (i / 10_000 % 250) as u8,
-    )
+    let n = i / PER_SOURCE;
+    Ipv4Addr::new(127, 0, (n / 250) as u8, 2 + (n % 250) as u8)
 }
 
 /// Opens a TCP connection from `source` and completes the WebSocket
@@ -59,8 +60,9 @@ pub async fn handshake(
     let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let request = format!(
-        "GET /ws?room={room} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: YmVuY2htYXJrLWtleS0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /ws?room={room}{} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: YmVuY2htYXJrLWtleS0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        super::token_query()
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(1024);
