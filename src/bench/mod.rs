@@ -50,7 +50,9 @@ static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// `&token=…` for a WebSocket URL's query, or nothing.
 fn token_query() -> String {
-    TOKEN.get().map_or_else(String::new, |t| format!("&token={t}"))
+    TOKEN
+        .get()
+        .map_or_else(String::new, |t| format!("&token={t}"))
 }
 
 /// An `Authorization` header line (with its CRLF), or nothing.

@@ -39,6 +39,11 @@ pub enum Role {
     Viewer,
     /// An operator of the service.
     Admin,
+    /// An operator's tool (a load generator, a bot): exempt from rate
+    /// limits like an admin, but with no moderation powers, and its
+    /// danmaku are ordinary ones to density control. Least privilege for
+    /// what only needs to send a lot.
+    Service,
 }
 
 /// A client's identity: from a verified token, or a guest.
@@ -77,6 +82,11 @@ impl Identity {
     /// Whether the identity has the admin role.
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// Whether rate limits pass the identity by: admins and services.
+    pub fn is_unlimited(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Service)
     }
 
     /// Whether this is an anonymous client (no token).
@@ -449,7 +459,8 @@ fn identity(claims: &Map<String, Value>) -> Result<Identity, AuthError> {
     let role = match string_claim(claims, "role")? {
         None | Some("viewer") => Role::Viewer,
         Some("admin") => Role::Admin,
-        Some(_) => return Err(invalid("role", "must be viewer or admin")),
+        Some("service") => Role::Service,
+        Some(_) => return Err(invalid("role", "must be viewer, admin or service")),
     };
     let rooms = match claims.get("rooms") {
         None | Some(Value::Null) => None,
@@ -772,6 +783,9 @@ mod tests {
         }
         let ok = sign_hs256(&serde_json::json!({"sub": "u", "role": "viewer", "exp": exp}));
         assert_eq!(verify(&hs256(), &ok).unwrap().role, Role::Viewer);
+        let service = sign_hs256(&serde_json::json!({"sub": "bot", "role": "service", "exp": exp}));
+        let id = verify(&hs256(), &service).unwrap();
+        assert!(id.is_unlimited() && !id.is_admin());
     }
 
     #[test]

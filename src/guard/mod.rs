@@ -80,7 +80,7 @@ pub struct Guard {
     anonymous_send: bool,
     anonymous_watch: bool,
     /// Addresses whose clients skip every per-user, per-address and per-room
-    /// limit (`limits.exempt_ips`), like admins.
+    /// limit (`limits.exempt_ips`), like admins and services.
     exempt: Vec<IpNet>,
     limits: RateLimits,
     words: Option<FilterHandle>,
@@ -177,9 +177,10 @@ impl Guard {
         }
     }
 
-    /// Whether limits pass the sender by: admins, and exempt addresses.
+    /// Whether limits pass the sender by: admins, services, and exempt
+    /// addresses.
     fn privileged(&self, sender: &Sender) -> bool {
-        sender.identity.is_admin() || self.exempt.iter().any(|net| net.contains(&sender.ip))
+        sender.identity.is_unlimited() || self.exempt.iter().any(|net| net.contains(&sender.ip))
     }
 
     /// May `sender` open a stream of `room`? Takes a token from its
