@@ -2,9 +2,6 @@
 //! thinned on the way out, the admin's message always gets through, and
 //! everything is still stored.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
 use crate::server::*;
@@ -24,17 +21,10 @@ async fn a_flooded_room_is_thinned_but_the_admin_is_heard_and_all_is_stored() {
     for (status, body) in futures_util::future::join_all(sends).await {
         assert_eq!(status, 201, "{body}");
     }
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let admin = encode(
-        &Header::default(),
-        &json!({"sub": "mod", "role": "admin", "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let admin = token(
+        SECRET,
+        json!({"sub": "mod", "role": "admin", "exp": now() + 600}),
+    );
     let res = http()
         .post(format!("{}/api/v1/rooms/hot/danmaku", server.url()))
         .bearer_auth(&admin)

@@ -1,7 +1,7 @@
 //! The guard end to end: tokens on every transport, token buckets, the word
 //! filter (with hot reload) and the flood guard.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
 use jsonwebtoken::{encode, EncodingKey, Header};
@@ -11,23 +11,6 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::server::*;
 
 const SECRET: &str = "an-e2e-test-secret-of-32-bytes-or-more";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// An HS256 token with these claims, signed with `secret`.
-fn token(secret: &str, claims: Value) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
 
 fn user_token(sub: &str) -> String {
     token(

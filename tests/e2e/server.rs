@@ -314,3 +314,21 @@ pub async fn ws_status(server: &Server, query: &str, headers: &[(&str, &str)]) -
         Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
     }
 }
+
+/// Seconds since the Unix epoch, for token expiries.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 token with these claims, signed with `secret`.
+pub fn token(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
