@@ -7,12 +7,12 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use memchr::memmem;
+use memchr::memmem::{self, Finder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -111,14 +111,21 @@ pub struct Viewer {
     pause: Option<std::time::Duration>,
 }
 
+/// The searchers of the keys scanned for in every danmaku, built once:
+/// building one per lookup showed in the generator's profile.
+static ID_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"{"id":"#));
+static STAMP_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(STAMP_KEY));
+
 /// Finds `key` in `hay` from `from` and parses the digits after it.
-fn number_after(hay: &[u8], key: &[u8], from: usize) -> Option<(u64, usize)> {
-    let at = from + memmem::find(&hay[from..], key)? + key.len();
+fn number_after(hay: &[u8], key: &Finder<'_>, from: usize) -> Option<(u64, usize)> {
+    let at = from + key.find(&hay[from..])? + key.needle().len();
     let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    let n = std::str::from_utf8(&hay[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()?;
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let n = hay[at..at + digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some((n, at + digits))
 }
 
@@ -129,11 +136,11 @@ impl Seen {
             // Density control names what it left out before the items: the
             // ids it skipped are thinned, not lost.
             let head = &payload[..memmem::find(payload, br#""items":"#).unwrap_or(0)];
-            let thinned = number_after(head, br#""thinned":"#, 0).map(|(n, _)| n);
-            let last = number_after(head, br#""last":"#, 0).map(|(n, _)| n);
+            let thinned = number_after(head, &Finder::new(br#""thinned":"#), 0).map(|(n, _)| n);
+            let last = number_after(head, &Finder::new(br#""last":"#), 0).map(|(n, _)| n);
             let now = self.latency.as_ref().map(|_| now_micros());
             let mut pos = 0;
-            while let Some((id, after)) = number_after(payload, br#"{"id":"#, pos) {
+            while let Some((id, after)) = number_after(payload, &ID_KEY, pos) {
                 pos = after;
                 self.received += 1;
                 if self.next_id == 0 || id == self.next_id {
@@ -145,7 +152,7 @@ impl Seen {
                     self.duplicated += 1;
                 }
                 if let (Some(h), Some(now)) = (self.latency.as_mut(), now) {
-                    if let Some((sent, _)) = number_after(payload, STAMP_KEY, pos) {
+                    if let Some((sent, _)) = number_after(payload, &STAMP_FINDER, pos) {
                         let _ = h.record(now.saturating_sub(sent).max(1));
                     }
                 }
@@ -159,7 +166,7 @@ impl Seen {
                 self.thinned += n;
             }
         } else if payload.starts_with(br#"{"type":"hello""#) {
-            if let Some((last, _)) = number_after(payload, br#""last_id":"#, 0) {
+            if let Some((last, _)) = number_after(payload, &Finder::new(br#""last_id":"#), 0) {
                 self.next_id = last + 1;
             }
         } else if payload.starts_with(br#"{"type":"lagged""#) {
