@@ -41,7 +41,6 @@ pub(super) struct Seat {
     /// Wakes the viewer's task: a frame arrived while it waited, or the
     /// flusher handed a parked viewer back.
     wake: Notify,
-    sink: std::sync::OnceLock<Arc<dyn DirectSink>>,
     /// The viewer left; the room drops the seat at its next pass.
     pub(super) gone: AtomicBool,
     /// This viewer observes the fan-out latency histogram (a sample).
@@ -60,6 +59,9 @@ struct SeatState {
     leftover: Vec<Bytes>,
     /// The newest danmaku id the flusher wrote for the viewer.
     last_id: Option<u64>,
+    /// Where the flusher writes. Dropped when the viewer leaves, so that a
+    /// pass still holding the seat does not keep the socket open.
+    sink: Option<Arc<dyn DirectSink>>,
 }
 
 /// What the flusher did for one seat.
@@ -85,9 +87,9 @@ impl Seat {
                 waiting: false,
                 leftover: Vec::new(),
                 last_id: None,
+                sink: None,
             }),
             wake: Notify::new(),
-            sink: std::sync::OnceLock::new(),
             gone: AtomicBool::new(false),
             sampled,
         }
@@ -109,7 +111,10 @@ impl Seat {
             }
             return Written::No;
         }
-        let sink = self.sink.get().expect("only a seat with a sink parks");
+        let Some(sink) = s.sink.clone() else {
+            // The viewer left while this pass held its seat.
+            return self.hand_back(s, false);
+        };
         if s.next != first {
             // Frames went into the ring without passing here (a flush at
             // shutdown): the viewer's task takes them itself.
@@ -203,7 +208,7 @@ impl Viewer {
 
     /// Lets the room's flusher write to `sink` while the viewer is parked.
     pub fn attach(&self, sink: Arc<dyn DirectSink>) {
-        let _ = self.seat.sink.set(sink);
+        self.seat.state().sink = Some(sink);
     }
 
     fn take(&self, s: &mut SeatState) -> Option<Received> {
@@ -250,11 +255,8 @@ impl Viewer {
     /// directly; returns whether it did. Its task must then write nothing
     /// until [`Viewer::unpark`].
     pub fn park(&mut self) -> bool {
-        if self.seat.sink.get().is_none() {
-            return false;
-        }
         let mut s = self.seat.state();
-        if s.next != self.room.ring_end() {
+        if s.sink.is_none() || s.next != self.room.ring_end() {
             return false;
         }
         s.parked = true;
@@ -287,6 +289,7 @@ impl Viewer {
 impl Drop for Viewer {
     fn drop(&mut self) {
         self.seat.gone.store(true, Ordering::Relaxed);
+        self.seat.state().sink = None;
         self.room.leave();
     }
 }
