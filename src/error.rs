@@ -49,6 +49,9 @@ pub enum ErrorCode {
     /// No valid token was given where one is needed, or the token is
     /// invalid (expired, badly signed, wrong algorithm, bad claims).
     Unauthorized,
+    /// The room's pre-moderation queue is full; nothing was held. Retry
+    /// once moderators have caught up.
+    HeldQueueFull,
     /// The store failed; nothing was acknowledged.
     Internal,
 }
@@ -73,6 +76,7 @@ impl ErrorCode {
             ErrorCode::BlockedContent => "blocked_content",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::HeldQueueFull => "held_queue_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -95,7 +99,7 @@ impl ErrorCode {
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown | ErrorCode::HeldQueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod connection;
 mod delivery;
+mod moderation;
 mod resume;
 mod shutdown;
 mod slow_consumer;
