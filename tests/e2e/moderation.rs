@@ -501,3 +501,49 @@ async fn premoderation_holds_sends_until_approved() {
     assert_eq!(older["items"][0]["detail"], json!({"premod": true}));
     server.stop();
 }
+
+#[tokio::test]
+async fn the_admin_cli_moderates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cli.toml");
+    std::fs::write(&cfg, config()).unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(&config()));
+    let minted = run_cli(&[
+        "token",
+        "--user",
+        "ops",
+        "--role",
+        "admin",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(minted.status.success());
+    let admin = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let url = server.url();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["admin", "--url", &url, "--token", &admin];
+        all.extend_from_slice(args);
+        run_cli_json(&all)
+    };
+    assert_eq!(send_as(&server, "r", &user("bob"), "hi").await.0, 201);
+    assert_eq!(cli(&["recall", "r", "1"]), json!({"ok": true}));
+    assert_eq!(cli(&["mute", "--room", "r", "bob", "60"])["user"], "bob");
+    assert_eq!(cli(&["mutes", "--room", "r"])["items"][0]["user"], "bob");
+    assert_eq!(cli(&["unmute", "--room", "r", "bob"]), json!({"ok": true}));
+    assert_eq!(cli(&["ban", "192.0.2.7", "60"])["ip"], "192.0.2.7");
+    assert_eq!(cli(&["unban", "192.0.2.7"]), json!({"ok": true}));
+    let room = cli(&["room", "r", "--close", "--slow", "5", "--premod", "on"]);
+    assert_eq!(
+        room,
+        json!({"room": "r", "closed": true, "slow_mode_s": 5, "premod": true})
+    );
+    assert_eq!(cli(&["room", "r"])["closed"], true);
+    assert_eq!(cli(&["held", "r"])["items"], json!([]));
+    let audit = cli(&["audit", "--limit", "1"]);
+    assert_eq!(audit["items"][0]["action"], "room");
+    // A refusal is an error with the server's code.
+    let out = run_cli(&["admin", "--url", &url, "--token", &user("bob"), "bans"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+    server.stop();
+}
