@@ -111,7 +111,7 @@ pub struct Guard {
 impl Guard {
     /// Builds the guard: loads the token keys and the word list, which must
     /// be readable at start-up, and takes the stored moderation state.
-    pub fn new(config: &Config, moderation: Snapshot) -> Result<Guard, GuardSetupError> {
+    pub fn new(config: &Config, mut moderation: Snapshot) -> Result<Guard, GuardSetupError> {
         let words = match &config.filter.words_file {
             Some(path) => Some(FilterHandle::load(path, config.filter.action)?),
             None => None,
@@ -125,8 +125,8 @@ impl Guard {
             words,
             flood: FloodGuard::new(&config.filter, config.limits.max_limiter_keys),
             text: config.limits.clone(),
+            held: HeldQueues::new(std::mem::take(&mut moderation.held)),
             moderation: Moderation::new(moderation, config.limits.max_limiter_keys),
-            held: HeldQueues::default(),
         })
     }
 

@@ -1,17 +1,17 @@
 //! Sends held for pre-moderation, per room, until approved or rejected.
 //!
-//! Kept in memory: a restart drops every held send (their senders were
-//! told `held`, never `ack`, so nothing acknowledged is lost). Each room's
-//! queue is bounded, so a flood into a pre-moderated room costs at most
-//! [`MAX_HELD_PER_ROOM`] sends of memory.
+//! The store keeps them durably (table `held`, which also numbers them);
+//! this is the in-memory index the admin API lists and takes from, loaded
+//! at start-up. Each room's queue is bounded, so a flood into a
+//! pre-moderated room costs at most about [`MAX_HELD_PER_ROOM`] sends of
+//! memory and disk.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::danmaku::{now_ms, NewDanmaku};
+use crate::danmaku::NewDanmaku;
 use crate::error::{ApiError, ErrorCode};
 
 /// The most sends one room holds; past it, sends are refused with
@@ -21,7 +21,7 @@ pub const MAX_HELD_PER_ROOM: usize = 1000;
 /// A held send.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Held {
-    /// Its held id, unique in this process.
+    /// Its held id, given by the store and never reused.
     pub held: u64,
     /// When it was held, in ms since the Unix epoch.
     pub ts: i64,
@@ -33,28 +33,38 @@ pub struct Held {
 /// Every room's held sends, oldest first.
 #[derive(Default)]
 pub struct HeldQueues {
-    next: AtomicU64,
     rooms: Mutex<HashMap<String, VecDeque<Held>>>,
 }
 
 impl HeldQueues {
-    /// Holds a send; refuses it when its room's queue is full.
-    pub fn hold(&self, danmaku: NewDanmaku) -> Result<Held, ApiError> {
-        let mut rooms = self.lock();
-        let queue = rooms.entry(danmaku.room.clone()).or_default();
-        if queue.len() >= MAX_HELD_PER_ROOM {
+    /// The queues of the sends the store holds (ascending by held id).
+    pub fn new(held: Vec<Held>) -> HeldQueues {
+        let queues = HeldQueues::default();
+        for h in held {
+            queues.insert(h);
+        }
+        queues
+    }
+
+    /// Refuses a send to `room` when its queue is full. Checked before the
+    /// store writes the send, so concurrent holds may overshoot the bound by
+    /// the number in flight.
+    pub fn check_room(&self, room: &str) -> Result<(), ApiError> {
+        if self.lock().get(room).map_or(0, VecDeque::len) >= MAX_HELD_PER_ROOM {
             return Err(ApiError::new(
                 ErrorCode::HeldQueueFull,
                 format!("this room already holds {MAX_HELD_PER_ROOM} sends for moderation"),
             ));
         }
-        let held = Held {
-            held: self.next.fetch_add(1, Ordering::Relaxed) + 1,
-            ts: now_ms(),
-            danmaku,
-        };
-        queue.push_back(held.clone());
-        Ok(held)
+        Ok(())
+    }
+
+    /// Adds a send the store now holds.
+    pub fn insert(&self, held: Held) {
+        self.lock()
+            .entry(held.danmaku.room.clone())
+            .or_default()
+            .push_back(held);
     }
 
     /// A room's held sends, oldest first.

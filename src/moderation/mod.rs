@@ -101,9 +101,12 @@ pub struct AuditEntry {
 /// A change of durable state that goes with an audit entry.
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// Nothing beyond the audit entry (approve and reject: the held queue
-    /// lives in memory, and an approved send is stored by the usual path).
-    None,
+    /// Drop a held send (approved, and then stored by the usual path, or
+    /// rejected).
+    Release {
+        /// Its held id.
+        held: u64,
+    },
     /// Delete a stored danmaku.
     Recall {
         /// Its room.
@@ -137,4 +140,6 @@ pub struct Snapshot {
     pub bans: Vec<Ban>,
     /// Rooms with settings.
     pub rooms: Vec<RoomSettings>,
+    /// Held sends, ascending by held id.
+    pub held: Vec<Held>,
 }

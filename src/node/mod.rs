@@ -140,7 +140,7 @@ impl Node {
                 .await
                 .map(Sent::Stored)
                 .map_err(ApiError::from),
-            Ok((new, Verdict::Hold)) => self.guard.held().hold(new).map(Sent::Held),
+            Ok((new, Verdict::Hold)) => self.hold(new).await.map(Sent::Held),
             Err(e) => Err(e),
         };
         match &result {
@@ -152,6 +152,14 @@ impl Node {
             Err(e) => self.metrics.reject(e.code),
         }
         result
+    }
+
+    /// Holds a send for a moderator, durably, if its room has space.
+    async fn hold(&self, new: crate::danmaku::NewDanmaku) -> Result<Held, ApiError> {
+        self.guard.held().check_room(&new.room)?;
+        let held = self.ledger.hold(new).await?;
+        self.guard.held().insert(held.clone());
+        Ok(held)
     }
 
     /// Admits `sender` to `room` as a viewer; with `since`, the feed first

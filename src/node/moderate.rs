@@ -178,7 +178,9 @@ impl Node {
             held.to_string(),
             detail,
         );
-        self.ledger.record(Change::None, entry).await?;
+        // Stored already: if this fails, the held row outlives it and comes
+        // back after a restart (a second approval would store it twice).
+        self.ledger.record(Change::Release { held }, entry).await?;
         Ok(stored)
     }
 
@@ -187,11 +189,14 @@ impl Node {
         let taken = self.take_held(room, held)?;
         let detail = json!({ "user": taken.danmaku.user, "text": taken.danmaku.text });
         let entry = entry(admin.user(), "reject", Some(room), held.to_string(), detail);
-        if let Err(e) = self.ledger.record(Change::None, entry).await {
-            self.guard.held().restore(taken);
-            return Err(e.into());
+        match self.ledger.record(Change::Release { held }, entry).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(no_held()),
+            Err(e) => {
+                self.guard.held().restore(taken);
+                Err(e.into())
+            }
         }
-        Ok(())
     }
 
     /// The sends `room` holds, oldest first.
@@ -212,11 +217,12 @@ impl Node {
 
     fn take_held(&self, room: &str, held: u64) -> Result<Held, ApiError> {
         guard::check_room(room)?;
-        self.guard
-            .held()
-            .take(room, held)
-            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such held send in this room"))
+        self.guard.held().take(room, held).ok_or_else(no_held)
     }
+}
+
+fn no_held() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such held send in this room")
 }
 
 fn no_danmaku() -> ApiError {

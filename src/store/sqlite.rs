@@ -21,7 +21,7 @@ use super::{CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
-use crate::moderation::{AuditEntry, Ban, Change, Mute, RoomSettings, Snapshot};
+use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snapshot};
 
 const DB_FILE: &str = "danmaku.sqlite3";
 /// Idle reader connections kept open for reuse.
@@ -63,6 +63,18 @@ CREATE TABLE IF NOT EXISTS room_settings (
     slow_mode_s INTEGER NOT NULL,
     premod      INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held (
+    hid   INTEGER PRIMARY KEY AUTOINCREMENT,
+    room  TEXT    NOT NULL,
+    user  TEXT    NOT NULL,
+    name  TEXT    NOT NULL,
+    text  TEXT    NOT NULL,
+    mode  INTEGER NOT NULL,
+    color INTEGER NOT NULL,
+    size  INTEGER NOT NULL,
+    ts    INTEGER NOT NULL,
+    vt    REAL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     ts     INTEGER NOT NULL,
@@ -82,6 +94,11 @@ enum Op {
     Append {
         new: NewDanmaku,
         reply: oneshot::Sender<Result<Danmaku, StoreError>>,
+    },
+    /// Hold a send for pre-moderation.
+    Hold {
+        new: NewDanmaku,
+        reply: oneshot::Sender<Result<Held, StoreError>>,
     },
     /// A moderation change and its audit entry, in one transaction.
     Record {
@@ -264,8 +281,44 @@ impl ModerationStore for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(Snapshot { mutes, bans, rooms })
+            let held = c
+                .prepare(
+                    "SELECT hid, ts, room, user, name, text, mode, color, size, vt \
+                     FROM held ORDER BY hid",
+                )?
+                .query_map([], |r| {
+                    Ok(Held {
+                        held: r.get::<_, i64>(0)? as u64,
+                        ts: r.get(1)?,
+                        danmaku: NewDanmaku {
+                            room: r.get(2)?,
+                            user: r.get(3)?,
+                            name: r.get(4)?,
+                            text: r.get(5)?,
+                            mode: Mode::from_code(r.get(6)?).unwrap_or_default(),
+                            color: Color(r.get(7)?),
+                            size: r.get(8)?,
+                            vt: r.get(9)?,
+                        },
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Snapshot {
+                mutes,
+                bans,
+                rooms,
+                held,
+            })
         })
+    }
+
+    async fn hold(&self, new: NewDanmaku) -> Result<Held, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::Hold { new, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError> {
@@ -416,6 +469,9 @@ impl Writer {
                         }
                         let _ = reply.send(self.record(change, &entry));
                     }
+                    Op::Hold { new, reply } => {
+                        let _ = reply.send(self.hold(new));
+                    }
                     Op::Close { done } => {
                         // Refuse new sends; those already queued are still
                         // received below and committed before stopping.
@@ -465,6 +521,32 @@ impl Writer {
         }
     }
 
+    /// Stores a held send in its own transaction; the table numbers it.
+    fn hold(&mut self, new: NewDanmaku) -> Result<Held, StoreError> {
+        let ts = now_ms();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO held (room, user, name, text, mode, color, size, ts, vt) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                new.room,
+                new.user,
+                new.name,
+                new.text,
+                new.mode.code(),
+                new.color.0,
+                new.size,
+                ts,
+                new.vt
+            ])?;
+        Ok(Held {
+            held: self.conn.last_insert_rowid() as u64,
+            ts,
+            danmaku: new,
+        })
+    }
+
     /// Applies a moderation change and appends its audit entry in one
     /// transaction; false (and nothing written) if a recall found nothing.
     fn record(&mut self, change: Change, entry: &AuditEntry) -> Result<bool, StoreError> {
@@ -472,7 +554,9 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = match change {
-            Change::None => true,
+            Change::Release { held } => {
+                tx.execute("DELETE FROM held WHERE hid = ?1", [held as i64])? > 0
+            }
             Change::Recall { room, id } => {
                 tx.execute(
                     "DELETE FROM danmaku WHERE room = ?1 AND id = ?2",

@@ -394,7 +394,8 @@ async fn closed_rooms_and_slow_mode() {
 #[tokio::test]
 async fn premoderation_holds_sends_until_approved() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(&config()));
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config()));
     let (bob, admin) = (user("bob"), admin());
     call(
         &server,
@@ -404,7 +405,6 @@ async fn premoderation_holds_sends_until_approved() {
         Some(json!({"premod": true})),
     )
     .await;
-    let (mut viewer, _) = watch(&server, "wall", None).await;
 
     let (status, held) = send_as(&server, "wall", &bob, "please show me").await;
     assert_eq!(status, 202);
@@ -423,7 +423,12 @@ async fn premoderation_holds_sends_until_approved() {
     let answer = next_of(&mut sender, "held").await;
     assert_eq!(answer["ref"], 7);
     let second = answer["held"].as_u64().unwrap();
+    drop(sender);
 
+    // Held sends and the room's settings survive a restart.
+    server.stop();
+    let server = Server::start(&data, Some(&config()));
+    let (mut viewer, _) = watch(&server, "wall", None).await;
     let (_, list) = call(
         &server,
         Method::GET,
