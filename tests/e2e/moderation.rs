@@ -87,6 +87,11 @@ async fn recall_hides_a_danmaku_for_watchers_and_removes_it_from_history() {
     let server = Server::start(&dir.path().join("data"), Some(&config()));
     let (alice, bob, admin) = (user("alice"), user("bob"), admin());
     let (mut ws, _) = watch(&server, "r", None).await;
+    let mut sse = http()
+        .get(format!("{}/api/v1/rooms/r/stream", server.url()))
+        .send()
+        .await
+        .unwrap();
     for text in ["one", "two", "three"] {
         assert_eq!(send_as(&server, "r", &alice, text).await.0, 201);
     }
@@ -125,6 +130,19 @@ async fn recall_hides_a_danmaku_for_watchers_and_removes_it_from_history() {
     .await;
     assert_eq!(status, 204);
     assert_eq!(next_of(&mut ws, "delete").await["ids"], json!([3]));
+    // SSE viewers get a `delete` event with the same JSON.
+    let mut seen = String::new();
+    while !seen.contains(r#"{"type":"delete","ids":[3]}"#) {
+        let chunk = tokio::time::timeout(WAIT, sse.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk.expect("stream ended")).unwrap());
+    }
+    assert!(
+        seen.contains("event: delete\ndata: {\"type\":\"delete\",\"ids\":[2]}\n\n"),
+        "{seen}"
+    );
     let (status, body) = call(
         &server,
         Method::DELETE,
