@@ -90,8 +90,18 @@ impl<'de> Deserialize<'de> for Color {
     }
 }
 
+/// Milliseconds since the Unix epoch: the clock of `ts`, and of when mutes
+/// and bans end.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// A danmaku that passed the guard and waits for the store to give it an id.
-#[derive(Clone, Debug, PartialEq)]
+/// Serialised only to show a held send to moderators.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct NewDanmaku {
     /// The room it is sent to (already validated).
     pub room: String,
@@ -110,6 +120,7 @@ pub struct NewDanmaku {
     /// Offset into a recording, in seconds, when pinned to a moment of a video.
     pub vt: Option<f64>,
     /// Sent by an admin: density control never thins it.
+    #[serde(skip)]
     pub priority: bool,
 }
 

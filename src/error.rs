@@ -52,6 +52,9 @@ pub enum ErrorCode {
     /// No valid token was given where one is needed, or the token is
     /// invalid (expired, badly signed, wrong algorithm, bad claims).
     Unauthorized,
+    /// The room's pre-moderation queue is full; nothing was held. Retry
+    /// once moderators have caught up.
+    HeldQueueFull,
     /// The store failed; nothing was acknowledged.
     Internal,
 }
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::BlockedContent => "blocked_content",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::HeldQueueFull => "held_queue_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -99,7 +103,7 @@ impl ErrorCode {
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => {
+            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections | ErrorCode::HeldQueueFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

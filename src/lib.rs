@@ -10,6 +10,7 @@
 //! - [`danmaku`]: the danmaku type shared by every layer.
 //! - [`protocol`]: wire formats: the JSON messages, WebSocket framing, SSE.
 //! - [`guard`]: validation at the edge: room names, send content.
+//! - [`moderation`]: mutes, bans, room settings, held sends, the audit log.
 //! - [`store`]: the `Store` trait and its backends (`sqlite`: embedded).
 //! - [`bus`]: the `Bus` trait and its backends (`memory`: in-process).
 //! - [`hub`]: rooms, coalescing, encode-once fan-out.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod guard;
 pub mod hub;
 pub mod metrics;
+pub mod moderation;
 pub mod node;
 pub mod protocol;
 pub mod store;

@@ -1,5 +1,7 @@
-//! The `danmaku` command line: `serve` (the default), `send` and `tail`.
+//! The `danmaku` command line: `serve` (the default), `send`, `tail`,
+//! `bench`, `token` and `admin`.
 
+mod admin;
 mod send;
 mod serve;
 mod tail;
@@ -31,6 +33,8 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Mint a token (JWT) from the configured key and print it (see docs/auth.md).
     Token(token::TokenArgs),
+    /// Moderate: recall, mute, ban, room settings, held sends, audit log.
+    Admin(admin::AdminArgs),
 }
 
 /// Options of `danmaku serve`; each overrides the config file.
@@ -60,6 +64,7 @@ impl Cli {
             Some(Command::Tail(args)) => tail::run(args).await,
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Token(args)) => token::run(args),
+            Some(Command::Admin(args)) => admin::run(args).await,
         }
     }
 }

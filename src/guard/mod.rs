@@ -8,7 +8,9 @@
 //! send ([`Guard::check_send`]).
 //!
 //! Layout: `send.rs` is what a send must be (pure checks), `auth.rs` who is
-//! asking, `limits.rs` how often, `filter/` what the text may say.
+//! asking, `limits.rs` how often, `filter/` what the text may say. The
+//! moderators' rules (bans, mutes, room settings, held sends) live in
+//! [`crate::moderation`]; the guard holds that state and applies it.
 
 pub mod auth;
 mod connections;
@@ -26,6 +28,7 @@ use ipnet::IpNet;
 use crate::config::{Config, Limits};
 use crate::danmaku::NewDanmaku;
 use crate::error::{ApiError, ErrorCode};
+use crate::moderation::{HeldQueues, Moderation, Snapshot, Verdict};
 use auth::{Authenticator, Identity, SetupError};
 use filter::{FilterError, FilterHandle, FloodGuard};
 use limits::RateLimits;
@@ -63,6 +66,23 @@ impl Sender {
     }
 }
 
+/// A sender the guard has checked holds the admin role: what the node's
+/// moderation methods take, so that none can run for anyone else.
+#[derive(Clone, Debug)]
+pub struct Admin(Sender);
+
+impl Admin {
+    /// The admin's user id, as the audit log records it.
+    pub fn user(&self) -> &str {
+        self.0.user()
+    }
+
+    /// The admin as a sender.
+    pub fn sender(&self) -> &Sender {
+        &self.0
+    }
+}
+
 /// Why the guard could not be built from the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardSetupError {
@@ -88,12 +108,14 @@ pub struct Guard {
     text: Limits,
     connections: Arc<Connections>,
     allowed_origins: Vec<String>,
+    moderation: Moderation,
+    held: HeldQueues,
 }
 
 impl Guard {
     /// Builds the guard: loads the token keys and the word list, which must
-    /// be readable at start-up.
-    pub fn new(config: &Config) -> Result<Guard, GuardSetupError> {
+    /// be readable at start-up, and takes the stored moderation state.
+    pub fn new(config: &Config, mut moderation: Snapshot) -> Result<Guard, GuardSetupError> {
         let words = match &config.filter.words_file {
             Some(path) => Some(FilterHandle::load(path, config.filter.action)?),
             None => None,
@@ -112,7 +134,19 @@ impl Guard {
                 config.limits.exempt_ips.clone(),
             )),
             allowed_origins: config.connection.allowed_origins.clone(),
+            held: HeldQueues::new(std::mem::take(&mut moderation.held)),
+            moderation: Moderation::new(moderation, config.limits.max_limiter_keys),
         })
+    }
+
+    /// The live moderation state (mutes, bans, room settings).
+    pub fn moderation(&self) -> &Moderation {
+        &self.moderation
+    }
+
+    /// The sends held for pre-moderation.
+    pub fn held(&self) -> &HeldQueues {
+        &self.held
     }
 
     /// Starts the guard's background work on the current runtime: following
@@ -132,6 +166,7 @@ impl Guard {
                 // O(keys): off the runtime's worker threads.
                 let _ = tokio::task::spawn_blocking(move || {
                     guard.limits.sweep();
+                    guard.moderation.sweep();
                     if let Some(f) = &guard.flood {
                         f.sweep();
                     }
@@ -177,16 +212,36 @@ impl Guard {
         }
     }
 
+    /// Checks that `sender` is an admin: without a token, 401
+    /// `unauthorized`; with another role, 403 `forbidden`.
+    pub fn admin(&self, sender: Sender) -> Result<Admin, ApiError> {
+        if sender.identity.is_guest() {
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "moderation needs an admin token: pass Authorization: Bearer",
+            ))
+        } else if sender.identity.is_admin() {
+            Ok(Admin(sender))
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "moderation needs a token whose role is admin",
+            ))
+        }
+    }
+
     /// Whether limits pass the sender by: admins, services, and exempt
     /// addresses.
     fn privileged(&self, sender: &Sender) -> bool {
         sender.identity.is_unlimited() || self.exempt.iter().any(|net| net.contains(&sender.ip))
     }
 
-    /// May `sender` open a stream of `room`? Takes a token from its
-    /// address's connection bucket.
+    /// May `sender` open a stream of `room`? Refuses a banned address (every
+    /// address, loopback and admins included: a ban is about the address).
+    /// Takes a token from its address's connection bucket.
     pub fn admit_viewer(&self, sender: &Sender, room: &str) -> Result<(), ApiError> {
         check_room(room)?;
+        self.moderation.check_ip(sender.ip)?;
         if sender.identity.is_guest() && !self.anonymous_watch {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
@@ -211,17 +266,18 @@ impl Guard {
         }
     }
 
-    /// Turns `sender`'s send into a danmaku the store may take, or says why
-    /// not. In order: who may send, what the send is, the word list, the
-    /// rate limits, the flood guard. The flood guard goes last because it
-    /// remembers every text it passes: a send refused after it would make
-    /// the client's retry look like a repeat.
+    /// Turns `sender`'s send into a danmaku the store may take, with whether
+    /// to publish it or hold it for a moderator, or says why not. In order:
+    /// who may send (token, ban, mute, closed room), what the send is, the
+    /// word list, the rate limits, slow mode, the flood guard. The flood
+    /// guard goes last because it remembers every text it passes: a send
+    /// refused after it would make the client's retry look like a repeat.
     pub fn check_send(
         &self,
         room: &str,
         sender: &Sender,
         req: SendRequest,
-    ) -> Result<NewDanmaku, ApiError> {
+    ) -> Result<(NewDanmaku, Verdict), ApiError> {
         if sender.identity.is_guest() && !self.anonymous_send {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
@@ -229,6 +285,9 @@ impl Guard {
             ));
         }
         self.may_enter(sender, room)?;
+        let admin = sender.identity.is_admin();
+        self.moderation.check_ip(sender.ip)?;
+        self.moderation.check_sender(room, sender.user(), admin)?;
         let mut new = check_send(&self.text, room, &sender.identity, req)?;
         if let Some(words) = &self.words {
             if let Cow::Owned(masked) = words.apply(&new.text)? {
@@ -237,10 +296,17 @@ impl Guard {
         }
         if !self.privileged(sender) {
             self.limits.check_send(sender.user(), sender.ip, room)?;
+        }
+        // Slow mode is the room's rule, not a server limit: exempt
+        // addresses obey it, only admins skip it.
+        if !admin {
+            self.moderation.check_slow_mode(room, sender.user())?;
+        }
+        if !self.privileged(sender) {
             if let Some(flood) = &self.flood {
                 flood.check(sender.user(), &new.text)?;
             }
         }
-        Ok(new)
+        Ok((new, self.moderation.verdict(room, admin)))
     }
 }

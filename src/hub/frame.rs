@@ -27,6 +27,11 @@ pub enum FrameKind {
         /// Viewers in the room.
         count: usize,
     },
+    /// Danmaku recalled by their author or a moderator: players hide them.
+    Delete {
+        /// The recalled ids.
+        ids: Vec<u64>,
+    },
 }
 
 /// One message for every viewer of a room. The WebSocket bytes are a whole
@@ -71,6 +76,16 @@ impl Frame {
         }
     }
 
+    /// A frame telling players to hide recalled danmaku.
+    pub fn delete(ids: Vec<u64>) -> Frame {
+        Frame {
+            ws: encode_ws(&ServerMessage::Delete { ids: &ids }),
+            kind: FrameKind::Delete { ids },
+            sse: OnceLock::new(),
+            committed_at: Instant::now(),
+        }
+    }
+
     /// What the frame carries.
     pub fn kind(&self) -> &FrameKind {
         &self.kind
@@ -80,7 +95,7 @@ impl Frame {
     pub fn items(&self) -> &[Danmaku] {
         match &self.kind {
             FrameKind::Danmaku { items, .. } => items,
-            FrameKind::Online { .. } => &[],
+            FrameKind::Online { .. } | FrameKind::Delete { .. } => &[],
         }
     }
 
@@ -88,7 +103,7 @@ impl Frame {
     pub fn id_range(&self) -> Option<(u64, u64)> {
         match self.kind {
             FrameKind::Danmaku { first, last, .. } => Some((first, last)),
-            FrameKind::Online { .. } => None,
+            FrameKind::Online { .. } | FrameKind::Delete { .. } => None,
         }
     }
 
@@ -103,6 +118,9 @@ impl Frame {
             FrameKind::Danmaku { items, .. } => sse::danmaku_events(items),
             FrameKind::Online { count } => {
                 sse::message_event("online", &ServerMessage::Online { count: *count })
+            }
+            FrameKind::Delete { ids } => {
+                sse::message_event("delete", &ServerMessage::Delete { ids })
             }
         })
     }

@@ -122,6 +122,16 @@ impl Hub {
         stats
     }
 
+    /// Tells the viewers of `room` to hide recalled danmaku. A room the
+    /// hub does not hold has no viewers to tell.
+    pub fn recall(&self, room: &str, ids: Vec<u64>) {
+        let Some(room) = self.shard(room).get(room).cloned() else {
+            return;
+        };
+        let published = room.recall(ids);
+        room.pass_now(&published, &self.metrics);
+    }
+
     /// Publishes everything pending in every room now, without waiting for
     /// the coalescing window. Used at shutdown, after the store has handed
     /// over its last batch.

@@ -275,6 +275,15 @@ impl Room {
         Some(self.publish(vec![Arc::new(Frame::online(s.viewers))]))
     }
 
+    /// Puts a `delete` frame in the ring at once, not waiting for the
+    /// flusher: a recall is rare, and players should hide the danmaku now.
+    /// A concurrent flush's pass may then meet seats out of step; those are
+    /// handed back to their tasks, which read the ring in order.
+    pub(super) fn recall(&self, ids: Vec<u64>) -> Published {
+        let _s = self.state();
+        self.publish(vec![Arc::new(Frame::delete(ids))])
+    }
+
     /// Appends frames to the ring. Called with the room state locked, which
     /// orders publications.
     fn publish(&self, frames: Vec<Arc<Frame>>) -> Published {

@@ -52,9 +52,10 @@ pub struct Feed {
     /// The newest id sent to the viewer, or skipped for it: everything up to
     /// here is settled, and a frame that starts later leaves a gap.
     cursor: u64,
-    /// Resuming after `since`: gaps are filled from the store. Cleared once
-    /// the feed is level with the live frames; after that a gap means the
-    /// viewer was too slow, and is reported, not filled.
+    /// Resuming after `since`: gaps are filled from the store, and a gap
+    /// the store has nothing for (recalled ids) is stepped over. Cleared
+    /// once the feed is level with the live frames; after that a gap means
+    /// the viewer was too slow, and is reported, not filled.
     catching_up: bool,
     /// The first history read has not reached the end yet.
     backlog: bool,
@@ -243,11 +244,17 @@ impl Feed {
                     if let Some(d) = self.advance_own(page) {
                         return Ok(d);
                     }
-                    // The store has nothing for the gap, so it cannot be
-                    // filled: report it rather than ask again.
-                    self.catching_up = false;
-                    let frame = self.held.take().expect("held above");
-                    return Ok(self.report_gap(frame));
+                    // The store commits every id before the hub sees it, so
+                    // a store with nothing between the cursor and a live
+                    // frame means those ids were recalled (and maybe the
+                    // frame's own, whose `delete` follows in the ring): no
+                    // danmaku was lost, so step over them without a lag.
+                    let (first, _) = self
+                        .held
+                        .as_ref()
+                        .and_then(|f| f.id_range())
+                        .expect("only a held danmaku frame needs the store");
+                    self.cursor = first - 1;
                 }
             }
         }
@@ -344,5 +351,81 @@ impl Feed {
     fn advance_own(&mut self, page: Vec<Danmaku>) -> Option<Delivery> {
         self.cursor = page.last()?.id;
         Some(Delivery::Own(page))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::bus::BatchSink;
+    use crate::danmaku::{Color, Mode, NewDanmaku};
+    use crate::hub::Hub;
+
+    /// A store whose danmaku after id 1 were all recalled.
+    struct Recalled;
+
+    #[async_trait]
+    impl Store for Recalled {
+        async fn append(&self, _: NewDanmaku) -> Result<Danmaku, StoreError> {
+            Err(StoreError::Closed)
+        }
+        async fn after(&self, _: &str, _: u64, _: usize) -> Result<Vec<Danmaku>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn by_video_time(
+            &self,
+            _: &str,
+            _: f64,
+            _: f64,
+            _: usize,
+        ) -> Result<Vec<Danmaku>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn get(&self, _: &str, _: u64) -> Result<Option<Danmaku>, StoreError> {
+            Ok(None)
+        }
+        async fn last_id(&self, _: &str) -> Result<u64, StoreError> {
+            Ok(3)
+        }
+        async fn close(&self) {}
+    }
+
+    fn danmaku(id: u64) -> Danmaku {
+        Danmaku {
+            id,
+            room: "r".into(),
+            user: "u".into(),
+            name: "n".into(),
+            text: "t".into(),
+            mode: Mode::Scroll,
+            color: Color(0xffffff),
+            size: 25,
+            ts: 0,
+            vt: None,
+            priority: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn resuming_steps_over_recalled_ids_without_a_lag() {
+        let fanout = FanoutConfig::default();
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(fanout.clone(), metrics.clone());
+        let viewer = hub.join("r");
+        // Resumes after 1; 2 and 3 were recalled, and so was 4 by the time
+        // the feed asks the store about the live frame that carries it.
+        let mut feed = Feed::new(viewer, Arc::new(Recalled), metrics, &fanout, Some(1), 3);
+        hub.deliver(&[danmaku(4)]);
+        let next = tokio::time::timeout(Duration::from_secs(5), feed.next())
+            .await
+            .expect("a delivery")
+            .unwrap();
+        match next {
+            Delivery::Shared(frame) => assert_eq!(frame.id_range(), Some((4, 4))),
+            other => panic!("want the live frame, got {other:?}"),
+        }
+        assert_eq!(feed.cursor(), 4);
     }
 }

@@ -5,6 +5,7 @@
 //! place that knows all of them, so the parts stay ignorant of each other.
 
 mod feed;
+mod moderate;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::guard::{self, Guard, GuardSetupError, SendRequest, Sender};
 use crate::hub::{Hub, RoomStats};
 use crate::metrics::Metrics;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::moderation::{Held, Verdict};
+use crate::store::{ModerationStore, SqliteStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 
@@ -32,9 +34,20 @@ pub struct Node {
     pub guard: Arc<Guard>,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
+    /// Mutes, bans, room settings and the audit log, durably.
+    ledger: Arc<dyn ModerationStore>,
     /// Cancelled when viewers should be told to go: after the last
     /// acknowledged danmaku has been published to the hub.
     going_away: CancellationToken,
+}
+
+/// What became of a send the guard let through.
+#[derive(Debug)]
+pub enum Sent {
+    /// Stored (durable and handed to the hub).
+    Stored(Danmaku),
+    /// Held for a moderator: the room is pre-moderated.
+    Held(Held),
 }
 
 /// What a new viewer learns when it joins.
@@ -73,13 +86,10 @@ pub enum StartError {
 }
 
 impl Node {
-    /// Loads the guard, opens the store under `config.data` and wires
-    /// store → bus → hub. Must be called inside a Tokio runtime.
+    /// Opens the store under `config.data`, wires store → bus → hub, and
+    /// loads the guard with the stored moderation state. Must be called
+    /// inside a Tokio runtime.
     pub fn start(config: Config) -> Result<Arc<Node>, StartError> {
-        let guard = Arc::new(Guard::new(&config)?);
-        guard.start_background(std::time::Duration::from_millis(
-            config.filter.reload_interval_ms,
-        ));
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.fanout.clone(), metrics.clone());
         let bus = Arc::new(MemoryBus::new());
@@ -91,12 +101,18 @@ impl Node {
             metrics.clone(),
             Box::new(move |batch| publish.publish(batch)),
         )?;
+        let store = Arc::new(store);
+        let guard = Arc::new(Guard::new(&config, store.load_moderation()?)?);
+        guard.start_background(std::time::Duration::from_millis(
+            config.filter.reload_interval_ms,
+        ));
         Ok(Arc::new(Node {
             config,
             metrics,
             guard,
             hub,
-            store: Arc::new(store),
+            store: store.clone(),
+            ledger: store,
             going_away: CancellationToken::new(),
         }))
     }
@@ -108,27 +124,42 @@ impl Node {
             .inspect_err(|e| self.metrics.reject(e.code))
     }
 
-    /// Runs a send through the guard and durably stores it; returns the
-    /// stored danmaku.
+    /// Runs a send through the guard, then durably stores it, or holds it
+    /// for a moderator when the room is pre-moderated.
     pub async fn send(
         &self,
         room: &str,
         sender: &Sender,
         req: SendRequest,
-    ) -> Result<Danmaku, ApiError> {
+    ) -> Result<Sent, ApiError> {
         let started = Instant::now();
         let result = match self.guard.check_send(room, sender, req) {
-            Ok(new) => self.store.append(new).await.map_err(ApiError::from),
+            Ok((new, Verdict::Publish)) => self
+                .store
+                .append(new)
+                .await
+                .map(Sent::Stored)
+                .map_err(ApiError::from),
+            Ok((new, Verdict::Hold)) => self.hold(new).await.map(Sent::Held),
             Err(e) => Err(e),
         };
         match &result {
-            Ok(_) => self
+            Ok(Sent::Stored(_)) => self
                 .metrics
                 .send_ack_seconds
                 .observe(started.elapsed().as_secs_f64()),
+            Ok(Sent::Held(_)) => {}
             Err(e) => self.metrics.reject(e.code),
         }
         result
+    }
+
+    /// Holds a send for a moderator, durably, if its room has space.
+    async fn hold(&self, new: crate::danmaku::NewDanmaku) -> Result<Held, ApiError> {
+        self.guard.held().check_room(&new.room)?;
+        let held = self.ledger.hold(new).await?;
+        self.guard.held().insert(held.clone());
+        Ok(held)
     }
 
     /// Admits `sender` to `room` as a viewer; with `since`, the feed first

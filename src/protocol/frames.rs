@@ -67,6 +67,11 @@ pub enum ServerMessage<'a> {
         /// Viewers in the room.
         count: usize,
     },
+    /// Danmaku were recalled: hide them.
+    Delete {
+        /// The recalled ids.
+        ids: &'a [u64],
+    },
     /// The client was too slow and this many danmaku were skipped for it.
     Lagged {
         /// How many danmaku it lost.
@@ -81,6 +86,14 @@ pub enum ServerMessage<'a> {
         id: u64,
         /// The stored danmaku's server time.
         ts: i64,
+    },
+    /// A send was held for a moderator: not stored, not delivered (yet).
+    Held {
+        /// The client's tag, if it gave one.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a Reference>,
+        /// The held id, which a moderator approves or rejects.
+        held: u64,
     },
     /// A command failed.
     Error {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::danmaku::{Danmaku, NewDanmaku};
+use crate::moderation::{AuditEntry, Change, Held, Snapshot};
 
 pub use sqlite::SqliteStore;
 
@@ -66,10 +67,38 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Danmaku>, StoreError>;
 
+    /// One stored danmaku, if it exists (and was not recalled).
+    async fn get(&self, room: &str, id: u64) -> Result<Option<Danmaku>, StoreError>;
+
     /// The newest id of `room` (0 if it has none).
     async fn last_id(&self, room: &str) -> Result<u64, StoreError>;
 
     /// Commits and acknowledges every send already queued, then refuses new
     /// ones with [`StoreError::Closed`]. Resolves when the writer has stopped.
     async fn close(&self);
+}
+
+/// Moderation's durable state: mutes, bans, room settings, held sends and
+/// the audit log. Every change is written together with its audit entry, in one
+/// transaction, so the log never misses an action that took effect.
+#[async_trait]
+pub trait ModerationStore: Send + Sync + 'static {
+    /// The unexpired mutes and bans, every room's settings and the held
+    /// sends. Called once
+    /// at start-up, before the server takes requests.
+    fn load_moderation(&self) -> Result<Snapshot, StoreError>;
+
+    /// Durably holds a send for pre-moderation and numbers it.
+    async fn hold(&self, new: NewDanmaku) -> Result<Held, StoreError>;
+
+    /// Applies `change` and appends `entry` to the audit log, atomically.
+    /// Returns whether the change found something to change (a recall of
+    /// a missing danmaku, a release of a missing held send: false, and then
+    /// nothing is written).
+    async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError>;
+
+    /// Up to `limit` audit entries with an id below `before` (all when
+    /// `None`), newest first.
+    async fn audit(&self, limit: usize, before: Option<u64>)
+        -> Result<Vec<AuditEntry>, StoreError>;
 }

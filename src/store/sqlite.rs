@@ -17,10 +17,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitListener, Store, StoreError};
+use super::{CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
-use crate::danmaku::{Color, Danmaku, Mode, NewDanmaku};
+use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
+use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snapshot};
 
 const DB_FILE: &str = "danmaku.sqlite3";
 /// Idle reader connections kept open for reuse.
@@ -45,7 +46,45 @@ CREATE TABLE IF NOT EXISTS danmaku (
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS danmaku_by_vt ON danmaku (room, vt) WHERE vt IS NOT NULL;
-PRAGMA user_version = 1;
+-- Moderation. A mute's room is '' for every room (no room name is empty).
+CREATE TABLE IF NOT EXISTS mutes (
+    room  TEXT    NOT NULL,
+    user  TEXT    NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bans (
+    ip    TEXT PRIMARY KEY,
+    until INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS room_settings (
+    room        TEXT    PRIMARY KEY,
+    closed      INTEGER NOT NULL,
+    slow_mode_s INTEGER NOT NULL,
+    premod      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS held (
+    hid   INTEGER PRIMARY KEY AUTOINCREMENT,
+    room  TEXT    NOT NULL,
+    user  TEXT    NOT NULL,
+    name  TEXT    NOT NULL,
+    text  TEXT    NOT NULL,
+    mode  INTEGER NOT NULL,
+    color INTEGER NOT NULL,
+    size  INTEGER NOT NULL,
+    ts    INTEGER NOT NULL,
+    vt    REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts     INTEGER NOT NULL,
+    actor  TEXT    NOT NULL,
+    action TEXT    NOT NULL,
+    room   TEXT,
+    target TEXT,
+    detail TEXT    NOT NULL
+);
+PRAGMA user_version = 2;
 ";
 
 const COLUMNS: &str = "id, room, user, name, text, mode, color, size, ts, vt";
@@ -55,6 +94,17 @@ enum Op {
     Append {
         new: NewDanmaku,
         reply: oneshot::Sender<Result<Danmaku, StoreError>>,
+    },
+    /// Hold a send for pre-moderation.
+    Hold {
+        new: NewDanmaku,
+        reply: oneshot::Sender<Result<Held, StoreError>>,
+    },
+    /// A moderation change and its audit entry, in one transaction.
+    Record {
+        change: Change,
+        entry: AuditEntry,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     /// Commit what is queued, refuse the rest, stop.
     Close { done: oneshot::Sender<()> },
@@ -86,6 +136,15 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", sync)?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
         writer.execute_batch(SCHEMA)?;
+        // Expired mutes and bans are only ever pruned here: the guard
+        // ignores them while running, and a restart is a fine time to
+        // forget them for good.
+        let now = now_ms();
+        writer.execute("DELETE FROM mutes WHERE until <= ?1", [now])?;
+        writer.execute(
+            "DELETE FROM bans WHERE until IS NOT NULL AND until <= ?1",
+            [now],
+        )?;
 
         let (tx, rx) = mpsc::channel(config.queue);
         let max_batch = config.max_batch;
@@ -161,6 +220,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get(&self, room: &str, id: u64) -> Result<Option<Danmaku>, StoreError> {
+        let room = room.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM danmaku WHERE room = ?1 AND id = ?2"
+            ))?
+            .query_row(params![room, id as i64], row_to_danmaku)
+            .optional()
+        })
+        .await
+    }
+
     async fn last_id(&self, room: &str) -> Result<u64, StoreError> {
         let room = room.to_owned();
         self.read(move |c| read_last_id(c, &room)).await
@@ -171,6 +242,126 @@ impl Store for SqliteStore {
         if self.ops.send(Op::Close { done }).await.is_ok() {
             let _ = finished.await;
         }
+    }
+}
+
+#[async_trait]
+impl ModerationStore for SqliteStore {
+    fn load_moderation(&self) -> Result<Snapshot, StoreError> {
+        let now = now_ms();
+        self.readers.with(|c| {
+            let mutes = c
+                .prepare("SELECT room, user, until FROM mutes WHERE until > ?1")?
+                .query_map([now], |r| {
+                    let room: String = r.get(0)?;
+                    Ok(Mute {
+                        room: (!room.is_empty()).then_some(room),
+                        user: r.get(1)?,
+                        until: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let bans = c
+                .prepare("SELECT ip, until FROM bans WHERE until IS NULL OR until > ?1")?
+                .query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
+                .filter_map(|row| match row {
+                    // Only this store writes the column, from an IpAddr.
+                    Ok((ip, until)) => ip.parse().ok().map(|ip| Ok(Ban { ip, until })),
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()?;
+            let rooms = c
+                .prepare("SELECT room, closed, slow_mode_s, premod FROM room_settings")?
+                .query_map([], |r| {
+                    Ok(RoomSettings {
+                        room: r.get(0)?,
+                        closed: r.get(1)?,
+                        slow_mode_s: r.get(2)?,
+                        premod: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let held = c
+                .prepare(
+                    "SELECT hid, ts, room, user, name, text, mode, color, size, vt \
+                     FROM held ORDER BY hid",
+                )?
+                .query_map([], |r| {
+                    Ok(Held {
+                        held: r.get::<_, i64>(0)? as u64,
+                        ts: r.get(1)?,
+                        danmaku: NewDanmaku {
+                            room: r.get(2)?,
+                            user: r.get(3)?,
+                            name: r.get(4)?,
+                            text: r.get(5)?,
+                            mode: Mode::from_code(r.get(6)?).unwrap_or_default(),
+                            color: Color(r.get(7)?),
+                            size: r.get(8)?,
+                            vt: r.get(9)?,
+                            // Held sends are never an admin's.
+                            priority: false,
+                        },
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Snapshot {
+                mutes,
+                bans,
+                rooms,
+                held,
+            })
+        })
+    }
+
+    async fn hold(&self, new: NewDanmaku) -> Result<Held, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::Hold { new, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Op::Record {
+                change,
+                entry,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn audit(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let before = before.map_or(i64::MAX, |b| b as i64);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, ts, actor, action, room, target, detail FROM audit \
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before, limit as i64], |r| {
+                let detail: String = r.get(6)?;
+                Ok(AuditEntry {
+                    id: r.get::<_, i64>(0)? as u64,
+                    ts: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    room: r.get(4)?,
+                    target: r.get(5)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 }
 
@@ -268,6 +459,22 @@ impl Writer {
                         news.push(new);
                         replies.push(reply);
                     }
+                    Op::Record {
+                        change,
+                        entry,
+                        reply,
+                    } => {
+                        // Sends queued before the change are committed
+                        // before it, so a recall never overtakes the send
+                        // it recalls.
+                        if !news.is_empty() {
+                            self.commit_and_reply(&mut news, &mut replies);
+                        }
+                        let _ = reply.send(self.record(change, &entry));
+                    }
+                    Op::Hold { new, reply } => {
+                        let _ = reply.send(self.hold(new));
+                    }
                     Op::Close { done } => {
                         // Refuse new sends; those already queued are still
                         // received below and committed before stopping.
@@ -315,6 +522,100 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Stores a held send in its own transaction; the table numbers it.
+    fn hold(&mut self, new: NewDanmaku) -> Result<Held, StoreError> {
+        let ts = now_ms();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO held (room, user, name, text, mode, color, size, ts, vt) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                new.room,
+                new.user,
+                new.name,
+                new.text,
+                new.mode.code(),
+                new.color.0,
+                new.size,
+                ts,
+                new.vt
+            ])?;
+        Ok(Held {
+            held: self.conn.last_insert_rowid() as u64,
+            ts,
+            danmaku: new,
+        })
+    }
+
+    /// Applies a moderation change and appends its audit entry in one
+    /// transaction; false (and nothing written) if a recall found nothing.
+    fn record(&mut self, change: Change, entry: &AuditEntry) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = match change {
+            Change::Release { held } => {
+                tx.execute("DELETE FROM held WHERE hid = ?1", [held as i64])? > 0
+            }
+            Change::Recall { room, id } => {
+                tx.execute(
+                    "DELETE FROM danmaku WHERE room = ?1 AND id = ?2",
+                    params![room, id as i64],
+                )? > 0
+            }
+            Change::Mute(m) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO mutes (room, user, until) VALUES (?1, ?2, ?3)",
+                    params![m.room.unwrap_or_default(), m.user, m.until],
+                )?;
+                true
+            }
+            Change::Unmute { room, user } => {
+                tx.execute(
+                    "DELETE FROM mutes WHERE room = ?1 AND user = ?2",
+                    params![room.unwrap_or_default(), user],
+                )?;
+                true
+            }
+            Change::Ban(b) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO bans (ip, until) VALUES (?1, ?2)",
+                    params![b.ip.to_string(), b.until],
+                )?;
+                true
+            }
+            Change::Unban(ip) => {
+                tx.execute("DELETE FROM bans WHERE ip = ?1", [ip.to_string()])?;
+                true
+            }
+            Change::Room(r) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO room_settings (room, closed, slow_mode_s, premod) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![r.room, r.closed, r.slow_mode_s, r.premod],
+                )?;
+                true
+            }
+        };
+        if changed {
+            tx.execute(
+                "INSERT INTO audit (ts, actor, action, room, target, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    entry.ts,
+                    entry.actor,
+                    entry.action,
+                    entry.room,
+                    entry.target,
+                    entry.detail.to_string()
+                ],
+            )?;
+            tx.commit()?;
+        }
+        Ok(changed)
     }
 
     /// Stores `news` in one transaction. On error nothing is stored and the
@@ -367,13 +668,6 @@ impl Writer {
         self.last_ids.extend(bumped);
         Ok(stored)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

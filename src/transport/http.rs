@@ -11,11 +11,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{sse, ws, App};
+use super::{admin, sse, ws, App};
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
 use crate::guard::{self, SendRequest};
+use crate::node::Sent;
 
 /// The page at `/`, served from the binary.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -31,6 +32,7 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/rooms/{room}", get(room_stats))
         .route("/api/v1/rooms/{room}/danmaku", get(history).post(send))
         .route("/api/v1/rooms/{room}/stream", get(sse::stream))
+        .merge(admin::routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -74,7 +76,8 @@ async fn room_stats(State(app): State<App>, Path(room): Path<String>) -> Respons
     }
 }
 
-/// POST a danmaku: 201 with the stored danmaku once it is durable.
+/// POST a danmaku: 201 with the stored danmaku once it is durable, or 202
+/// with the held send in a pre-moderated room.
 async fn send(
     State(app): State<App>,
     Path(room): Path<String>,
@@ -99,13 +102,15 @@ async fn send(
         }
     };
     match result {
-        Ok(d) => (StatusCode::CREATED, Json(d)).into_response(),
+        Ok(Sent::Stored(d)) => (StatusCode::CREATED, Json(d)).into_response(),
+        // Pre-moderated room: accepted, but neither stored nor delivered.
+        Ok(Sent::Held(h)) => (StatusCode::ACCEPTED, Json(h)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 /// Reads a request body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         if e.into_inner().is::<http_body_util::LengthLimitError>() {
             ApiError::new(

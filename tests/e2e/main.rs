@@ -9,6 +9,7 @@ mod connection;
 mod delivery;
 mod density;
 mod guard;
+mod moderation;
 mod resume;
 mod shutdown;
 mod slow_consumer;

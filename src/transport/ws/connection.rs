@@ -19,12 +19,11 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::outbox::Outbox;
-use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::Sender;
 use crate::hub::{encode_ws, DirectSink, Frame};
 use crate::metrics::{GaugeGuard, TransportLabel};
-use crate::node::{Delivery, Feed, Joined, Node};
+use crate::node::{Delivery, Feed, Joined, Node, Sent};
 use crate::protocol::frames::{ClientMessage, Reference, ServerMessage};
 use crate::protocol::websocket::{self, close_code, Decoded, Decoder, FrameError, Message, Opcode};
 use crate::transport::http::parse_json;
@@ -39,9 +38,8 @@ struct RefOnly {
     reference: Option<Reference>,
 }
 
-type Ack = Pin<
-    Box<dyn std::future::Future<Output = (Option<Reference>, Result<Danmaku, ApiError>)> + Send>,
->;
+type Ack =
+    Pin<Box<dyn std::future::Future<Output = (Option<Reference>, Result<Sent, ApiError>)> + Send>>;
 
 /// A WebSocket viewer (and sender).
 pub struct Connection {
@@ -402,12 +400,16 @@ impl Connection {
         }
     }
 
-    fn answer(&mut self, reference: Option<&Reference>, result: Result<Danmaku, ApiError>) {
+    fn answer(&mut self, reference: Option<&Reference>, result: Result<Sent, ApiError>) {
         let frame = match &result {
-            Ok(d) => encode_ws(&ServerMessage::Ack {
+            Ok(Sent::Stored(d)) => encode_ws(&ServerMessage::Ack {
                 reference,
                 id: d.id,
                 ts: d.ts,
+            }),
+            Ok(Sent::Held(h)) => encode_ws(&ServerMessage::Held {
+                reference,
+                held: h.held,
             }),
             Err(error) => encode_ws(&ServerMessage::Error { reference, error }),
         };

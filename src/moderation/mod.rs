@@ -1,0 +1,145 @@
+//! Moderation: mutes, address bans, room settings (closed, slow mode,
+//! pre-moderation), held sends and the audit log.
+//!
+//! The types here are what the store persists and the admin API shows.
+//! [`Moderation`] (`state.rs`) is the live state the guard consults on every
+//! send and stream; [`HeldQueues`] (`held.rs`) keeps the sends pre-moderation
+//! holds back. The node changes both, and records each change with its audit
+//! entry in one store transaction, so the log never misses an action.
+
+mod held;
+mod state;
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use held::{Held, HeldQueues, MAX_HELD_PER_ROOM};
+pub use state::{Moderation, Verdict};
+
+/// A user who may not send: in one room, or everywhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mute {
+    /// The room, or `None` for every room.
+    pub room: Option<String>,
+    /// The muted user id.
+    pub user: String,
+    /// When the mute ends, in ms since the Unix epoch.
+    pub until: i64,
+}
+
+/// An address that may neither send nor open a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ban {
+    /// The banned address.
+    pub ip: IpAddr,
+    /// When the ban ends, in ms since the Unix epoch; `None`: never.
+    pub until: Option<i64>,
+}
+
+/// A room's moderation settings. The default is an open room without slow
+/// mode or pre-moderation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RoomSettings {
+    /// The room.
+    pub room: String,
+    /// Sends are refused; viewers may still watch.
+    pub closed: bool,
+    /// One send per user per this many seconds (0: off); admins are exempt.
+    pub slow_mode_s: u32,
+    /// Non-admin sends are held until an admin approves them.
+    pub premod: bool,
+}
+
+/// A partial update of [`RoomSettings`]: absent fields stay as they are.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomPatch {
+    /// New `closed`, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed: Option<bool>,
+    /// New `slow_mode_s`, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow_mode_s: Option<u32>,
+    /// New `premod`, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub premod: Option<bool>,
+}
+
+impl RoomSettings {
+    /// The settings with `patch` applied.
+    pub fn patched(&self, patch: &RoomPatch) -> RoomSettings {
+        RoomSettings {
+            room: self.room.clone(),
+            closed: patch.closed.unwrap_or(self.closed),
+            slow_mode_s: patch.slow_mode_s.unwrap_or(self.slow_mode_s),
+            premod: patch.premod.unwrap_or(self.premod),
+        }
+    }
+}
+
+/// One admin (or author) action, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// The entry's id, ascending with time (0 until stored).
+    pub id: u64,
+    /// When, in ms since the Unix epoch.
+    pub ts: i64,
+    /// The user id who acted.
+    pub actor: String,
+    /// What was done: `recall`, `self_recall`, `mute`, `unmute`, `ban`,
+    /// `unban`, `room`, `approve` or `reject`.
+    pub action: String,
+    /// The room concerned, if any.
+    pub room: Option<String>,
+    /// What the action was about: a danmaku id, a user, an address, a held id.
+    pub target: Option<String>,
+    /// The action's parameters.
+    pub detail: serde_json::Value,
+}
+
+/// A change of durable state that goes with an audit entry.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Drop a held send (approved, and then stored by the usual path, or
+    /// rejected).
+    Release {
+        /// Its held id.
+        held: u64,
+    },
+    /// Delete a stored danmaku.
+    Recall {
+        /// Its room.
+        room: String,
+        /// Its id.
+        id: u64,
+    },
+    /// Add or replace a mute.
+    Mute(Mute),
+    /// Lift a mute.
+    Unmute {
+        /// Its room, or `None` for a mute everywhere.
+        room: Option<String>,
+        /// The user.
+        user: String,
+    },
+    /// Add or replace a ban.
+    Ban(Ban),
+    /// Lift a ban.
+    Unban(IpAddr),
+    /// Store a room's settings.
+    Room(RoomSettings),
+}
+
+/// The durable moderation state, as loaded at start-up (unexpired only).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Active mutes.
+    pub mutes: Vec<Mute>,
+    /// Active bans.
+    pub bans: Vec<Ban>,
+    /// Rooms with settings.
+    pub rooms: Vec<RoomSettings>,
+    /// Held sends, ascending by held id.
+    pub held: Vec<Held>,
+}

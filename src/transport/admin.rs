@@ -1,0 +1,316 @@
+//! Moderation routes: recall (authors and admins) and `/api/v1/admin/…`
+//! (admins only: 401 `unauthorized` without a valid token, 403 `forbidden`
+//! for another role). docs/protocol.md lists them.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::http::{parse_json, read_body};
+use super::App;
+use crate::error::{ApiError, ErrorCode};
+use crate::guard::auth::bearer;
+use crate::guard::Admin;
+use crate::moderation::RoomPatch;
+
+/// The most audit entries one request lists.
+const MAX_AUDIT_PAGE: usize = 1000;
+
+type Answer = Result<Response, ApiError>;
+
+/// The moderation routes, merged into the main router.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/api/v1/rooms/{room}/danmaku/{id}", delete(recall))
+        .route("/api/v1/admin/mutes", get(global_mutes).post(mute_global))
+        .route("/api/v1/admin/mutes/{user}", delete(unmute_global))
+        .route("/api/v1/admin/rooms/{room}", get(room).patch(patch_room))
+        .route(
+            "/api/v1/admin/rooms/{room}/mutes",
+            get(room_mutes).post(mute_in_room),
+        )
+        .route(
+            "/api/v1/admin/rooms/{room}/mutes/{user}",
+            delete(unmute_in_room),
+        )
+        .route("/api/v1/admin/rooms/{room}/held", get(held))
+        .route(
+            "/api/v1/admin/rooms/{room}/held/{held}/approve",
+            post(approve),
+        )
+        .route(
+            "/api/v1/admin/rooms/{room}/held/{held}/reject",
+            post(reject),
+        )
+        .route("/api/v1/admin/bans", get(bans).post(ban))
+        .route("/api/v1/admin/bans/{ip}", delete(unban))
+        .route("/api/v1/admin/audit", get(audit))
+}
+
+/// The caller, who must be an admin.
+fn admin(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Admin, ApiError> {
+    let sender = app.node.identify(bearer(headers), peer.ip())?;
+    app.node.guard.admin(sender)
+}
+
+/// A JSON request body, within the server's body limit.
+async fn body<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
+    parse_json(&read_body(body, app.node.config.limits.max_body_bytes).await?)
+}
+
+fn number(what: &str, text: &str) -> Result<u64, ApiError> {
+    text.parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidField, format!("{what} must be a number")))
+}
+
+fn no_content() -> Answer {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn recall(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, id)): Path<(String, String)>,
+) -> Answer {
+    let actor = app.node.identify(bearer(&headers), peer.ip())?;
+    app.node.recall(&actor, &room, number("id", &id)?).await?;
+    no_content()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    user: String,
+    seconds: u64,
+}
+
+async fn mute_global(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Body,
+) -> Answer {
+    mute(app, headers, peer, None, b).await
+}
+
+async fn mute_in_room(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    b: Body,
+) -> Answer {
+    mute(app, headers, peer, Some(room), b).await
+}
+
+async fn mute(
+    app: App,
+    headers: HeaderMap,
+    peer: SocketAddr,
+    room: Option<String>,
+    b: Body,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let req: MuteBody = body(&app, b).await?;
+    if req.seconds == 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "seconds must be at least 1",
+        ));
+    }
+    let mute = app
+        .node
+        .mute(&admin, room.as_deref(), &req.user, req.seconds)
+        .await?;
+    Ok((StatusCode::CREATED, Json(mute)).into_response())
+}
+
+async fn unmute_global(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    app.node.unmute(&admin, None, &user).await?;
+    no_content()
+}
+
+async fn unmute_in_room(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, user)): Path<(String, String)>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    app.node.unmute(&admin, Some(&room), &user).await?;
+    no_content()
+}
+
+async fn global_mutes(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Answer {
+    admin(&app, &headers, peer)?;
+    let items = app.node.guard.moderation().mutes(None);
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn room_mutes(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Answer {
+    admin(&app, &headers, peer)?;
+    crate::guard::check_room(&room)?;
+    let items = app.node.guard.moderation().mutes(Some(&room));
+    Ok(Json(json!({ "room": room, "items": items })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    ip: IpAddr,
+    seconds: Option<u64>,
+}
+
+async fn ban(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Body,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let req: BanBody = body(&app, b).await?;
+    if req.seconds == Some(0) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidField,
+            "seconds must be at least 1 (leave it out for a permanent ban)",
+        ));
+    }
+    let ban = app.node.ban(&admin, req.ip, req.seconds).await?;
+    Ok((StatusCode::CREATED, Json(ban)).into_response())
+}
+
+async fn unban(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(ip): Path<String>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let ip = ip
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidField, "not an IP address"))?;
+    app.node.unban(&admin, ip).await?;
+    no_content()
+}
+
+async fn bans(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Answer {
+    admin(&app, &headers, peer)?;
+    let items = app.node.guard.moderation().bans();
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+async fn room(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Answer {
+    admin(&app, &headers, peer)?;
+    crate::guard::check_room(&room)?;
+    Ok(Json(app.node.guard.moderation().room(&room)).into_response())
+}
+
+async fn patch_room(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    b: Body,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let patch: RoomPatch = body(&app, b).await?;
+    Ok(Json(app.node.set_room(&admin, &room, patch).await?).into_response())
+}
+
+async fn held(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let items = app.node.held(&admin, &room)?;
+    Ok(Json(json!({ "room": room, "items": items })).into_response())
+}
+
+async fn approve(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, held)): Path<(String, String)>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let stored = app
+        .node
+        .approve(&admin, &room, number("held id", &held)?)
+        .await?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+async fn reject(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path((room, held)): Path<(String, String)>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    app.node
+        .reject(&admin, &room, number("held id", &held)?)
+        .await?;
+    no_content()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+async fn audit(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Answer {
+    let admin = admin(&app, &headers, peer)?;
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_AUDIT_PAGE {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
+        ));
+    }
+    let items = app.node.audit(&admin, limit, q.before).await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
