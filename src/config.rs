@@ -155,11 +155,13 @@ impl Default for FanoutConfig {
 impl FanoutConfig {
     /// The coalescing window of a room with `viewers` viewers.
     pub fn window(&self, viewers: usize) -> Duration {
-        let budget = Duration::from_secs_f64(viewers as f64 / self.writes_per_s.max(1) as f64);
-        budget.clamp(
-            Duration::from_millis(1),
-            Duration::from_millis(self.coalesce_ms.max(1)),
-        )
+        let cap = Duration::from_millis(self.coalesce_ms.max(1));
+        // Fallible: each room's flusher asks for the window of usize::MAX
+        // viewers, which at 0 or 1 write per second is more seconds than a
+        // Duration holds (from_secs_f64 would panic).
+        let budget = Duration::try_from_secs_f64(viewers as f64 / self.writes_per_s.max(1) as f64)
+            .unwrap_or(cap);
+        budget.clamp(Duration::from_millis(1), cap)
     }
 }
 

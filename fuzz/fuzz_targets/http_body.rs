@@ -1,0 +1,129 @@
+//! A REST send body on arbitrary bytes: `parse_json::<SendRequest>`, the
+//! guard's `check_send`, and the content rules: `check_text` and the word
+//! filter in both its modes. It must never panic, and:
+//!
+//! - a refusal carries one of the codes parsing and the guard use;
+//! - an accepted send holds to the text limit;
+//! - `check_text` refuses exactly the texts with a control character, a
+//!   line or paragraph separator, or a bidirectional embedding, override or
+//!   isolate;
+//! - masking keeps the number of characters, changes only characters into
+//!   `*`, and leaves no listed word: the reject filter with the same list
+//!   passes the masked text;
+//! - the mask filter changes a text exactly when the reject filter refuses
+//!   it.
+//!
+//! The texts checked are the body's `text` when it parses, else the body
+//! itself read as UTF-8 (lossily), so the filter gets arbitrary text either
+//! way.
+
+#![no_main]
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use danmaku::config::{FilterAction, Limits};
+use danmaku::error::ErrorCode;
+use danmaku::guard::filter::{check_text, WordFilter};
+use danmaku::guard::{self, SendRequest, Sender};
+use danmaku::transport::http::parse_json;
+use libfuzzer_sys::fuzz_target;
+
+/// Words with upper case, full width, CJK, a multi-character lower case
+/// (`İ` is `i` + U+0307), overlaps (`ab`, `bc`) and a phrase. None has a
+/// `*`, which masking writes.
+const WORDS: &str = "# comment\nbad\n  Bad Word \nＷＯＲＤ\n坏\ni\u{307}x\n\u{307}\nab\nbc\nσας\n";
+
+static REJECT: LazyLock<WordFilter> =
+    LazyLock::new(|| WordFilter::new(WORDS, FilterAction::Reject).unwrap());
+static MASK: LazyLock<WordFilter> =
+    LazyLock::new(|| WordFilter::new(WORDS, FilterAction::Mask).unwrap());
+
+fn refused_by_check_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+fn content_rules(text: &str) {
+    let refused = check_text(text);
+    assert_eq!(
+        refused.is_err(),
+        text.chars().any(refused_by_check_text),
+        "check_text on {text:?}"
+    );
+    if let Err(e) = refused {
+        assert_eq!(e.code, ErrorCode::InvalidField);
+    }
+
+    let rejected = match REJECT.apply(text) {
+        Ok(out) => {
+            assert!(
+                matches!(out, Cow::Borrowed(t) if t == text),
+                "reject mode changed text"
+            );
+            false
+        }
+        Err(e) => {
+            assert_eq!(e.code, ErrorCode::BlockedContent);
+            true
+        }
+    };
+    let masked = MASK.apply(text).expect("mask mode never refuses");
+    assert_eq!(
+        masked.chars().count(),
+        text.chars().count(),
+        "masking changed the length of {text:?} into {masked:?}"
+    );
+    for (a, b) in text.chars().zip(masked.chars()) {
+        assert!(a == b || b == '*', "masking turned {a:?} into {b:?}");
+    }
+    assert_eq!(
+        rejected,
+        masked != text,
+        "reject and mask disagree on {text:?} (masked: {masked:?})"
+    );
+    assert!(
+        REJECT.apply(&masked).is_ok(),
+        "a listed word survives masking: {text:?} -> {masked:?}"
+    );
+}
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits::default();
+    let sender = Sender {
+        user: "guest-0123456789".into(),
+    };
+    match parse_json::<SendRequest>(data) {
+        Err(e) => {
+            assert!(
+                matches!(e.code, ErrorCode::InvalidJson | ErrorCode::InvalidField),
+                "{e}"
+            );
+            content_rules(&String::from_utf8_lossy(data));
+        }
+        Ok(req) => {
+            content_rules(&req.text);
+            if let Some(name) = &req.name {
+                content_rules(name);
+            }
+            let text = req.text.clone();
+            match guard::check_send(&limits, "lobby", &sender, req) {
+                Ok(new) => {
+                    assert_eq!(new.text, text, "the guard changed the text");
+                    assert!(new.text.chars().count() <= limits.max_text_chars);
+                    assert!(!new.text.trim().is_empty());
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e.code,
+                        ErrorCode::EmptyText | ErrorCode::TextTooLong | ErrorCode::InvalidField
+                    ),
+                    "{e}"
+                ),
+            }
+        }
+    }
+});
