@@ -367,7 +367,7 @@ proptest! {
         max_name_chars in 1usize..=64,
     ) {
         let limits = Limits { max_text_chars, max_name_chars, ..Limits::default() };
-        let sender = Sender { user: "u1".into() };
+        let sender = Sender::guest("192.0.2.1".parse().unwrap());
         let (text, mode, color, size, vt, name) = (
             req.text.clone(),
             req.mode.clone(),
@@ -377,11 +377,11 @@ proptest! {
             req.name.clone(),
         );
         let chars = text.chars().count();
-        match guard::check_send(&limits, &room, &sender, req) {
+        match guard::check_send(&limits, &room, &sender.identity, req) {
             Ok(new) => {
                 prop_assert!(guard::check_room(&room).is_ok());
                 prop_assert_eq!(&new.room, &room);
-                prop_assert_eq!(&new.user, "u1");
+                prop_assert_eq!(&new.user, sender.user());
                 prop_assert_eq!(&new.text, &text);
                 prop_assert!(chars <= max_text_chars);
                 prop_assert!(!text.trim().is_empty());

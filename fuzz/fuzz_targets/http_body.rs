@@ -93,9 +93,7 @@ fn content_rules(text: &str) {
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
-    let sender = Sender {
-        user: "guest-0123456789".into(),
-    };
+    let sender = Sender::guest(std::net::IpAddr::from([192, 0, 2, 1]));
     match parse_json::<SendRequest>(data) {
         Err(e) => {
             assert!(
@@ -110,7 +108,7 @@ fuzz_target!(|data: &[u8]| {
                 content_rules(name);
             }
             let text = req.text.clone();
-            match guard::check_send(&limits, "lobby", &sender, req) {
+            match guard::check_send(&limits, "lobby", &sender.identity, req) {
                 Ok(new) => {
                     assert_eq!(new.text, text, "the guard changed the text");
                     assert!(new.text.chars().count() <= limits.max_text_chars);

@@ -32,9 +32,7 @@ fn check_refusal(e: &ApiError, known: &[ErrorCode]) {
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
-    let sender = Sender {
-        user: "guest-0123456789".into(),
-    };
+    let sender = Sender::guest(std::net::IpAddr::from([192, 0, 2, 1]));
     match parse_json::<ClientMessage>(data) {
         Err(e) => {
             check_refusal(&e, &[ErrorCode::InvalidJson, ErrorCode::InvalidField]);
@@ -48,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
             // Whatever the guard's filter would say of the text, it must
             // not panic on it.
             let _ = guard::filter::check_text(&send.text);
-            match guard::check_send(&limits, "lobby", &sender, send) {
+            match guard::check_send(&limits, "lobby", &sender.identity, send) {
                 Err(e) => {
                     check_refusal(
                         &e,
