@@ -84,10 +84,7 @@ fuzz_target!(|data: &[u8]| {
                     // The danmaku as viewers receive it reads back the same.
                     let stored = Danmaku::stored(new, 1, 1_700_000_000_000);
                     let mut out = Vec::new();
-                    ServerMessage::Danmaku {
-                        items: std::slice::from_ref(&stored),
-                    }
-                    .write_json(&mut out);
+                    ServerMessage::danmaku(std::slice::from_ref(&stored)).write_json(&mut out);
                     let v: serde_json::Value =
                         serde_json::from_slice(&out).expect("danmaku frame is JSON");
                     let back: Danmaku = serde_json::from_value(v["items"][0].clone())
