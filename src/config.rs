@@ -94,7 +94,7 @@ pub enum Synchronous {
 }
 
 /// How the hub batches and delivers.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FanoutConfig {
     /// The longest coalescing window, in milliseconds: the most time between

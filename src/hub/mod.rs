@@ -128,8 +128,7 @@ impl Hub {
         let Some(room) = self.shard(room).get(room).cloned() else {
             return;
         };
-        let published = room.recall(ids);
-        room.pass_now(&published, &self.metrics);
+        room.recall(ids);
     }
 
     /// Publishes everything pending in every room now, without waiting for
@@ -144,9 +143,8 @@ impl Hub {
                 .cloned()
                 .collect();
             for room in rooms {
-                if let Some(published) = room.flush(&self.config, &self.metrics) {
-                    room.pass_now(&published, &self.metrics);
-                }
+                room.flush(&self.config, &self.metrics);
+                room.pass_now(&self.config, &self.metrics);
             }
         }
     }

@@ -2,7 +2,8 @@
 //! it is one integer.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use super::frame::Frame;
 
@@ -65,6 +66,47 @@ impl Ring {
     }
 }
 
+/// A pass's copy of the newest frames of a ring. Thousands of seats at the
+/// same place then cost one ring lock, not one each.
+#[derive(Default)]
+pub(super) struct Tail {
+    /// The sequence number of `frames[0]`.
+    first: u64,
+    frames: Vec<Arc<Frame>>,
+}
+
+impl Tail {
+    /// The frames from `seq` on. Refreshed from `ring` when this copy does
+    /// not reach `end` (the ring's end as last published). `Err(oldest)`
+    /// when the ring has already dropped `seq`.
+    pub(super) fn from(
+        &mut self,
+        seq: u64,
+        end: u64,
+        ring: &Mutex<Ring>,
+    ) -> Result<&[Arc<Frame>], u64> {
+        let held = self.first + self.frames.len() as u64;
+        if seq < self.first || held < end {
+            let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+            if seq < ring.first {
+                return Err(ring.first);
+            }
+            let skip = (seq - ring.first) as usize;
+            self.first = seq;
+            self.frames.clear();
+            self.frames.extend(ring.frames.iter().skip(skip).cloned());
+        }
+        let skip = (seq - self.first) as usize;
+        Ok(self.frames.get(skip..).unwrap_or_default())
+    }
+
+    /// The frames numbered `range`, which [`Tail::from`] returned last.
+    pub(super) fn get(&self, range: Range<u64>) -> &[Arc<Frame>] {
+        let start = (range.start - self.first) as usize;
+        &self.frames[start..start + (range.end - range.start) as usize]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +126,28 @@ mod tests {
         assert!(matches!(ring.get(0), Slot::Gone { oldest: 1 }));
         assert!(matches!(ring.get(2), Slot::Frame(_)));
         assert!(matches!(ring.get(3), Slot::Empty));
+    }
+
+    #[test]
+    fn a_tail_follows_the_ring_and_reports_what_it_dropped() {
+        let ring = Mutex::new(Ring::new(3));
+        let mut tail = Tail::default();
+        assert_eq!(tail.from(0, 0, &ring).unwrap().len(), 0);
+        for n in 0..2 {
+            ring.lock().unwrap().push(frame(n));
+        }
+        assert_eq!(tail.from(0, 2, &ring).unwrap().len(), 2);
+        assert_eq!(tail.from(1, 2, &ring).unwrap().len(), 1);
+        for n in 2..5 {
+            ring.lock().unwrap().push(frame(n));
+        }
+        // Frames 0 and 1 are gone from the ring; 2..5 remain.
+        assert_eq!(tail.from(1, 5, &ring).unwrap_err(), 2);
+        let frames = tail.from(3, 5, &ring).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert!(Arc::ptr_eq(
+            &tail.get(4..5)[0],
+            &ring.lock().unwrap().frames[2]
+        ));
     }
 }

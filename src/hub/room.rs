@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::density::Density;
 use super::frame::Frame;
-use super::ring::{Ring, Slot};
-use super::seat::{Seat, Viewer, Written};
+use super::ring::{Ring, Slot, Tail};
+use super::seat::{Seat, Viewer};
 use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
@@ -18,10 +18,16 @@ use crate::metrics::Metrics;
 /// Rough JSON size of a danmaku beyond its text, for the frame-size trigger.
 const ITEM_OVERHEAD: usize = 160;
 
-/// Seats one task of a flusher's pass writes to: a pass over a big room is
-/// split into tasks of this many, which the runtime spreads over its
-/// threads, so that a hot room's writes use every core.
-const PASS_CHUNK: usize = 1024;
+/// A pass over at most this many seats (about a millisecond of writes)
+/// runs on the flusher's task. A bigger one runs on blocking threads, one
+/// part per core: tens of milliseconds of writes on a runtime thread would
+/// hold up every socket, timer and acknowledgement queued behind them,
+/// while the kernel time-slices a thread of its own.
+const INLINE_PASS_SEATS: usize = 128;
+
+/// A pass checks whether the room's pending danmaku are due after this many
+/// seats (about half a millisecond of writes).
+const FLUSH_CHECK_SEATS: usize = 64;
 
 /// One viewer in this many observes the fan-out latency histogram: it is
 /// a distribution, and observing it for every viewer of a 10,000-viewer
@@ -38,6 +44,9 @@ pub struct Room {
     /// is a number into it, so a room costs O(ring) memory and each viewer
     /// O(1), however far behind it is.
     ring: Mutex<Ring>,
+    /// The ring's end (the number the next frame gets), readable without
+    /// its lock: a pass reads it at every seat.
+    ring_end: AtomicU64,
     seats: Mutex<Seats>,
     state: Mutex<RoomState>,
     /// Wakes the flusher: danmaku arrived, or the viewer count changed.
@@ -56,6 +65,8 @@ struct RoomState {
     pending_bytes: usize,
     /// When the oldest pending danmaku was committed.
     pending_since: Option<Instant>,
+    /// When the pending danmaku were last published; none yet: at once.
+    last_flush: Option<Instant>,
     viewers: usize,
     /// The viewer count last announced in an `online` frame.
     announced: usize,
@@ -87,6 +98,7 @@ impl Room {
         Room {
             name: name.into(),
             ring: Mutex::new(Ring::new(ring_frames)),
+            ring_end: AtomicU64::new(0),
             seats: Mutex::new(Seats {
                 all: Vec::new(),
                 snapshot: None,
@@ -95,6 +107,7 @@ impl Room {
                 pending: Vec::new(),
                 pending_bytes: 0,
                 pending_since: None,
+                last_flush: None,
                 viewers: 0,
                 announced: 0,
                 last_id: None,
@@ -140,6 +153,11 @@ impl Room {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The ring, for a pass's [`Tail`] to copy from.
+    pub(super) fn ring_lock(&self) -> &Mutex<Ring> {
+        &self.ring
+    }
+
     fn seats(&self) -> MutexGuard<'_, Seats> {
         self.seats.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -151,7 +169,7 @@ impl Room {
 
     /// The number the next frame will get.
     pub(super) fn ring_end(&self) -> u64 {
-        self.ring().end()
+        self.ring_end.load(Ordering::SeqCst)
     }
 
     /// Registers a viewer; called with the hub's shard locked so the room
@@ -222,19 +240,24 @@ impl Room {
     }
 
     /// Encodes what is pending, in frames of at most `max_frame_bytes`, and
-    /// puts them in the ring; returns the first frame's number and the
-    /// frames, for the pass that delivers them. Encoding happens under the
-    /// room lock so that two flushes can never publish out of id order.
+    /// puts them in the ring, for the next pass to deliver; returns whether
+    /// there was anything. Encoding happens under the room lock so that two
+    /// flushes can never publish out of id order.
     /// With density control on, a hot room's frames keep only what its
     /// viewers can read; each frame still stands for its whole id range.
-    pub(super) fn flush(&self, config: &FanoutConfig, metrics: &Metrics) -> Option<Published> {
+    pub(super) fn flush(&self, config: &FanoutConfig, metrics: &Metrics) -> bool {
         let max_frame_bytes = config.max_frame_bytes;
         let mut s = self.state();
-        let committed_at = s.pending_since.take()?;
+        let Some(committed_at) = s.pending_since.take() else {
+            return false;
+        };
         let mut items = std::mem::take(&mut s.pending);
         s.pending_bytes = 0;
         // Pending danmaku are contiguous: the frames cover this whole range.
-        let (first, last) = (items.first()?.id, items.last()?.id);
+        let (Some(first), Some(last)) = (items.first(), items.last()) else {
+            return false;
+        };
+        let (first, last) = (first.id, last.id);
         if config.density_control {
             let (kept, thinned) = s.density.thin(items, config.density_max_per_s);
             metrics.thinned.inc_by(thinned);
@@ -262,78 +285,110 @@ impl Room {
                 break;
             }
         }
-        Some(self.publish(frames))
+        self.publish(frames);
+        true
+    }
+
+    /// Publishes the pending danmaku if they are due: the room's window has
+    /// passed since the last flush, or they fill a frame. Otherwise returns
+    /// when they will be due (none: nothing is pending, or it was just
+    /// published). Both the flusher and a running pass call it, so a hot
+    /// room's frames keep coming while a long pass holds the runtime.
+    pub(super) fn flush_when_due(
+        &self,
+        config: &FanoutConfig,
+        metrics: &Metrics,
+    ) -> Option<Instant> {
+        let mut s = self.state();
+        s.pending_since?;
+        let now = Instant::now();
+        let due = s
+            .last_flush
+            .map_or(now, |last| last + config.window(s.viewers));
+        if now < due && s.pending_bytes < config.max_frame_bytes {
+            return Some(due);
+        }
+        s.last_flush = Some(now);
+        drop(s);
+        self.flush(config, metrics);
+        None
     }
 
     /// Puts an `online` frame in the ring if the count changed.
-    fn announce(&self) -> Option<Published> {
+    fn announce(&self) -> bool {
         let mut s = self.state();
         if s.viewers == s.announced {
-            return None;
+            return false;
         }
         s.announced = s.viewers;
-        Some(self.publish(vec![Arc::new(Frame::online(s.viewers))]))
+        self.publish(vec![Arc::new(Frame::online(s.viewers))]);
+        true
     }
 
     /// Puts a `delete` frame in the ring at once, not waiting for the
-    /// flusher: a recall is rare, and players should hide the danmaku now.
-    /// A concurrent flush's pass may then meet seats out of step; those are
-    /// handed back to their tasks, which read the ring in order.
-    pub(super) fn recall(&self, ids: Vec<u64>) -> Published {
-        let _s = self.state();
-        self.publish(vec![Arc::new(Frame::delete(ids))])
+    /// coalescing window: a recall is rare, and players should hide the
+    /// danmaku now. The flusher's next pass delivers it.
+    pub(super) fn recall(&self, ids: Vec<u64>) {
+        let s = self.state();
+        self.publish(vec![Arc::new(Frame::delete(ids))]);
+        drop(s);
+        self.wake.notify_one();
     }
 
     /// Appends frames to the ring. Called with the room state locked, which
     /// orders publications.
-    fn publish(&self, frames: Vec<Arc<Frame>>) -> Published {
+    fn publish(&self, frames: Vec<Arc<Frame>>) {
         let mut ring = self.ring();
-        let first = ring.end();
-        for f in &frames {
-            ring.push(f.clone());
+        for f in frames {
+            ring.push(f);
         }
-        Published {
-            first,
-            frames: frames.into(),
-        }
+        self.ring_end.store(ring.end(), Ordering::SeqCst);
     }
 
-    /// Delivers published frames: written straight to every parked viewer's
-    /// socket, and waking every viewer whose task waits for the ring. A big
-    /// room's pass is split into tasks that run on every runtime thread.
-    pub(super) async fn pass(self: &Arc<Self>, published: Published, metrics: &Arc<Metrics>) {
+    /// Delivers what the ring holds past each seat's place: written straight
+    /// to every parked viewer's socket, and waking every viewer whose task
+    /// waits for the ring. Each seat gets what the ring holds when the pass
+    /// reaches it, so a frame published during a pass still reaches the
+    /// seats the pass has not reached yet.
+    async fn pass(self: Arc<Self>, config: FanoutConfig, metrics: Arc<Metrics>) {
         let seats = self.seat_list();
         let started = Instant::now();
-        if seats.len() <= PASS_CHUNK {
-            serve_seats(&seats, &published, metrics);
-            metrics
-                .pass_seconds
-                .observe(started.elapsed().as_secs_f64());
-            return;
+        if seats.len() <= INLINE_PASS_SEATS {
+            serve_seats(&self, &seats, &config, &metrics);
+        } else {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let parts = cores.min(seats.len().div_ceil(INLINE_PASS_SEATS));
+            let part = seats.len().div_ceil(parts);
+            let mut tasks = tokio::task::JoinSet::new();
+            for start in (0..seats.len()).step_by(part) {
+                let (room, seats, metrics) = (self.clone(), seats.clone(), metrics.clone());
+                tasks.spawn_blocking(move || {
+                    let end = (start + part).min(seats.len());
+                    serve_seats(&room, &seats[start..end], &config, &metrics);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
         }
-        let published = Arc::new(published);
-        let mut tasks = tokio::task::JoinSet::new();
-        for start in (0..seats.len()).step_by(PASS_CHUNK) {
-            let (seats, published, metrics) = (seats.clone(), published.clone(), metrics.clone());
-            tasks.spawn(async move {
-                let end = (start + PASS_CHUNK).min(seats.len());
-                serve_seats(&seats[start..end], &published, &metrics);
-            });
-        }
-        while tasks.join_next().await.is_some() {}
         metrics
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Delivers published frames without splitting the pass (at shutdown).
-    pub(super) fn pass_now(&self, published: &Published, metrics: &Metrics) {
-        serve_seats(&self.seat_list(), published, metrics);
+    /// A whole pass on this thread, not waiting for the flusher (at
+    /// shutdown).
+    pub(super) fn pass_now(&self, config: &FanoutConfig, metrics: &Metrics) {
+        serve_seats(self, &self.seat_list(), config, metrics);
     }
 
     /// Runs until the room is forgotten: waits for danmaku, coalesces them
     /// for at most the window, and publishes; announces the viewer count at
-    /// most once per `online_interval_ms`.
+    /// most once per `online_interval_ms`; and keeps one pass running while
+    /// the ring holds frames some seat has not been offered.
+    ///
+    /// Flushes do not wait for the pass: a pass over 10,000 viewers takes
+    /// tens of milliseconds, and a frame published meanwhile reaches the
+    /// seats that pass has yet to visit, and the others in the next pass.
+    /// A danmaku then waits at most one pass for any viewer, not two.
     pub(super) async fn run_flusher(
         self: Arc<Self>,
         config: FanoutConfig,
@@ -342,54 +397,43 @@ impl Room {
     ) {
         let online_every = Duration::from_millis(config.online_interval_ms);
         let idle = Duration::from_secs(config.room_idle_s);
-        // So that the first danmaku of a quiet room goes out at once.
-        let mut last_flush = Instant::now() - config.window(usize::MAX);
         let mut last_online = Instant::now() - online_every;
+        // The running pass, and the ring's end when it started: every seat
+        // it visits gets at least everything before that.
+        let mut pass: Option<tokio::task::JoinHandle<()>> = None;
+        let mut passed_to = self.ring_end();
         loop {
-            let (pending_bytes, oldest, online_due, removed, window) = {
+            let (online_due, removed) = {
                 let s = self.state();
-                (
-                    s.pending_bytes,
-                    s.pending_since,
-                    s.viewers != s.announced,
-                    s.removed,
-                    config.window(s.viewers),
-                )
+                (s.viewers != s.announced, s.removed)
             };
             if removed {
                 return;
             }
+            let mut next_wake = self.flush_when_due(&config, &metrics);
             let now = Instant::now();
-            let mut next_wake: Option<Instant> = None;
-            if oldest.is_some() {
-                let due = last_flush + window;
-                if now >= due || pending_bytes >= config.max_frame_bytes {
-                    last_flush = now;
-                    if let Some(published) = self.flush(&config, &metrics) {
-                        // The next flush waits for this pass: what arrives
-                        // meanwhile goes out together in the next frame.
-                        self.pass(published, &metrics).await;
-                    }
-                    continue;
-                }
-                next_wake = Some(due);
-            }
             if online_due {
                 let due = last_online + online_every;
                 if now >= due {
-                    if let Some(published) = self.announce() {
+                    if self.announce() {
                         last_online = now;
-                        self.pass(published, &metrics).await;
                     }
                     continue;
                 }
                 next_wake = Some(next_wake.map_or(due, |w| w.min(due)));
             }
+            if pass.is_none() && self.ring_end() > passed_to {
+                passed_to = self.ring_end();
+                pass = Some(tokio::spawn(self.clone().pass(config, metrics.clone())));
+            }
             let deadline = next_wake.unwrap_or(now + idle.max(Duration::from_secs(1)));
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = async { pass.as_mut().expect("checked").await }, if pass.is_some() => {
+                    pass = None;
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if next_wake.is_none() && retire(&self) {
+                    if next_wake.is_none() && pass.is_none() && retire(&self) {
                         return;
                     }
                 }
@@ -398,39 +442,32 @@ impl Room {
     }
 }
 
-/// Frames just put in a room's ring, for the pass that delivers them.
-pub(super) struct Published {
-    /// The number of the first frame.
-    first: u64,
-    frames: Arc<[Arc<Frame>]>,
-}
-
-/// One task's share of a pass: offers the frames to each seat, and counts
-/// what was written in one go.
-fn serve_seats(seats: &[Arc<Seat>], published: &Published, metrics: &Metrics) {
-    let frames = &published.frames;
-    let items: usize = frames.iter().map(|f| f.items().len()).sum();
-    let committed_at = frames
-        .iter()
-        .find(|f| !f.items().is_empty())
-        .map(|f| f.committed_at);
-    let mut written = 0u64;
-    for seat in seats {
+/// One task's share of a pass: serves each seat, and counts the danmaku
+/// taken for viewers in one go. Publishes the room's pending danmaku when
+/// they fall due on the way: waiting for the flusher's turn on a busy
+/// runtime would hold them until the pass ends.
+fn serve_seats(room: &Room, seats: &[Arc<Seat>], config: &FanoutConfig, metrics: &Metrics) {
+    let mut tail = Tail::default();
+    let mut delivered = 0u64;
+    for (i, seat) in seats.iter().enumerate() {
+        if i % FLUSH_CHECK_SEATS == FLUSH_CHECK_SEATS - 1 {
+            room.flush_when_due(config, metrics);
+        }
         if seat.gone.load(Ordering::Relaxed) {
             continue;
         }
-        match seat.offer(published.first, frames) {
-            Written::No => {}
-            Written::HandedBack { progressed } => written += u64::from(progressed),
-            Written::All => {
-                written += 1;
-                if let (true, Some(at)) = (seat.sampled, committed_at) {
-                    metrics.fanout_seconds.observe(at.elapsed().as_secs_f64());
-                }
+        let Some(taken) = seat.serve(room, &mut tail) else {
+            continue;
+        };
+        for frame in tail.get(taken) {
+            delivered += frame.items().len() as u64;
+            if seat.sampled && !frame.items().is_empty() {
+                let latency = frame.committed_at.elapsed().as_secs_f64();
+                metrics.fanout_seconds.observe(latency);
             }
         }
     }
-    metrics.deliveries.inc_by(written * items as u64);
+    metrics.deliveries.inc_by(delivered);
 }
 
 /// Danmaku per second over a sliding ten-second window.

@@ -12,6 +12,7 @@
 //! queue, exactly as before.
 
 use std::io::IoSlice;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,7 +20,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::Notify;
 
 use super::frame::Frame;
-use super::ring::Slot;
+use super::ring::{Slot, Tail};
 use super::room::Room;
 
 /// Frames one direct write takes at most.
@@ -64,20 +65,6 @@ struct SeatState {
     sink: Option<Arc<dyn DirectSink>>,
 }
 
-/// What the flusher did for one seat.
-pub(super) enum Written {
-    /// Nothing: the seat was not parked (its task was woken if it waits).
-    No,
-    /// Every frame, whole.
-    All,
-    /// Handed back to the viewer's task; `progressed` when part of the
-    /// frames was written and the task finishes them from the leftover.
-    HandedBack {
-        /// Some of the frames were written.
-        progressed: bool,
-    },
-}
-
 impl Seat {
     pub(super) fn new(next: u64, sampled: bool) -> Seat {
         Seat {
@@ -99,43 +86,51 @@ impl Seat {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called by the flusher after it put `frames`, numbered from `first`,
-    /// in the ring: writes them to a parked viewer, or wakes a waiting one.
-    pub(super) fn offer(&self, first: u64, frames: &[Arc<Frame>]) -> Written {
+    /// Called by a flusher's pass: writes what the ring holds past the
+    /// viewer's place to a parked viewer's socket, or wakes a viewer whose
+    /// task waits. Returns the frames taken for the viewer (written, or
+    /// left over for its task to finish), as numbers into `tail`.
+    pub(super) fn serve(&self, room: &Room, tail: &mut Tail) -> Option<Range<u64>> {
         let mut s = self.state();
+        let end = room.ring_end();
+        if s.next >= end {
+            return None;
+        }
         if !s.parked {
             if s.waiting {
                 s.waiting = false;
                 drop(s);
                 self.wake.notify_one();
             }
-            return Written::No;
+            return None;
         }
         let Some(sink) = s.sink.clone() else {
             // The viewer left while this pass held its seat.
-            return self.hand_back(s, false);
+            self.hand_back(s);
+            return None;
         };
-        if s.next != first {
-            // Frames went into the ring without passing here (a flush at
-            // shutdown): the viewer's task takes them itself.
-            return self.hand_back(s, false);
-        }
+        let Ok(frames) = tail.from(s.next, end, room.ring_lock()) else {
+            // Behind the ring: the viewer's task tells it what it lost.
+            self.hand_back(s);
+            return None;
+        };
+        let frames = &frames[..frames.len().min(MAX_SLICES)];
+        let more = room.ring_end() > s.next + frames.len() as u64;
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let n = frames.len().min(MAX_SLICES);
         for (slot, frame) in slices.iter_mut().zip(frames) {
             *slot = IoSlice::new(sink.bytes(frame));
         }
-        let total: usize = slices[..n].iter().map(|s| s.len()).sum();
-        let written = match sink.try_write(&slices[..n]) {
-            Ok(w) => w,
+        let slices = &slices[..frames.len()];
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let written = match sink.try_write(slices) {
             // Full (or broken): the task finds out which on its own write.
-            Err(_) => return self.hand_back(s, false),
+            Ok(0) | Err(_) => {
+                self.hand_back(s);
+                return None;
+            }
+            Ok(w) => w,
         };
-        if written == 0 {
-            return self.hand_back(s, false);
-        }
-        let taken = if written == total { n } else { 0 };
-        if written < total || n < frames.len() {
+        if written < total {
             // Keep the rest, in order, for the viewer's task.
             let mut skip = written;
             for frame in frames {
@@ -149,22 +144,22 @@ impl Seat {
                 s.leftover.push(b);
             }
         }
-        s.next = first + frames.len() as u64;
+        let taken = s.next..s.next + frames.len() as u64;
+        s.next = taken.end;
         if let Some(id) = frames.iter().rev().find_map(|f| f.id_range()).map(|r| r.1) {
             s.last_id = Some(id);
         }
-        if taken == frames.len() {
-            Written::All
-        } else {
-            self.hand_back(s, true)
+        if written < total || more {
+            self.hand_back(s);
         }
+        Some(taken)
     }
 
-    fn hand_back(&self, mut s: MutexGuard<'_, SeatState>, progressed: bool) -> Written {
+    /// Gives a parked viewer back to its task.
+    fn hand_back(&self, mut s: MutexGuard<'_, SeatState>) {
         s.parked = false;
         drop(s);
         self.wake.notify_one();
-        Written::HandedBack { progressed }
     }
 }
 
@@ -360,16 +355,16 @@ mod tests {
         let metrics = Metrics::new();
 
         room.push(&[danmaku(1)], Instant::now());
-        let published = room.flush(&FanoutConfig::default(), &metrics).unwrap();
-        room.pass_now(&published, &metrics);
+        assert!(room.flush(&FanoutConfig::default(), &metrics));
+        room.pass_now(&FanoutConfig::default(), &metrics);
         let first = socket.got.lock().unwrap().clone();
         assert!(!first.is_empty(), "written while parked");
 
         // Room for only 5 more bytes: the frame is cut, the seat handed back.
         *socket.room.lock().unwrap() = 5;
         room.push(&[danmaku(2)], Instant::now());
-        let published = room.flush(&FanoutConfig::default(), &metrics).unwrap();
-        room.pass_now(&published, &metrics);
+        assert!(room.flush(&FanoutConfig::default(), &metrics));
+        room.pass_now(&FanoutConfig::default(), &metrics);
         let back = viewer.unpark();
         assert_eq!(back.last_id, Some(2));
         let mut whole = socket.got.lock().unwrap()[first.len()..].to_vec();
@@ -388,8 +383,8 @@ mod tests {
 
         // No longer parked: the next frame waits in the ring for the task.
         room.push(&[danmaku(3)], Instant::now());
-        let published = room.flush(&FanoutConfig::default(), &metrics).unwrap();
-        room.pass_now(&published, &metrics);
+        assert!(room.flush(&FanoutConfig::default(), &metrics));
+        room.pass_now(&FanoutConfig::default(), &metrics);
         assert!(matches!(viewer.try_recv(), Some(Received::Frame(_))));
     }
 }
