@@ -72,7 +72,7 @@ impl Hub {
             self.metrics.rooms.inc();
             let hub = Arc::downgrade(self);
             self.runtime.spawn(room.clone().run_flusher(
-                self.config.clone(),
+                self.config,
                 self.metrics.clone(),
                 move |room| hub.upgrade().is_none_or(|hub| hub.retire(room)),
             ));

@@ -91,7 +91,7 @@ impl Node {
     /// inside a Tokio runtime.
     pub fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.fanout.clone(), metrics.clone());
+        let hub = Hub::new(config.fanout, metrics.clone());
         let bus = Arc::new(MemoryBus::new());
         bus.subscribe(Arc::new(hub.clone()));
         let publish = bus.clone();
