@@ -139,15 +139,21 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
         }));
     }
     let mut sent = 0;
+    let mut late = Duration::ZERO;
     for t in sender_tasks {
         match t.await? {
-            Ok(n) => sent += n,
+            Ok(done) => {
+                sent += done.acked;
+                late = late.max(done.late);
+            }
             Err(e) => {
                 errors += 1;
                 tracing::warn!(error = %e, "sender failed");
             }
         }
     }
+    // The planned window, or longer if a sender fell behind it.
+    let sending_s = (plan.duration + late).as_secs_f64();
     // Tell each room's viewers the last id to wait for.
     for (room, fin) in finals.iter().enumerate() {
         let _ = fin.send(Some(last_ids[room].load(Ordering::Relaxed)));
@@ -181,8 +187,12 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     }
     let end = last_delivery.load(Ordering::Relaxed);
     let start = now_micros() - send_started.elapsed().as_micros() as u64;
-    let elapsed = (end.saturating_sub(start) as f64 / 1e6).max(plan.duration.as_secs_f64());
-    report.delivered_per_s = Some(delivered as f64 / elapsed);
+    let elapsed = (end.saturating_sub(start) as f64 / 1e6).max(sending_s);
+    // Per second of the window the load was offered in: the rate the
+    // server kept up with. How late the receipts came is the latency's to
+    // tell, and `sending_s` shows whether the senders kept their pace.
+    report.delivered_per_s = Some(delivered as f64 / plan.duration.as_secs_f64());
+    report.sending_s = Some(sending_s);
     report.elapsed_s = Some(elapsed);
     report.lost = Some(lost);
     report.duplicated = Some(dup);
@@ -195,8 +205,6 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     Ok(report)
 }
 
-/// Sends at `rate` per second for `duration`; returns how many were
-/// acknowledged, and raises `last_id` to the newest acknowledged id.
 /// When and how fast one sender sends.
 struct Pace {
     /// When sending starts, for all senders.
@@ -209,26 +217,33 @@ struct Pace {
     duration: Duration,
 }
 
+/// Sends `rate × duration` danmaku at `rate` per second; returns how many
+/// were acknowledged and when the last was sent, and raises `last_id` to
+/// the newest acknowledged id.
 async fn send(
     url: String,
     pace: Pace,
     counters: Arc<Counters>,
     last_id: &AtomicU64,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Sent> {
     let (ws, _) = tokio_tungstenite::connect_async(&url).await?;
     let (mut sink, mut stream) = ws.split();
     let period = Duration::from_secs_f64(1.0 / pace.rate);
     let first = pace.start + period.mul_f64(pace.phase);
     let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    let deadline = first.into_std() + pace.duration;
+    // Exactly rate × duration sends, the last one period before the end.
+    let planned = (pace.rate * pace.duration.as_secs_f64()).round().max(1.0) as u64;
     let mut sent = 0u64;
     let mut acked = 0u64;
-    while Instant::now() < deadline {
+    let planned_last = first.into_std() + period.mul_f64((planned - 1) as f64);
+    let mut last_send = Instant::now();
+    while sent < planned {
         tokio::select! {
             _ = tick.tick() => {
                 let text = format!(r#"{{"type":"send","text":"{STAMP}{}"}}"#, now_micros());
                 sink.send(Message::text(text)).await?;
+                last_send = Instant::now();
                 sent += 1;
             }
             msg = stream.next() => acked += on_answer(msg, &counters, last_id)?,
@@ -244,7 +259,18 @@ async fn send(
         }
     }
     let _ = sink.close().await;
-    Ok(acked)
+    Ok(Sent {
+        acked,
+        late: last_send.saturating_duration_since(planned_last),
+    })
+}
+
+/// What one sender did.
+struct Sent {
+    /// Sends acknowledged.
+    acked: u64,
+    /// How much later than planned it made its last send.
+    late: Duration,
 }
 
 /// Counts an `ack` (1) among the frames a sender receives.

@@ -22,7 +22,8 @@ pub struct Report {
     pub sent: Option<u64>,
     /// Acknowledged sends per second (ingest).
     pub acked_per_s: Option<f64>,
-    /// Deliveries (danmaku received by viewers) per second.
+    /// Deliveries (danmaku received by viewers) per second of sending: the
+    /// rate the server kept up with.
     pub delivered_per_s: Option<f64>,
     /// Latency percentiles, ms: send to receipt (fanout, rooms) or send to
     /// acknowledgement (ingest).
@@ -57,7 +58,11 @@ pub struct Report {
     pub server_rss_per_conn_bytes: Option<f64>,
     /// Server CPU time used during the scenario, seconds.
     pub server_cpu_s: Option<f64>,
-    /// Wall-clock seconds of the measured phase.
+    /// Seconds of sending (fanout, rooms): `--duration`, or longer if the
+    /// senders fell behind their pace.
+    pub sending_s: Option<f64>,
+    /// Wall-clock seconds of the measured phase: for fanout and rooms, from
+    /// the first send to the last receipt.
     pub elapsed_s: Option<f64>,
 }
 

@@ -111,10 +111,25 @@ pub struct Viewer {
     pause: Option<std::time::Duration>,
 }
 
-/// The searchers of the keys scanned for in every danmaku, built once:
+/// The searchers of the keys scanned for in every frame, built once:
 /// building one per lookup showed in the generator's profile.
-static ID_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(br#"{"id":"#));
-static STAMP_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(STAMP_KEY));
+struct Keys {
+    id: Finder<'static>,
+    stamp: Finder<'static>,
+    items: Finder<'static>,
+    thinned: Finder<'static>,
+    last: Finder<'static>,
+    last_id: Finder<'static>,
+}
+
+static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
+    id: Finder::new(br#"{"id":"#),
+    stamp: Finder::new(STAMP_KEY),
+    items: Finder::new(br#""items":"#),
+    thinned: Finder::new(br#""thinned":"#),
+    last: Finder::new(br#""last":"#),
+    last_id: Finder::new(br#""last_id":"#),
+});
 
 /// Finds `key` in `hay` from `from` and parses the digits after it.
 fn number_after(hay: &[u8], key: &Finder<'_>, from: usize) -> Option<(u64, usize)> {
@@ -135,12 +150,13 @@ impl Seen {
         if payload.starts_with(br#"{"type":"danmaku""#) {
             // Density control names what it left out before the items: the
             // ids it skipped are thinned, not lost.
-            let head = &payload[..memmem::find(payload, br#""items":"#).unwrap_or(0)];
-            let thinned = number_after(head, &Finder::new(br#""thinned":"#), 0).map(|(n, _)| n);
-            let last = number_after(head, &Finder::new(br#""last":"#), 0).map(|(n, _)| n);
+            let keys = &*KEYS;
+            let head = &payload[..keys.items.find(payload).unwrap_or(0)];
+            let thinned = number_after(head, &keys.thinned, 0).map(|(n, _)| n);
+            let last = number_after(head, &keys.last, 0).map(|(n, _)| n);
             let now = self.latency.as_ref().map(|_| now_micros());
             let mut pos = 0;
-            while let Some((id, after)) = number_after(payload, &ID_KEY, pos) {
+            while let Some((id, after)) = number_after(payload, &keys.id, pos) {
                 pos = after;
                 self.received += 1;
                 if self.next_id == 0 || id == self.next_id {
@@ -152,7 +168,7 @@ impl Seen {
                     self.duplicated += 1;
                 }
                 if let (Some(h), Some(now)) = (self.latency.as_mut(), now) {
-                    if let Some((sent, _)) = number_after(payload, &STAMP_FINDER, pos) {
+                    if let Some((sent, _)) = number_after(payload, &keys.stamp, pos) {
                         let _ = h.record(now.saturating_sub(sent).max(1));
                     }
                 }
@@ -166,7 +182,7 @@ impl Seen {
                 self.thinned += n;
             }
         } else if payload.starts_with(br#"{"type":"hello""#) {
-            if let Some((last, _)) = number_after(payload, &Finder::new(br#""last_id":"#), 0) {
+            if let Some((last, _)) = number_after(payload, &KEYS.last_id, 0) {
                 self.next_id = last + 1;
             }
         } else if payload.starts_with(br#"{"type":"lagged""#) {

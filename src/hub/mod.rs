@@ -2,9 +2,9 @@
 //!
 //! The hub receives committed batches from the bus, coalesces each room's
 //! danmaku for a short window, encodes them once per room per flush, and
-//! puts the frame in the room's ring. The room's flusher then writes the
-//! same bytes straight to every idle viewer's socket, through a sink the
-//! transport provides, and wakes the viewers that are busy, which take the
+//! puts the frame in the room's ring. The room's passes then write the same
+//! bytes straight to every idle viewer's socket, through a sink the
+//! transport provides, and wake the viewers that are busy, which take the
 //! frame from the ring themselves. The hub never touches storage, never
 //! knows a wire protocol, and never parses or serialises anything per
 //! viewer.
@@ -25,6 +25,7 @@ use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
 
 pub use frame::{encode_ws, Frame, FrameKind};
+use room::PassThreads;
 pub use room::{Room, RoomStats};
 pub use seat::{DirectSink, Received, Unparked, Viewer};
 
@@ -38,6 +39,7 @@ pub struct Hub {
     config: FanoutConfig,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    pass_threads: Arc<PassThreads>,
 }
 
 impl Hub {
@@ -48,6 +50,7 @@ impl Hub {
             config,
             metrics,
             runtime: tokio::runtime::Handle::current(),
+            pass_threads: Arc::new(PassThreads::new()),
         })
     }
 
@@ -74,6 +77,7 @@ impl Hub {
             self.runtime.spawn(room.clone().run_flusher(
                 self.config,
                 self.metrics.clone(),
+                self.pass_threads.clone(),
                 move |room| hub.upgrade().is_none_or(|hub| hub.retire(room)),
             ));
             shard.insert(room.name().into(), room);

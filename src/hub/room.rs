@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use super::density::Density;
 use super::frame::Frame;
@@ -24,6 +24,23 @@ const ITEM_OVERHEAD: usize = 160;
 /// hold up every socket, timer and acknowledgement queued behind them,
 /// while the kernel time-slices a thread of its own.
 const INLINE_PASS_SEATS: usize = 128;
+
+/// The threads that write big rooms' passes, shared by every room: one per
+/// core, however many rooms are hot at once.
+pub(super) struct PassThreads {
+    permits: Semaphore,
+    cores: usize,
+}
+
+impl PassThreads {
+    pub(super) fn new() -> PassThreads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PassThreads {
+            permits: Semaphore::new(cores),
+            cores,
+        }
+    }
+}
 
 /// A pass checks whether the room's pending danmaku are due after this many
 /// seats (about half a millisecond of writes).
@@ -350,14 +367,22 @@ impl Room {
     /// waits for the ring. Each seat gets what the ring holds when the pass
     /// reaches it, so a frame published during a pass still reaches the
     /// seats the pass has not reached yet.
-    async fn pass(self: Arc<Self>, config: FanoutConfig, metrics: Arc<Metrics>) {
+    async fn pass(
+        self: Arc<Self>,
+        config: FanoutConfig,
+        metrics: Arc<Metrics>,
+        threads: Arc<PassThreads>,
+    ) {
         let seats = self.seat_list();
         let started = Instant::now();
         if seats.len() <= INLINE_PASS_SEATS {
             serve_seats(&self, &seats, &config, &metrics);
         } else {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let parts = cores.min(seats.len().div_ceil(INLINE_PASS_SEATS));
+            let parts = threads.cores.min(seats.len().div_ceil(INLINE_PASS_SEATS));
+            // One permit per part: no more parts write than there are cores.
+            let Ok(_permits) = threads.permits.acquire_many(parts as u32).await else {
+                return;
+            };
             let part = seats.len().div_ceil(parts);
             let mut tasks = tokio::task::JoinSet::new();
             for start in (0..seats.len()).step_by(part) {
@@ -393,6 +418,7 @@ impl Room {
         self: Arc<Self>,
         config: FanoutConfig,
         metrics: Arc<Metrics>,
+        threads: Arc<PassThreads>,
         retire: impl Fn(&Arc<Room>) -> bool,
     ) {
         let online_every = Duration::from_millis(config.online_interval_ms);
@@ -424,7 +450,11 @@ impl Room {
             }
             if pass.is_none() && self.ring_end() > passed_to {
                 passed_to = self.ring_end();
-                pass = Some(tokio::spawn(self.clone().pass(config, metrics.clone())));
+                pass = Some(tokio::spawn(self.clone().pass(
+                    config,
+                    metrics.clone(),
+                    threads.clone(),
+                )));
             }
             let deadline = next_wake.unwrap_or(now + idle.max(Duration::from_secs(1)));
             tokio::select! {

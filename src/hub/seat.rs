@@ -300,10 +300,37 @@ mod tests {
     use crate::danmaku::Danmaku;
     use crate::metrics::Metrics;
 
-    /// A socket that takes `room` more bytes, then would block.
+    /// A socket that takes `room` more bytes, then would block. On its
+    /// first write it runs `on_write` (to act during a pass).
     struct Socket {
         room: Mutex<usize>,
         got: Mutex<Vec<u8>>,
+        on_write: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Socket {
+        fn open() -> Arc<Socket> {
+            Arc::new(Socket {
+                room: Mutex::new(usize::MAX),
+                got: Mutex::new(Vec::new()),
+                on_write: Mutex::new(None),
+            })
+        }
+
+        /// The danmaku ids in the frames written so far.
+        fn ids(&self) -> Vec<u64> {
+            let got = self.got.lock().unwrap();
+            let text = String::from_utf8_lossy(&got);
+            text.match_indices(r#"{"id":"#)
+                .map(|(at, key)| {
+                    let digits = text[at + key.len()..]
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .unwrap();
+                    digits.parse().unwrap()
+                })
+                .collect()
+        }
     }
 
     impl DirectSink for Socket {
@@ -312,6 +339,9 @@ mod tests {
         }
 
         fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if let Some(act) = self.on_write.lock().unwrap().take() {
+                act();
+            }
             let mut room = self.room.lock().unwrap();
             if *room == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -346,10 +376,7 @@ mod tests {
     fn a_parked_viewer_is_written_to_and_handed_back_with_the_rest_in_order() {
         let room = Arc::new(Room::new("r", 8));
         let mut viewer = room.join();
-        let socket = Arc::new(Socket {
-            room: Mutex::new(usize::MAX),
-            got: Mutex::new(Vec::new()),
-        });
+        let socket = Socket::open();
         viewer.attach(socket.clone());
         assert!(viewer.park());
         let metrics = Metrics::new();
@@ -386,5 +413,34 @@ mod tests {
         assert!(room.flush(&FanoutConfig::default(), &metrics));
         room.pass_now(&FanoutConfig::default(), &metrics);
         assert!(matches!(viewer.try_recv(), Some(Received::Frame(_))));
+    }
+
+    #[test]
+    fn a_frame_published_during_a_pass_reaches_the_seats_it_has_yet_to_visit() {
+        let room = Arc::new(Room::new("r", 8));
+        let metrics = Arc::new(Metrics::new());
+        let config = FanoutConfig::default();
+        let (mut first, mut second) = (room.join(), room.join());
+        let (a, b) = (Socket::open(), Socket::open());
+        first.attach(a.clone());
+        second.attach(b.clone());
+        assert!(first.park() && second.park());
+
+        // While the pass writes to the first seat, danmaku 2 is published.
+        let (r, m) = (room.clone(), metrics.clone());
+        *a.on_write.lock().unwrap() = Some(Box::new(move || {
+            r.push(&[danmaku(2)], Instant::now());
+            assert!(r.flush(&config, &m));
+        }));
+        room.push(&[danmaku(1)], Instant::now());
+        assert!(room.flush(&config, &metrics));
+        room.pass_now(&config, &metrics);
+
+        assert_eq!(a.ids(), [1], "visited before danmaku 2 existed");
+        assert_eq!(b.ids(), [1, 2], "the same pass brought both");
+        // The next pass brings the first seat level.
+        room.pass_now(&config, &metrics);
+        assert_eq!(a.ids(), [1, 2]);
+        assert_eq!(b.ids(), [1, 2], "nothing twice");
     }
 }
