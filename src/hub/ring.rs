@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::frame::Frame;
 
-/// The last `capacity` frames of a room. Frame numbers (sequence numbers)
+/// At most the last `capacity` frames of a room (fewer once the room has
+/// released those every viewer took). Frame numbers (sequence numbers)
 /// start at 0 and never repeat; the ring holds `first..end()`.
 pub(super) struct Ring {
     frames: VecDeque<Arc<Frame>>,
@@ -52,6 +53,13 @@ impl Ring {
         }
         self.frames.push_back(frame);
         self.end() - 1
+    }
+
+    /// Forgets the frames before `seq`: no viewer needs them any more.
+    pub(super) fn release_before(&mut self, seq: u64) {
+        while self.first < seq && self.frames.pop_front().is_some() {
+            self.first += 1;
+        }
     }
 
     /// The frame numbered `seq`.
@@ -125,6 +133,12 @@ mod tests {
         assert_eq!(ring.end(), 3);
         assert!(matches!(ring.get(0), Slot::Gone { oldest: 1 }));
         assert!(matches!(ring.get(2), Slot::Frame(_)));
+        assert!(matches!(ring.get(3), Slot::Empty));
+        ring.release_before(2);
+        assert!(matches!(ring.get(1), Slot::Gone { oldest: 2 }));
+        assert!(matches!(ring.get(2), Slot::Frame(_)));
+        ring.release_before(10);
+        assert_eq!(ring.end(), 3, "numbers go on where they were");
         assert!(matches!(ring.get(3), Slot::Empty));
     }
 

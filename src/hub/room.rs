@@ -366,17 +366,24 @@ impl Room {
     /// to every parked viewer's socket, and waking every viewer whose task
     /// waits for the ring. Each seat gets what the ring holds when the pass
     /// reaches it, so a frame published during a pass still reaches the
-    /// seats the pass has not reached yet.
-    async fn pass(
+    /// seats the pass has not reached yet. Afterwards the ring forgets the
+    /// frames every viewer has taken: a room's history is the store's to
+    /// keep, and 2,000 quiet rooms holding 256 frames each came to hundreds
+    /// of megabytes.
+    pub(super) async fn pass(
         self: Arc<Self>,
         config: FanoutConfig,
         metrics: Arc<Metrics>,
         threads: Arc<PassThreads>,
     ) {
+        // Read before the seats: a viewer that joins after this pass took
+        // its list starts at this end or later.
+        let end = self.ring_end();
         let seats = self.seat_list();
         let started = Instant::now();
+        let mut needed = end;
         if seats.len() <= INLINE_PASS_SEATS {
-            serve_seats(&self, &seats, &config, &metrics);
+            needed = needed.min(serve_seats(&self, &seats, &config, &metrics));
         } else {
             let parts = threads.cores.min(seats.len().div_ceil(INLINE_PASS_SEATS));
             // One permit per part: no more parts write than there are cores.
@@ -389,11 +396,15 @@ impl Room {
                 let (room, seats, metrics) = (self.clone(), seats.clone(), metrics.clone());
                 tasks.spawn_blocking(move || {
                     let end = (start + part).min(seats.len());
-                    serve_seats(&room, &seats[start..end], &config, &metrics);
+                    serve_seats(&room, &seats[start..end], &config, &metrics)
                 });
             }
-            while tasks.join_next().await.is_some() {}
+            while let Some(part_needed) = tasks.join_next().await {
+                // A part that panicked reports nothing: keep every frame.
+                needed = needed.min(part_needed.unwrap_or(0));
+            }
         }
+        self.ring().release_before(needed);
         metrics
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -475,10 +486,12 @@ impl Room {
 /// One task's share of a pass: serves each seat, and counts the danmaku
 /// taken for viewers in one go. Publishes the room's pending danmaku when
 /// they fall due on the way: waiting for the flusher's turn on a busy
-/// runtime would hold them until the pass ends.
-fn serve_seats(room: &Room, seats: &[Arc<Seat>], config: &FanoutConfig, metrics: &Metrics) {
+/// runtime would hold them until the pass ends. Returns the oldest frame
+/// any of these viewers still needed.
+fn serve_seats(room: &Room, seats: &[Arc<Seat>], config: &FanoutConfig, metrics: &Metrics) -> u64 {
     let mut tail = Tail::default();
     let mut delivered = 0u64;
+    let mut needed = u64::MAX;
     for (i, seat) in seats.iter().enumerate() {
         if i % FLUSH_CHECK_SEATS == FLUSH_CHECK_SEATS - 1 {
             room.flush_when_due(config, metrics);
@@ -486,7 +499,7 @@ fn serve_seats(room: &Room, seats: &[Arc<Seat>], config: &FanoutConfig, metrics:
         if seat.gone.load(Ordering::Relaxed) {
             continue;
         }
-        let Some(taken) = seat.serve(room, &mut tail) else {
+        let Some(taken) = seat.serve(room, &mut tail, &mut needed) else {
             continue;
         };
         for frame in tail.get(taken) {
@@ -498,6 +511,7 @@ fn serve_seats(room: &Room, seats: &[Arc<Seat>], config: &FanoutConfig, metrics:
         }
     }
     metrics.deliveries.inc_by(delivered);
+    needed
 }
 
 /// Danmaku per second over a sliding ten-second window.

@@ -89,9 +89,16 @@ impl Seat {
     /// Called by a flusher's pass: writes what the ring holds past the
     /// viewer's place to a parked viewer's socket, or wakes a viewer whose
     /// task waits. Returns the frames taken for the viewer (written, or
-    /// left over for its task to finish), as numbers into `tail`.
-    pub(super) fn serve(&self, room: &Room, tail: &mut Tail) -> Option<Range<u64>> {
+    /// left over for its task to finish), as numbers into `tail`. Lowers
+    /// `needed` to the oldest frame the viewer still needed when served.
+    pub(super) fn serve(
+        &self,
+        room: &Room,
+        tail: &mut Tail,
+        needed: &mut u64,
+    ) -> Option<Range<u64>> {
         let mut s = self.state();
+        *needed = (*needed).min(s.next);
         let end = room.ring_end();
         if s.next >= end {
             return None;
@@ -442,5 +449,33 @@ mod tests {
         room.pass_now(&config, &metrics);
         assert_eq!(a.ids(), [1, 2]);
         assert_eq!(b.ids(), [1, 2], "nothing twice");
+    }
+
+    #[tokio::test]
+    async fn after_a_pass_the_ring_keeps_only_what_a_viewer_still_needs() {
+        let room = Arc::new(Room::new("r", 8));
+        let metrics = Arc::new(Metrics::new());
+        let config = FanoutConfig::default();
+        let threads = Arc::new(crate::hub::room::PassThreads::new());
+        let (mut ahead, mut behind) = (room.join(), room.join());
+        for id in 1..=3 {
+            room.push(&[danmaku(id)], Instant::now());
+            assert!(room.flush(&config, &metrics));
+        }
+        for _ in 0..3 {
+            assert!(matches!(ahead.try_recv(), Some(Received::Frame(_))));
+        }
+        assert!(matches!(behind.try_recv(), Some(Received::Frame(_))));
+
+        let pass = || room.clone().pass(config, metrics.clone(), threads.clone());
+        pass().await;
+        assert!(matches!(room.ring_get(0), Slot::Gone { oldest: 1 }));
+        assert!(matches!(behind.try_recv(), Some(Received::Frame(_))));
+        assert!(matches!(behind.try_recv(), Some(Received::Frame(_))));
+        assert!(behind.try_recv().is_none(), "nothing lost to the release");
+
+        pass().await;
+        assert!(matches!(room.ring_get(2), Slot::Gone { oldest: 3 }));
+        assert_eq!(room.ring_end(), 3);
     }
 }
