@@ -87,15 +87,50 @@ impl HeldQueues {
         taken
     }
 
-    /// Puts a taken send back at the front (its approval failed to store).
+    /// Puts a taken send back in its place (its approval or rejection
+    /// failed to commit), so the queue stays oldest first.
     pub fn restore(&self, held: Held) {
-        self.lock()
-            .entry(held.danmaku.room.clone())
-            .or_default()
-            .push_front(held);
+        let mut rooms = self.lock();
+        let queue = rooms.entry(held.danmaku.room.clone()).or_default();
+        let at = queue.partition_point(|h| h.held < held.held);
+        queue.insert(at, held);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Held>>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::danmaku::{Color, Mode};
+
+    fn held(id: u64) -> Held {
+        Held {
+            held: id,
+            ts: 0,
+            danmaku: NewDanmaku {
+                room: "r".into(),
+                user: "u".into(),
+                name: "n".into(),
+                text: id.to_string(),
+                mode: Mode::Scroll,
+                color: Color(0),
+                size: 25,
+                vt: None,
+                priority: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_restored_send_goes_back_in_its_place() {
+        let queues = HeldQueues::new((1..=3).map(held).collect());
+        let taken = queues.take("r", 2).unwrap();
+        assert!(queues.take("r", 2).is_none(), "taken once");
+        queues.restore(taken);
+        let ids: Vec<u64> = queues.list("r").iter().map(|h| h.held).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
     }
 }

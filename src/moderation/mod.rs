@@ -101,9 +101,9 @@ pub struct AuditEntry {
 /// A change of durable state that goes with an audit entry.
 #[derive(Clone, Debug)]
 pub enum Change {
-    /// Drop a held send (approved, and then stored by the usual path, or
-    /// rejected).
-    Release {
+    /// Drop a rejected held send. (An approval is one transaction of its
+    /// own: `ModerationStore::approve`.)
+    Reject {
         /// Its held id.
         held: u64,
     },

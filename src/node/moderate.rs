@@ -14,6 +14,7 @@ use crate::danmaku::{now_ms, Danmaku};
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{self, Admin, Sender};
 use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomPatch, RoomSettings};
+use crate::store::StoreError;
 
 /// How long an author may recall their own danmaku, from its `ts`.
 pub const SELF_RECALL_MS: i64 = 120_000;
@@ -160,28 +161,21 @@ impl Node {
     }
 
     /// Approves a held send: stores and delivers it under its original
-    /// sender's user and name.
+    /// sender's user and name. One store transaction removes the held send,
+    /// stores the danmaku and writes the audit entry; the danmaku is then
+    /// published like any committed send.
     pub async fn approve(&self, admin: &Admin, room: &str, held: u64) -> Result<Danmaku, ApiError> {
         let taken = self.take_held(room, held)?;
-        let stored = match self.store.append(taken.danmaku.clone()).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.guard.held().restore(taken);
-                return Err(e.into());
-            }
-        };
-        let detail = json!({ "id": stored.id, "user": stored.user });
-        let entry = entry(
-            admin.user(),
-            "approve",
-            Some(room),
-            held.to_string(),
-            detail,
-        );
-        // Stored already: if this fails, the held row outlives it and comes
-        // back after a restart (a second approval would store it twice).
-        self.ledger.record(Change::Release { held }, entry).await?;
-        Ok(stored)
+        let (actor, room) = (admin.user().to_owned(), room.to_owned());
+        let audit = Box::new(move |d: &Danmaku| {
+            let detail = json!({ "id": d.id, "user": d.user });
+            entry(&actor, "approve", Some(&room), held.to_string(), detail)
+        });
+        let approved = self
+            .ledger
+            .approve(held, taken.danmaku.clone(), audit)
+            .await;
+        self.settle_held(taken, approved)
     }
 
     /// Rejects a held send: it is dropped.
@@ -189,14 +183,8 @@ impl Node {
         let taken = self.take_held(room, held)?;
         let detail = json!({ "user": taken.danmaku.user, "text": taken.danmaku.text });
         let entry = entry(admin.user(), "reject", Some(room), held.to_string(), detail);
-        match self.ledger.record(Change::Release { held }, entry).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(no_held()),
-            Err(e) => {
-                self.guard.held().restore(taken);
-                Err(e.into())
-            }
-        }
+        let rejected = self.ledger.record(Change::Reject { held }, entry).await;
+        self.settle_held(taken, rejected.map(|found| found.then_some(())))
     }
 
     /// The sends `room` holds, oldest first.
@@ -218,6 +206,24 @@ impl Node {
     fn take_held(&self, room: &str, held: u64) -> Result<Held, ApiError> {
         guard::check_room(room)?;
         self.guard.held().take(room, held).ok_or_else(no_held)
+    }
+
+    /// The answer to an approval or rejection of `taken`: `None` means the
+    /// store no longer held it (someone else settled it); on an error
+    /// nothing was written, so it is held again.
+    fn settle_held<T>(
+        &self,
+        taken: Held,
+        outcome: Result<Option<T>, StoreError>,
+    ) -> Result<T, ApiError> {
+        match outcome {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => Err(no_held()),
+            Err(e) => {
+                self.guard.held().restore(taken);
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -22,6 +22,10 @@ pub use sqlite::SqliteStore;
 /// It must not block: it hands the batch on and returns.
 pub type CommitListener = Box<dyn Fn(&[Danmaku]) + Send>;
 
+/// Makes the audit entry of an approval from the danmaku it stored (whose
+/// id exists only inside the approving transaction).
+pub type AuditOf = Box<dyn FnOnce(&Danmaku) -> AuditEntry + Send>;
+
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,14 +92,30 @@ pub trait ModerationStore: Send + Sync + 'static {
     /// at start-up, before the server takes requests.
     fn load_moderation(&self) -> Result<Snapshot, StoreError>;
 
-    /// Durably holds a send for pre-moderation and numbers it.
+    /// Durably holds a send for pre-moderation and numbers it; after the
+    /// sends queued before it are stored.
     async fn hold(&self, new: NewDanmaku) -> Result<Held, StoreError>;
 
     /// Applies `change` and appends `entry` to the audit log, atomically.
     /// Returns whether the change found something to change (a recall of
-    /// a missing danmaku, a release of a missing held send: false, and then
-    /// nothing is written).
+    /// a missing danmaku, a rejection of a missing held send: false, and
+    /// then nothing is written).
     async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError>;
+
+    /// Approves held send `held` (whose send is `new`) in one transaction:
+    /// deletes it from the held sends, stores `new` under its room's next
+    /// id exactly as [`Store::append`] does, and appends the audit entry
+    /// `entry` makes for the stored danmaku. Once committed, the danmaku
+    /// goes to the commit listener like any committed batch, and only then
+    /// is it returned. `None`, and nothing written, if the held send no
+    /// longer exists (approved or rejected meanwhile); on error nothing is
+    /// written either.
+    async fn approve(
+        &self,
+        held: u64,
+        new: NewDanmaku,
+        entry: AuditOf,
+    ) -> Result<Option<Danmaku>, StoreError>;
 
     /// Up to `limit` audit entries with an id below `before` (all when
     /// `None`), newest first.

@@ -14,10 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::types::ToSql;
+use rusqlite::{
+    params, params_from_iter, Connection, OpenFlags, OptionalExtension, Statement, Transaction,
+    TransactionBehavior,
+};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitListener, ModerationStore, Store, StoreError};
+use super::{AuditOf, CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
@@ -89,23 +93,20 @@ PRAGMA user_version = 2;
 
 const COLUMNS: &str = "id, room, user, name, text, mode, color, size, ts, vt";
 
-/// A request to the writer thread.
+/// Work for the writer other than an append: it runs on the writer's
+/// connection and sends its own reply.
+type Job = Box<dyn FnOnce(&mut Writer) + Send>;
+
+/// A request to the writer thread. Ops take effect in the order they are
+/// queued: appends are gathered for group commit, and a job runs only after
+/// the appends queued before it are committed (and acknowledged).
 enum Op {
     Append {
         new: NewDanmaku,
         reply: oneshot::Sender<Result<Danmaku, StoreError>>,
     },
-    /// Hold a send for pre-moderation.
-    Hold {
-        new: NewDanmaku,
-        reply: oneshot::Sender<Result<Held, StoreError>>,
-    },
-    /// A moderation change and its audit entry, in one transaction.
-    Record {
-        change: Change,
-        entry: AuditEntry,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
-    },
+    /// A hold, a moderation change, an approval: see [`SqliteStore::on_writer`].
+    Run(Job),
     /// Commit what is queued, refuse the rest, stop.
     Close { done: oneshot::Sender<()> },
 }
@@ -170,18 +171,41 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Worker(e.to_string()))?
     }
+
+    /// Queues the op `op` builds around a reply channel and waits for the
+    /// writer's answer.
+    async fn ask<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Op,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // A dropped reply means the writer stopped before doing it.
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `job` on the writer thread, after the appends queued before it
+    /// are committed, and returns what it returns.
+    async fn on_writer<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Writer) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.ask(|reply| {
+            Op::Run(Box::new(move |w: &mut Writer| {
+                let _ = reply.send(job(w));
+            }))
+        })
+        .await
+    }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, new: NewDanmaku) -> Result<Danmaku, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.ops
-            .send(Op::Append { new, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // A dropped reply means the writer stopped before committing it.
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.ask(|reply| Op::Append { new, reply }).await
     }
 
     async fn after(
@@ -315,25 +339,20 @@ impl ModerationStore for SqliteStore {
     }
 
     async fn hold(&self, new: NewDanmaku) -> Result<Held, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.ops
-            .send(Op::Hold { new, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.on_writer(move |w| w.hold(new)).await
     }
 
     async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.ops
-            .send(Op::Record {
-                change,
-                entry,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.on_writer(move |w| w.record(change, &entry)).await
+    }
+
+    async fn approve(
+        &self,
+        held: u64,
+        new: NewDanmaku,
+        entry: AuditOf,
+    ) -> Result<Option<Danmaku>, StoreError> {
+        self.on_writer(move |w| w.approve(held, new, entry)).await
     }
 
     async fn audit(
@@ -459,21 +478,14 @@ impl Writer {
                         news.push(new);
                         replies.push(reply);
                     }
-                    Op::Record {
-                        change,
-                        entry,
-                        reply,
-                    } => {
-                        // Sends queued before the change are committed
-                        // before it, so a recall never overtakes the send
-                        // it recalls.
+                    Op::Run(job) => {
+                        // Sends queued before the job are committed before
+                        // it: a recall never overtakes the send it recalls,
+                        // nor a hold the same sender's earlier sends.
                         if !news.is_empty() {
                             self.commit_and_reply(&mut news, &mut replies);
                         }
-                        let _ = reply.send(self.record(change, &entry));
-                    }
-                    Op::Hold { new, reply } => {
-                        let _ = reply.send(self.hold(new));
+                        job(&mut self);
                     }
                     Op::Close { done } => {
                         // Refuse new sends; those already queued are still
@@ -507,8 +519,7 @@ impl Writer {
                 self.metrics
                     .store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                self.metrics.received.inc_by(stored.len() as u64);
-                (self.on_commit)(&stored);
+                self.publish(&stored);
                 for (reply, d) in replies.drain(..).zip(stored) {
                     // The sender may have gone; its danmaku is stored anyway.
                     let _ = reply.send(Ok(d));
@@ -527,22 +538,11 @@ impl Writer {
     /// Stores a held send in its own transaction; the table numbers it.
     fn hold(&mut self, new: NewDanmaku) -> Result<Held, StoreError> {
         let ts = now_ms();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO held (room, user, name, text, mode, color, size, ts, vt) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                new.room,
-                new.user,
-                new.name,
-                new.text,
-                new.mode.code(),
-                new.color.0,
-                new.size,
-                ts,
-                new.vt
-            ])?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO held (room, user, name, text, mode, color, size, ts, vt) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        insert_send(&mut insert, None, &new, ts)?;
         Ok(Held {
             held: self.conn.last_insert_rowid() as u64,
             ts,
@@ -557,9 +557,7 @@ impl Writer {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = match change {
-            Change::Release { held } => {
-                tx.execute("DELETE FROM held WHERE hid = ?1", [held as i64])? > 0
-            }
+            Change::Reject { held } => release(&tx, held)?,
             Change::Recall { room, id } => {
                 tx.execute(
                     "DELETE FROM danmaku WHERE room = ?1 AND id = ?2",
@@ -601,21 +599,42 @@ impl Writer {
             }
         };
         if changed {
-            tx.execute(
-                "INSERT INTO audit (ts, actor, action, room, target, detail) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    entry.ts,
-                    entry.actor,
-                    entry.action,
-                    entry.room,
-                    entry.target,
-                    entry.detail.to_string()
-                ],
-            )?;
+            audit(&tx, entry)?;
             tx.commit()?;
         }
         Ok(changed)
+    }
+
+    /// Approves a held send in one transaction: deletes its row, stores the
+    /// danmaku under its room's next id and appends the audit entry `entry`
+    /// makes for it. Once committed, publishes it like a group commit.
+    /// `None`, and nothing written, if the held send is gone.
+    fn approve(
+        &mut self,
+        held: u64,
+        new: NewDanmaku,
+        entry: AuditOf,
+    ) -> Result<Option<Danmaku>, StoreError> {
+        let ts = now_ms();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !release(&tx, held)? {
+            return Ok(None);
+        }
+        let (stored, bumped) = insert_numbered(&tx, &self.last_ids, [new], ts)?;
+        audit(&tx, &entry(&stored[0]))?;
+        tx.commit()?;
+        self.last_ids.extend(bumped);
+        self.publish(&stored);
+        Ok(stored.into_iter().next())
+    }
+
+    /// Hands committed danmaku to the commit listener, before any of them
+    /// is acknowledged.
+    fn publish(&self, stored: &[Danmaku]) {
+        self.metrics.received.inc_by(stored.len() as u64);
+        (self.on_commit)(stored);
     }
 
     /// Stores `news` in one transaction. On error nothing is stored and the
@@ -625,49 +644,97 @@ impl Writer {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut bumped: HashMap<String, u64> = HashMap::new();
-        let mut stored = Vec::with_capacity(news.len());
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO danmaku (id, room, user, name, text, mode, color, size, ts, vt) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for new in news.drain(..) {
-                let last = match bumped
-                    .get(&new.room)
-                    .or_else(|| self.last_ids.get(&new.room))
-                {
-                    Some(id) => *id,
-                    None => read_last_id(&tx, &new.room)?,
-                };
-                let id = last + 1;
-                insert.execute(params![
-                    id as i64,
-                    new.room,
-                    new.user,
-                    new.name,
-                    new.text,
-                    new.mode.code(),
-                    new.color.0,
-                    new.size,
-                    ts,
-                    new.vt
-                ])?;
-                bumped.insert(new.room.clone(), id);
-                stored.push(Danmaku::stored(new, id, ts));
-            }
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO rooms (name, last_id) VALUES (?1, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
-            )?;
-            for (room, id) in &bumped {
-                upsert.execute(params![room, *id as i64])?;
-            }
-        }
+        let (stored, bumped) = insert_numbered(&tx, &self.last_ids, news.drain(..), ts)?;
         tx.commit()?;
         self.last_ids.extend(bumped);
         Ok(stored)
     }
+}
+
+/// Inserts `news` with server time `ts`, each under its room's next id
+/// (after `cached`, the writer's committed last ids, or else the `rooms`
+/// row), and bumps `rooms.last_id`. Returns the stored danmaku and each
+/// room's new last id, for the cache once `tx` is committed.
+fn insert_numbered(
+    tx: &Transaction<'_>,
+    cached: &HashMap<String, u64>,
+    news: impl IntoIterator<Item = NewDanmaku>,
+    ts: i64,
+) -> Result<(Vec<Danmaku>, HashMap<String, u64>), StoreError> {
+    let news = news.into_iter();
+    let mut bumped: HashMap<String, u64> = HashMap::new();
+    let mut stored = Vec::with_capacity(news.size_hint().0);
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO danmaku (id, room, user, name, text, mode, color, size, ts, vt) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for new in news {
+        let last = match bumped.get(&new.room).or_else(|| cached.get(&new.room)) {
+            Some(id) => *id,
+            None => read_last_id(tx, &new.room)?,
+        };
+        let id = last + 1;
+        insert_send(&mut insert, Some(id), &new, ts)?;
+        bumped.insert(new.room.clone(), id);
+        stored.push(Danmaku::stored(new, id, ts));
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO rooms (name, last_id) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
+    )?;
+    for (room, id) in &bumped {
+        upsert.execute(params![room, *id as i64])?;
+    }
+    Ok((stored, bumped))
+}
+
+/// Runs `insert`, whose parameters are `id` (when given), then `new`'s
+/// columns `room, user, name, text, mode, color, size`, then `ts` and `vt`:
+/// the column order of both `danmaku` and `held`.
+fn insert_send(
+    insert: &mut Statement<'_>,
+    id: Option<u64>,
+    new: &NewDanmaku,
+    ts: i64,
+) -> Result<(), rusqlite::Error> {
+    let id = id.map(|id| id as i64);
+    let mode = new.mode.code();
+    let columns: [&dyn ToSql; 9] = [
+        &new.room,
+        &new.user,
+        &new.name,
+        &new.text,
+        &mode,
+        &new.color.0,
+        &new.size,
+        &ts,
+        &new.vt,
+    ];
+    let id = id.iter().map(|id| id as &dyn ToSql);
+    insert.execute(params_from_iter(id.chain(columns)))?;
+    Ok(())
+}
+
+/// Deletes a held send's row; whether there was one.
+fn release(tx: &Transaction<'_>, held: u64) -> Result<bool, rusqlite::Error> {
+    Ok(tx.execute("DELETE FROM held WHERE hid = ?1", [held as i64])? > 0)
+}
+
+/// Appends `entry` to the audit log.
+fn audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO audit (ts, actor, action, room, target, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            entry.ts,
+            entry.actor,
+            entry.action,
+            entry.room,
+            entry.target,
+            entry.detail.to_string()
+        ],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -696,6 +763,214 @@ mod tests {
             Box::new(move |batch| seen.lock().unwrap().extend(batch.iter().map(|d| d.id))),
         )
         .unwrap()
+    }
+
+    /// A store in a new directory, and the ids its listener saw.
+    fn fresh() -> (tempfile::TempDir, Arc<Mutex<Vec<u64>>>, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let store = open(dir.path(), seen.clone());
+        (dir, seen, store)
+    }
+
+    /// The audit entry of an approval, as the node makes it.
+    fn approval(actor: &str) -> AuditOf {
+        let actor = actor.to_owned();
+        Box::new(move |d: &Danmaku| AuditEntry {
+            id: 0,
+            ts: now_ms(),
+            actor,
+            action: "approve".into(),
+            room: Some(d.room.clone()),
+            target: None,
+            detail: serde_json::json!({ "id": d.id }),
+        })
+    }
+
+    fn rejection() -> AuditEntry {
+        AuditEntry {
+            id: 0,
+            ts: now_ms(),
+            actor: "mod".into(),
+            action: "reject".into(),
+            room: None,
+            target: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// Runs `sql` on the store's database over a connection of its own.
+    fn sql(dir: &Path, sql: &str) {
+        Connection::open(dir.join(DB_FILE))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+
+    fn held_ids(store: &SqliteStore) -> Vec<u64> {
+        let snapshot = store.load_moderation().unwrap();
+        snapshot.held.iter().map(|h| h.held).collect()
+    }
+
+    async fn texts(store: &SqliteStore, room: &str) -> Vec<(u64, String)> {
+        let stored = store.after(room, 0, 100).await.unwrap();
+        stored.into_iter().map(|d| (d.id, d.text)).collect()
+    }
+
+    #[tokio::test]
+    async fn approving_stores_releases_and_audits_together() {
+        let (dir, seen, store) = fresh();
+        let first = store.hold(new("r", "first")).await.unwrap();
+        let second = store.hold(new("r", "second")).await.unwrap();
+        assert_eq!(store.append(new("r", "live")).await.unwrap().id, 1);
+
+        let approved = store
+            .approve(second.held, second.danmaku.clone(), approval("mod"))
+            .await
+            .unwrap()
+            .expect("it was held");
+        assert_eq!((approved.id, approved.text.as_str()), (2, "second"));
+        // Published like an append: in commit order, before the answer.
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
+        store.close().await;
+
+        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+        assert_eq!(
+            texts(&store, "r").await,
+            vec![(1, "live".into()), (2, "second".into())]
+        );
+        assert_eq!(held_ids(&store), vec![first.held]);
+        let log = store.audit(10, None).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (log[0].action.as_str(), &log[0].detail),
+            ("approve", &serde_json::json!({ "id": 2 }))
+        );
+        assert_eq!(store.append(new("r", "next")).await.unwrap().id, 3);
+    }
+
+    #[tokio::test]
+    async fn a_held_send_is_approved_or_rejected_once() {
+        let (dir, seen, store) = fresh();
+        let h = store.hold(new("r", "once")).await.unwrap();
+        let (a, b, rejected) = tokio::join!(
+            store.approve(h.held, h.danmaku.clone(), approval("a")),
+            store.approve(h.held, h.danmaku.clone(), approval("b")),
+            store.record(Change::Reject { held: h.held }, rejection()),
+        );
+        let (a, b, rejected) = (a.unwrap(), b.unwrap(), rejected.unwrap());
+        assert_eq!(
+            u8::from(a.is_some()) + u8::from(b.is_some()),
+            1,
+            "{a:?} {b:?}"
+        );
+        assert!(!rejected, "the first approval took it");
+
+        // Rejected first, it cannot be approved.
+        let h = store.hold(new("r", "never")).await.unwrap();
+        assert!(store
+            .record(Change::Reject { held: h.held }, rejection())
+            .await
+            .unwrap());
+        let late = store.approve(h.held, h.danmaku.clone(), approval("a"));
+        assert_eq!(late.await.unwrap(), None);
+        store.close().await;
+
+        assert_eq!(*seen.lock().unwrap(), vec![1]);
+        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+        assert_eq!(texts(&store, "r").await, vec![(1, "once".into())]);
+        assert!(held_ids(&store).is_empty());
+        let log = store.audit(10, None).await.unwrap();
+        let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, vec!["reject", "approve"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_approval_stores_nothing_and_keeps_the_send_held() {
+        let (dir, seen, store) = fresh();
+        let h = store.hold(new("r", "held")).await.unwrap();
+        // The danmaku insert fails, after the held row's delete in the same
+        // transaction.
+        sql(
+            dir.path(),
+            "CREATE TRIGGER fail BEFORE INSERT ON danmaku \
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        );
+        let failed = store
+            .approve(h.held, h.danmaku.clone(), approval("mod"))
+            .await;
+        assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+        assert!(seen.lock().unwrap().is_empty(), "nothing was published");
+        sql(dir.path(), "DROP TRIGGER fail;");
+        // The failed approval used no id.
+        assert_eq!(store.append(new("r", "live")).await.unwrap().id, 1);
+        store.close().await;
+
+        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
+        assert_eq!(held_ids(&store), vec![h.held]);
+        assert_eq!(texts(&store, "r").await, vec![(1, "live".into())]);
+        assert!(store.audit(10, None).await.unwrap().is_empty());
+        // Still held, so it can be approved now.
+        let approved = store.approve(h.held, h.danmaku, approval("mod")).await;
+        assert_eq!(approved.unwrap().map(|d| d.id), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_hold_does_not_overtake_sends_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DB_FILE);
+        // The first commit's listener keeps the writer busy until `open`
+        // is sent, so that the next append and a hold queue up behind it.
+        let (open_tx, open_rx) = std::sync::mpsc::channel::<()>();
+        let open_rx = Mutex::new(open_rx);
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Per batch after the first: its first id, and the held rows that
+        // existed when it was published.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (b, l) = (blocked.clone(), log.clone());
+        let store = SqliteStore::open(
+            dir.path(),
+            &StoreConfig::default(),
+            Arc::new(Metrics::new()),
+            Box::new(move |batch| {
+                if batch[0].id == 1 {
+                    b.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = open_rx.lock().unwrap().recv();
+                    return;
+                }
+                let held: i64 = Connection::open(&db)
+                    .unwrap()
+                    .query_row("SELECT count(*) FROM held", [], |r| r.get(0))
+                    .unwrap();
+                l.lock().unwrap().push((batch[0].id, held));
+            }),
+        )
+        .unwrap();
+        let store = Arc::new(store);
+        let queued = |n: usize| {
+            let store = store.clone();
+            async move {
+                while store.ops.max_capacity() - store.ops.capacity() < n {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        };
+        let s = store.clone();
+        let first = tokio::spawn(async move { s.append(new("r", "1")).await });
+        while !blocked.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let s = store.clone();
+        let second = tokio::spawn(async move { s.append(new("r", "2")).await });
+        queued(1).await;
+        let s = store.clone();
+        let held = tokio::spawn(async move { s.hold(new("r", "3")).await });
+        queued(2).await;
+        open_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().id, 1);
+        assert_eq!(second.await.unwrap().unwrap().id, 2);
+        held.await.unwrap().unwrap();
+        assert_eq!(*log.lock().unwrap(), vec![(2, 0)]);
     }
 
     #[tokio::test]

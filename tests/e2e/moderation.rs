@@ -409,20 +409,41 @@ async fn closed_rooms_and_slow_mode() {
     server.stop();
 }
 
+/// A server on `data` whose room `wall` is pre-moderated by `admin`.
+async fn premoderated_wall(data: &std::path::Path, admin: &str) -> Server {
+    let server = Server::start(data, Some(&config()));
+    let (status, _) = call(
+        &server,
+        Method::PATCH,
+        "/api/v1/admin/rooms/wall",
+        Some(admin),
+        Some(json!({"premod": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    server
+}
+
+/// A GET as the token's user: the status and the JSON answer.
+async fn get_as(server: &Server, token: &str, path: &str) -> (u16, Value) {
+    call(server, Method::GET, path, Some(token), None).await
+}
+
+/// The actions of an audit log page, newest first.
+fn actions(log: &Value) -> Vec<&str> {
+    let items = log["items"].as_array().unwrap();
+    items
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn premoderation_holds_sends_until_approved() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, Some(&config()));
     let (bob, admin) = (user("bob"), admin());
-    call(
-        &server,
-        Method::PATCH,
-        "/api/v1/admin/rooms/wall",
-        Some(&admin),
-        Some(json!({"premod": true})),
-    )
-    .await;
+    let server = premoderated_wall(&data, &admin).await;
 
     let (status, held) = send_as(&server, "wall", &bob, "please show me").await;
     assert_eq!(status, 202);
@@ -504,13 +525,7 @@ async fn premoderation_holds_sends_until_approved() {
         None,
     )
     .await;
-    let actions: Vec<&str> = log["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions, vec!["reject", "approve", "room"]);
+    assert_eq!(actions(&log), vec!["reject", "approve", "room"]);
     let before = log["items"][1]["id"].as_u64().unwrap();
     let (_, older) = call(
         &server,
@@ -522,6 +537,65 @@ async fn premoderation_holds_sends_until_approved() {
     .await;
     assert_eq!(older["items"][0]["action"], "room");
     assert_eq!(older["items"][0]["detail"], json!({"premod": true}));
+    server.stop();
+}
+
+/// Runs `sql` on a server's database over a connection of its own.
+fn sql(data: &std::path::Path, sql: &str) {
+    rusqlite::Connection::open(data.join("danmaku.sqlite3"))
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_approval_stores_the_send_once_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (bob, admin) = (user("bob"), admin());
+    let server = premoderated_wall(&data, &admin).await;
+    let (_, held) = send_as(&server, "wall", &bob, "once").await;
+    let hid = held["held"].as_u64().unwrap();
+    let (mut viewer, _) = watch(&server, "wall", None).await;
+    let approve = format!("/api/v1/admin/rooms/wall/held/{hid}/approve");
+    let list = || get_as(&server, &admin, "/api/v1/admin/rooms/wall/held");
+
+    // The danmaku insert fails inside the approving transaction: nothing
+    // is stored, and the send is still held.
+    sql(
+        &data,
+        "CREATE TRIGGER fail BEFORE INSERT ON danmaku \
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    );
+    let (status, body) = call(&server, Method::POST, &approve, Some(&admin), None).await;
+    assert_eq!((status, code(&body)), (500, "internal"));
+    assert_eq!(list().await.1["items"][0]["held"].as_u64(), Some(hid));
+    sql(&data, "DROP TRIGGER fail;");
+
+    // Two admins approve at once: one stores it, the other is told it is gone.
+    let (a, b) = tokio::join!(
+        call(&server, Method::POST, &approve, Some(&admin), None),
+        call(&server, Method::POST, &approve, Some(&admin), None),
+    );
+    let mut answers = [(a.0, code(&a.1).to_owned()), (b.0, code(&b.1).to_owned())];
+    answers.sort();
+    assert_eq!(answers, [(201, String::new()), (404, "not_found".into())]);
+    let got = collect_danmaku(&mut viewer, 1).await;
+    assert_eq!(
+        (ids(&got), got[0]["text"].as_str()),
+        (vec![1], Some("once"))
+    );
+
+    // After a restart: stored once, no longer held, one approval audited.
+    server.stop();
+    let server = Server::start(&data, Some(&config()));
+    let list = get_as(&server, &admin, "/api/v1/admin/rooms/wall/held");
+    assert_eq!(list.await.1["items"], json!([]));
+    let (_, history) = get_json(&server, "/api/v1/rooms/wall/danmaku").await;
+    assert_eq!(ids(history["items"].as_array().unwrap()), vec![1]);
+    let (_, log) = get_as(&server, &admin, "/api/v1/admin/audit").await;
+    assert_eq!(actions(&log), vec!["approve", "room"]);
+    assert_eq!(log["items"][0]["detail"], json!({"id": 1, "user": "bob"}));
     server.stop();
 }
 
