@@ -169,8 +169,8 @@ impl FanoutConfig {
 ///
 /// A rate limit is a token bucket: `*_burst` sends (or connections) at once,
 /// refilled at `*_per_second`. A rate of `0` turns that limit off; any other
-/// rate must lie between 0.001 and 1,000,000 per second, with a burst of at
-/// least 1.
+/// rate must lie between 0.001 and 1,000,000 per second, with a burst of 1
+/// to 1,000,000.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -474,43 +474,25 @@ impl Config {
         toml::from_str(text)
     }
 
-    /// Checks ranges that serde cannot.
+    /// Checks ranges that serde cannot: every duration and every size that
+    /// sizes memory or a queue has an upper bound (`Config::bounds`), so that
+    /// no value in a file can overflow a deadline or allocate absurdly.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        check_bounds(&self.bounds())?;
         let f = &self.fanout;
         let checks = [
-            (f.ring_frames >= 2, "fanout.ring_frames must be at least 2"),
+            (f.max_lags >= 1, "fanout.max_lags must be at least 1"),
             (
-                f.max_frame_bytes >= 1024,
-                "fanout.max_frame_bytes must be at least 1024",
+                self.filter.flood_repeats >= 1,
+                "filter.flood_repeats must be at least 1",
             ),
             (
                 f.max_queued_bytes >= f.max_frame_bytes,
                 "fanout.max_queued_bytes must be at least fanout.max_frame_bytes",
             ),
-            (f.max_lags >= 1, "fanout.max_lags must be at least 1"),
-            (
-                self.limits.max_text_chars >= 1,
-                "limits.max_text_chars must be at least 1",
-            ),
-            (
-                self.limits.max_ws_message_bytes >= 256,
-                "limits.max_ws_message_bytes must be at least 256",
-            ),
-            (
-                self.limits.max_in_flight >= 1,
-                "limits.max_in_flight must be at least 1",
-            ),
-            (
-                self.store.max_batch >= 1 && self.store.queue >= 1,
-                "store.max_batch and store.queue must be at least 1",
-            ),
             (
                 self.connection.send_buffer_bytes == 0 || self.connection.send_buffer_bytes >= 4096,
                 "connection.send_buffer_bytes must be 0 (kernel default) or at least 4096",
-            ),
-            (
-                self.connection.ping_interval_s >= 1,
-                "connection.ping_interval_s must be at least 1",
             ),
             (
                 self.connection.idle_timeout_s > self.connection.ping_interval_s,
@@ -523,7 +505,52 @@ impl Config {
         self.validate_guard()
     }
 
-    /// Checks the rate limits and content rules.
+    /// Each bounded key with its value and its allowed range. Left
+    /// unbounded on purpose: rates and counts that size nothing, where a huge
+    /// value only means "no limit" (`fanout.writes_per_s`,
+    /// `density_max_per_s`, `max_lags`, `filter.flood_repeats`,
+    /// `connection.max_connections`, `max_connections_per_ip`);
+    /// `auth.leeway_s` is bounded by [`AuthConfig::check`].
+    #[rustfmt::skip]
+    fn bounds(&self) -> Vec<Bound> {
+        let (st, f, l) = (&self.store, &self.fanout, &self.limits);
+        let (c, fl) = (&self.connection, &self.filter);
+        vec![
+            bound("store.max_batch",              st.max_batch,           1,    65_536),
+            bound("store.queue",                  st.queue,               1,    1_048_576),
+            bound("fanout.coalesce_ms",           f.coalesce_ms,          0,    10_000),
+            bound("fanout.max_frame_bytes",       f.max_frame_bytes,      1024, 16 * MIB),
+            bound("fanout.ring_frames",           f.ring_frames,          2,    65_536),
+            bound("fanout.max_queued_bytes",      f.max_queued_bytes,     1024, 64 * MIB),
+            bound("fanout.lag_window_s",          f.lag_window_s,         0,    DAY_S),
+            bound("fanout.online_interval_ms",    f.online_interval_ms,   0,    3_600_000),
+            bound("fanout.room_idle_s",           f.room_idle_s,          0,    WEEK_S),
+            bound("limits.max_text_chars",        l.max_text_chars,       1,    10_000),
+            bound("limits.max_name_chars",        l.max_name_chars,       0,    256),
+            bound("limits.max_ws_message_bytes",  l.max_ws_message_bytes, 256,  MIB),
+            bound("limits.max_body_bytes",        l.max_body_bytes,       256,  MIB),
+            bound("limits.max_in_flight",         l.max_in_flight,        1,    10_000),
+            bound("limits.max_history",           l.max_history,          1,    100_000),
+            bound("limits.max_limiter_keys",      l.max_limiter_keys,     1,    10_000_000),
+            // governor multiplies the refill period (up to 1000 s) by the
+            // burst in u64 nanoseconds: 1e6 x 1e12 ns stays below 1.8e19.
+            bound("limits.send_burst",            l.send_burst,           0,    MAX_BURST),
+            bound("limits.ip_send_burst",         l.ip_send_burst,        0,    MAX_BURST),
+            bound("limits.connect_burst",         l.connect_burst,        0,    MAX_BURST),
+            bound("limits.room_send_burst",       l.room_send_burst,      0,    MAX_BURST),
+            bound("filter.reload_interval_ms",    fl.reload_interval_ms,  100,  DAY_S * 1000),
+            bound("filter.flood_window_s",        fl.flood_window_s,      0,    DAY_S),
+            bound("connection.ping_interval_s",   c.ping_interval_s,      1,    3_600),
+            bound("connection.idle_timeout_s",    c.idle_timeout_s,       2,    DAY_S),
+            // 0 would time out every write, and every request's headers.
+            bound("connection.write_timeout_s",   c.write_timeout_s,      1,    DAY_S),
+            bound("connection.header_timeout_s",  c.header_timeout_s,     1,    3_600),
+            bound("connection.shutdown_grace_s",  c.shutdown_grace_s,     0,    3_600),
+            bound("connection.send_buffer_bytes", c.send_buffer_bytes,    0,    16 * MIB),
+        ]
+    }
+
+    /// Checks the rate limits and the `[auth]` section.
     fn validate_guard(&self) -> Result<(), ConfigError> {
         for (name, burst, rate) in self.limits.rates() {
             // The bounds keep governor's replenish period (1/rate) between
@@ -536,28 +563,45 @@ impl Config {
                 )));
             }
         }
-        let f = &self.filter;
-        let checks = [
-            (
-                self.limits.max_limiter_keys >= 1,
-                "limits.max_limiter_keys must be at least 1",
-            ),
-            (
-                f.reload_interval_ms >= 100,
-                "filter.reload_interval_ms must be at least 100",
-            ),
-            (
-                f.flood_repeats >= 1,
-                "filter.flood_repeats must be at least 1",
-            ),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(ConfigError::Invalid((*msg).to_owned())),
-            None => self
-                .auth
-                .check()
-                .map_err(|msg| ConfigError::Invalid(msg.to_owned())),
-        }
+        self.auth
+            .check()
+            .map_err(|msg| ConfigError::Invalid(msg.to_owned()))
+    }
+}
+
+/// One MiB, for byte sizes.
+const MIB: u64 = 1024 * 1024;
+/// One day, in seconds.
+const DAY_S: u64 = 24 * 3600;
+/// One week, in seconds.
+const WEEK_S: u64 = 7 * DAY_S;
+/// The largest `limits.*_burst`.
+const MAX_BURST: u64 = 1_000_000;
+
+/// A key, its value and the inclusive range it must lie in.
+struct Bound {
+    key: &'static str,
+    value: u64,
+    lo: u64,
+    hi: u64,
+}
+
+/// `key`, whose value is `value`, must lie in `lo..=hi`.
+fn bound(key: &'static str, value: impl TryInto<u64>, lo: u64, hi: u64) -> Bound {
+    // Only a usize past u64 fails to convert: out of range either way.
+    let value = value.try_into().unwrap_or(u64::MAX);
+    Bound { key, value, lo, hi }
+}
+
+/// The first key out of its range, as an error that names the key and the
+/// range.
+fn check_bounds(bounds: &[Bound]) -> Result<(), ConfigError> {
+    match bounds.iter().find(|b| !(b.lo..=b.hi).contains(&b.value)) {
+        Some(b) => Err(ConfigError::Invalid(format!(
+            "{} must be between {} and {}",
+            b.key, b.lo, b.hi
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -648,6 +692,134 @@ mod tests {
         )));
         assert!(invalid("[auth]\nes256_private_key_file = \"k.pem\""));
         assert!(invalid("[auth]\nleeway_s = 301"));
+    }
+
+    /// Every bounded key with its range, as docs/protocol.md states it.
+    const BOUNDS: &[(&str, u64, u64)] = &[
+        ("store.max_batch", 1, 65_536),
+        ("store.queue", 1, 1_048_576),
+        ("fanout.coalesce_ms", 0, 10_000),
+        ("fanout.max_frame_bytes", 1024, 16_777_216),
+        ("fanout.ring_frames", 2, 65_536),
+        ("fanout.max_queued_bytes", 1024, 67_108_864),
+        ("fanout.lag_window_s", 0, 86_400),
+        ("fanout.online_interval_ms", 0, 3_600_000),
+        ("fanout.room_idle_s", 0, 604_800),
+        ("limits.max_text_chars", 1, 10_000),
+        ("limits.max_name_chars", 0, 256),
+        ("limits.max_ws_message_bytes", 256, 1_048_576),
+        ("limits.max_body_bytes", 256, 1_048_576),
+        ("limits.max_in_flight", 1, 10_000),
+        ("limits.max_history", 1, 100_000),
+        ("limits.max_limiter_keys", 1, 10_000_000),
+        ("limits.send_burst", 0, 1_000_000),
+        ("limits.ip_send_burst", 0, 1_000_000),
+        ("limits.connect_burst", 0, 1_000_000),
+        ("limits.room_send_burst", 0, 1_000_000),
+        ("filter.reload_interval_ms", 100, 86_400_000),
+        ("filter.flood_window_s", 0, 86_400),
+        ("connection.ping_interval_s", 1, 3_600),
+        ("connection.idle_timeout_s", 2, 86_400),
+        ("connection.write_timeout_s", 1, 86_400),
+        ("connection.header_timeout_s", 1, 3_600),
+        ("connection.shutdown_grace_s", 0, 3_600),
+        ("connection.send_buffer_bytes", 0, 16_777_216),
+    ];
+
+    /// A config of `key = value` lines (TOML dotted keys).
+    fn config_of(lines: &[(&str, String)]) -> Config {
+        let text: String = lines.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        Config::from_toml(&text).expect("parses")
+    }
+
+    /// Why `validate` refuses such a config, if it does.
+    fn refusal(lines: &[(&str, String)]) -> Option<String> {
+        config_of(lines).validate().err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_bounds_are_the_documented_ones() {
+        let table: Vec<_> = Config::default()
+            .bounds()
+            .iter()
+            .map(|b| (b.key, b.lo, b.hi))
+            .collect();
+        assert_eq!(table, BOUNDS);
+        let doc = include_str!("../docs/protocol.md");
+        for &(key, _, hi) in BOUNDS {
+            // The row whose first cell names the key.
+            let row = doc
+                .lines()
+                .find(|l| {
+                    l.split('|')
+                        .nth(1)
+                        .is_some_and(|k| k.contains(&format!("`{key}`")))
+                })
+                .unwrap_or_else(|| panic!("no row for {key} in docs/protocol.md"));
+            assert!(row.contains(&hi.to_string()), "{key}'s row lacks {hi}");
+        }
+    }
+
+    #[test]
+    fn a_value_out_of_its_range_is_refused_naming_the_key() {
+        for &(key, lo, hi) in BOUNDS {
+            let mut values = vec![hi + 1];
+            // What a typo looks like. u32 keys do not even parse it.
+            if !key.contains("burst") {
+                values.push(i64::MAX as u64);
+            }
+            values.extend(lo.checked_sub(1));
+            for value in values {
+                let err = refusal(&[(key, value.to_string())])
+                    .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+                let expected = format!("{key} must be between {lo} and {hi}");
+                assert!(err.contains(&expected), "{key} = {value}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_at_its_bound_is_accepted_and_starts() {
+        use crate::guard::filter::FloodGuard;
+        use crate::guard::limits::RateLimits;
+        use std::time::Instant;
+        let rates = ["send", "ip_send", "connect", "room_send"];
+        // All at the top, with the slowest rates (the longest refill
+        // periods, times the largest bursts).
+        let mut top: Vec<_> = BOUNDS
+            .iter()
+            .map(|&(k, _, hi)| (k, hi.to_string()))
+            .collect();
+        let slowest = rates.map(|r| format!("limits.{r}_per_second"));
+        top.extend(slowest.iter().map(|k| (k.as_str(), "0.001".to_owned())));
+        assert_eq!(refusal(&top), None);
+        // All at the bottom, with the rate limits off (their bursts are 0).
+        let mut bottom: Vec<_> = BOUNDS
+            .iter()
+            .map(|&(k, lo, _)| (k, lo.to_string()))
+            .collect();
+        bottom.extend(slowest.iter().map(|k| (k.as_str(), "0".to_owned())));
+        assert_eq!(refusal(&bottom), None);
+
+        // What startup builds from the top values does not panic.
+        let cfg = config_of(&top);
+        let limits = RateLimits::new(&cfg.limits);
+        let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+        assert!(limits.check_send("u", ip, "r").is_ok());
+        let flood = FloodGuard::new(&cfg.filter, cfg.limits.max_limiter_keys).unwrap();
+        assert!(flood.check("u", "hi").is_ok());
+        assert_eq!(cfg.fanout.window(usize::MAX), Duration::from_secs(10));
+        // Nor does any deadline a duration key makes: `Instant + Duration`
+        // panics on overflow.
+        let now = Instant::now();
+        for bound in cfg.bounds() {
+            let duration = match bound.key.rsplit('_').next() {
+                Some("ms") => Duration::from_millis(bound.value),
+                Some("s") => Duration::from_secs(bound.value),
+                _ => continue,
+            };
+            assert!(now.checked_add(duration).is_some(), "{}", bound.key);
+        }
     }
 
     #[test]

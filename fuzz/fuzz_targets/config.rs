@@ -1,8 +1,9 @@
 //! The config file on arbitrary UTF-8: `Config::from_toml`, then
 //! `validate`, then, for a config that passes, what startup builds from it
 //! without touching the disk or the network: the rate limiters, the flood
-//! guard, the HS256 authenticator, the coalescing windows. It must never
-//! panic: a config `validate` passes must start.
+//! guard, the HS256 authenticator, the coalescing windows, a deadline of
+//! each duration key. It must never panic: a config `validate` passes must
+//! start.
 
 #![no_main]
 
@@ -45,6 +46,26 @@ fuzz_target!(|data: &[u8]| {
     for viewers in [0, 1, 1_000, 1_000_000, usize::MAX] {
         let window = config.fanout.window(viewers);
         assert!(window >= std::time::Duration::from_millis(1) && window <= cap);
+    }
+
+    // Validated durations make deadlines without overflow, as the timers do.
+    let now = std::time::Instant::now();
+    let (f, c) = (&config.fanout, &config.connection);
+    for ms in [f.coalesce_ms, f.online_interval_ms, config.filter.reload_interval_ms] {
+        let _ = now + std::time::Duration::from_millis(ms);
+    }
+    let seconds = [
+        f.lag_window_s,
+        f.room_idle_s,
+        config.filter.flood_window_s,
+        c.ping_interval_s,
+        c.idle_timeout_s,
+        c.write_timeout_s,
+        c.header_timeout_s,
+        c.shutdown_grace_s,
+    ];
+    for s in seconds {
+        let _ = now + std::time::Duration::from_secs(s);
     }
 
     // Key files would be read from disk: only the HS256 secret is tried.

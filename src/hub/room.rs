@@ -434,7 +434,11 @@ impl Room {
     ) {
         let online_every = Duration::from_millis(config.online_interval_ms);
         let idle = Duration::from_secs(config.room_idle_s);
-        let mut last_online = Instant::now() - online_every;
+        // The first announcement is due at once. Checked: on some platforms
+        // an Instant cannot go back past boot (then it waits one interval).
+        let mut last_online = Instant::now()
+            .checked_sub(online_every)
+            .unwrap_or_else(Instant::now);
         // The running pass, and the ring's end when it started: every seat
         // it visits gets at least everything before that.
         let mut pass: Option<tokio::task::JoinHandle<()>> = None;

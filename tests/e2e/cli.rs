@@ -1,7 +1,8 @@
 //! `danmaku send` and `danmaku tail` against a running server.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -61,4 +62,56 @@ async fn send_and_tail_work_against_the_server() {
     tail.kill().unwrap();
     tail.wait().unwrap();
     server.stop();
+}
+
+/// A value out of its range stops `serve` at start-up, before it listens,
+/// with an error that names the key and its range: no panic, no server.
+#[test]
+fn serve_refuses_an_out_of_range_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[fanout]\ncoalesce_ms = 1000000000000000\n",
+            "invalid config: fanout.coalesce_ms must be between 0 and 10000",
+        ),
+        // Once accepted, and then a panic in the rate limiter's arithmetic.
+        (
+            "[limits]\nsend_burst = 4294967295\nsend_per_second = 0.001\n",
+            "invalid config: limits.send_burst must be between 0 and 1000000",
+        ),
+    ];
+    for (i, (text, expected)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > WAIT {
+                child.kill().unwrap();
+                panic!("danmaku serve is running with {text:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
