@@ -310,8 +310,19 @@ pub struct ConnectionConfig {
     pub idle_timeout_s: u64,
     /// Seconds a socket write may make no progress before the viewer is cut.
     pub write_timeout_s: u64,
-    /// Seconds an HTTP client has to send its request headers.
+    /// Seconds an HTTP client has to send its request headers, from their
+    /// first byte.
     pub header_timeout_s: u64,
+    /// Seconds an HTTP connection may wait with no request in progress
+    /// (before its first request, and between keep-alive requests) before
+    /// it is closed.
+    pub keepalive_timeout_s: u64,
+    /// Seconds an HTTP client has to send a whole request body, from the
+    /// end of its headers.
+    pub body_timeout_s: u64,
+    /// Bytes per second a request body must average, from the end of its
+    /// headers, once the first 5 s have passed (0: no minimum).
+    pub body_min_rate_bytes_per_s: u64,
     /// Seconds shutdown waits for connections to close before exiting.
     pub shutdown_grace_s: u64,
     /// The kernel send buffer of each connection, bytes (0: the kernel's
@@ -338,6 +349,9 @@ impl Default for ConnectionConfig {
             idle_timeout_s: 75,
             write_timeout_s: 15,
             header_timeout_s: 10,
+            keepalive_timeout_s: 15,
+            body_timeout_s: 20,
+            body_min_rate_bytes_per_s: 256,
             shutdown_grace_s: 5,
             send_buffer_bytes: 64 * 1024,
             max_connections: 50_000,
@@ -545,6 +559,10 @@ impl Config {
             // 0 would time out every write, and every request's headers.
             bound("connection.write_timeout_s",   c.write_timeout_s,      1,    DAY_S),
             bound("connection.header_timeout_s",  c.header_timeout_s,     1,    3_600),
+            bound("connection.keepalive_timeout_s", c.keepalive_timeout_s, 1,   3_600),
+            bound("connection.body_timeout_s",    c.body_timeout_s,       1,    3_600),
+            // More than most clients' uplink would cut them all.
+            bound("connection.body_min_rate_bytes_per_s", c.body_min_rate_bytes_per_s, 0, MIB),
             bound("connection.shutdown_grace_s",  c.shutdown_grace_s,     0,    3_600),
             bound("connection.send_buffer_bytes", c.send_buffer_bytes,    0,    16 * MIB),
         ]

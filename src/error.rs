@@ -27,6 +27,9 @@ pub enum ErrorCode {
     InvalidQuery,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// The request body did not arrive in time (`connection.body_timeout_s`,
+    /// `body_min_rate_bytes_per_s`); the connection is closed after this.
+    RequestTimeout,
     /// The WebSocket frame type or command is not part of the protocol.
     UnsupportedCommand,
     /// A WebSocket endpoint was called without a valid WebSocket handshake.
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedCommand => "unsupported_command",
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::NotFound => "not_found",
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -158,6 +163,13 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.code == ErrorCode::RequestTimeout {
+            // The server closes the connection after this answer (the rest
+            // of the body is never read): say so.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

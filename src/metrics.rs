@@ -25,6 +25,13 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// The phase label of HTTP connections cut by a deadline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// `idle`, `head` or `body`.
+    pub phase: &'static str,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -49,6 +56,9 @@ pub struct Metrics {
     pub lags: Counter,
     /// Viewers disconnected as slow consumers.
     pub slow_disconnects: Counter,
+    /// HTTP connections closed by a request deadline, by the phase that
+    /// ran out of time.
+    pub http_timeouts: Family<PhaseLabel, Counter>,
     /// Seconds from receiving a send to acknowledging it (includes commit).
     pub send_ack_seconds: Histogram,
     /// Seconds from commit to a frame being handed to a viewer's socket (queued
@@ -88,6 +98,7 @@ impl Metrics {
             dropped: Counter::default(),
             lags: Counter::default(),
             slow_disconnects: Counter::default(),
+            http_timeouts: Family::default(),
             send_ack_seconds: latency_buckets(),
             fanout_seconds: latency_buckets(),
             pass_seconds: latency_buckets(),
@@ -133,6 +144,11 @@ impl Metrics {
             "slow_disconnects",
             "Viewers disconnected as slow consumers",
             m.slow_disconnects.clone(),
+        );
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed by a deadline, by phase (idle, head, body)",
+            m.http_timeouts.clone(),
         );
         registry.register(
             "send_ack_seconds",

@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::deadlines::BodyTimedOut;
 use super::{admin, sse, ws, App};
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
@@ -112,11 +113,15 @@ async fn send(
 /// Reads a request body of at most `limit` bytes.
 pub(super) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if e.into_inner().is::<http_body_util::LengthLimitError>() {
+        let e = e.into_inner();
+        if e.is::<http_body_util::LengthLimitError>() {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("request body over {limit} bytes"),
             )
+        } else if BodyTimedOut::caused(&*e) {
+            // The connection closes once this answer is out.
+            ApiError::new(ErrorCode::RequestTimeout, e.to_string())
         } else {
             ApiError::new(ErrorCode::InvalidJson, "the request body could not be read")
         }

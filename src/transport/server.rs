@@ -1,6 +1,7 @@
 //! The accept loop: one task per TCP connection, HTTP/1.1 with upgrades,
 //! and graceful shutdown injected as a future.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,16 +9,16 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::deadlines::{Clock, Cut, Deadlines};
 use super::timed_io::TimedStream;
 use super::{http, App};
 use crate::error::ApiError;
 use crate::guard::Admitted;
-use crate::metrics::GaugeGuard;
+use crate::metrics::{GaugeGuard, PhaseLabel};
 
 /// Serves `listener` until `shutdown` resolves, then shuts down gracefully:
 /// stop accepting, let HTTP requests in flight finish, commit and publish
@@ -106,28 +107,63 @@ async fn serve_connection(
         // lag (and be cut off) instead of silently buffering megabytes.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
     }
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(admitted.clone());
-        router.clone().oneshot(req)
+    let clock = Clock::new(Deadlines::new(&app.node.config.connection));
+    let service = hyper::service::service_fn({
+        let clock = clock.clone();
+        move |req: hyper::Request<Incoming>| {
+            let mut req = clock.start_request(req);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(admitted.clone());
+            let (router, clock) = (router.clone(), clock.clone());
+            async move {
+                let res = router.oneshot(req).await?;
+                Ok::<_, Infallible>(clock.track_response(res))
+            }
+        }
     });
-    let header_timeout = Duration::from_secs(app.node.config.connection.header_timeout_s);
     let write_timeout = Duration::from_secs(app.node.config.connection.write_timeout_s);
+    // No hyper header_read_timeout: the clock bounds the headers (and the
+    // idle time before them, which hyper's timer would count as one).
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
         .max_buf_size(16 * 1024)
-        .serve_connection(TimedStream::new(stream, write_timeout), service)
+        .serve_connection(TimedStream::new(stream, write_timeout, clock.clone()), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => log_conn_end(result),
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            log_conn_end(conn.await);
+    let expired = clock.expired();
+    tokio::pin!(expired);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return log_conn_end(result),
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            cut = expired.as_mut() => {
+                app.node
+                    .metrics
+                    .http_timeouts
+                    .get_or_create(&PhaseLabel { phase: cut.label() })
+                    .inc();
+                tracing::debug!(%peer, phase = cut.label(), "http deadline passed: closing");
+                if cut == Cut::Body {
+                    // A handler waiting on the body now gets an error and
+                    // answers 408; hyper then closes the connection itself,
+                    // since the body is unread. A handler that is not
+                    // reading gets no more than this moment.
+                    clock.expire_body();
+                    let _ = tokio::time::timeout(ANSWER_GRACE, conn.as_mut()).await;
+                }
+                // Dropping hyper's connection closes the socket.
+                return;
+            }
         }
     }
 }
+
+/// How long a 408 for a body that ran out of time may take to go out
+/// before the connection is closed anyway.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 fn log_conn_end(result: Result<(), hyper::Error>) {
     if let Err(e) = result {

@@ -1,13 +1,17 @@
-//! A TCP stream whose writes fail once they make no progress for a while.
+//! A TCP stream whose writes fail once they make no progress for a while,
+//! and whose reads tell the connection's deadline clock that bytes came.
 //!
 //! hyper has no write timeout, so an HTTP response (an SSE stream above
 //! all) to a client that stopped reading would wait forever. Wrapping the
 //! stream makes such a write fail after `connection.write_timeout_s`, which
-//! ends the connection and frees the viewer.
+//! ends the connection and frees the viewer. The reads feed
+//! [`Clock::on_read`]: the first byte after an idle spell starts the header
+//! deadline (see `deadlines.rs`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,21 +20,26 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::deadlines::Clock;
+
 /// A stream that fails a write stuck for longer than its timeout.
 pub struct TimedStream {
     inner: TokioIo<TcpStream>,
     timeout: Duration,
     /// Running while a write is pending; allocated only then.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// The connection's deadlines, told of every completed read.
+    clock: Arc<Clock>,
 }
 
 impl TimedStream {
-    /// Wraps `stream`.
-    pub fn new(stream: TcpStream, timeout: Duration) -> TimedStream {
+    /// Wraps `stream`, whose reads are reported to `clock`.
+    pub fn new(stream: TcpStream, timeout: Duration, clock: Arc<Clock>) -> TimedStream {
         TimedStream {
             inner: TokioIo::new(stream),
             timeout,
             stalled: None,
+            clock,
         }
     }
 
@@ -75,7 +84,12 @@ impl Read for TimedStream {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        // An end of file counts too; the connection ends anyway then.
+        if let Poll::Ready(Ok(())) = result {
+            self.clock.on_read();
+        }
+        result
     }
 }
 
