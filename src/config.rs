@@ -640,6 +640,21 @@ mod tests {
         assert_eq!(cfg.limits.rates(), def.limits.rates());
         assert_eq!(cfg.limits.max_limiter_keys, def.limits.max_limiter_keys);
         assert_eq!(cfg.limits.exempt_ips, def.limits.exempt_ips);
+        let (c, d) = (&cfg.connection, &def.connection);
+        assert_eq!(
+            (
+                c.header_timeout_s,
+                c.keepalive_timeout_s,
+                c.body_timeout_s,
+                c.body_min_rate_bytes_per_s
+            ),
+            (
+                d.header_timeout_s,
+                d.keepalive_timeout_s,
+                d.body_timeout_s,
+                d.body_min_rate_bytes_per_s
+            )
+        );
         let (f, d) = (&cfg.filter, &def.filter);
         assert_eq!(
             (

@@ -182,7 +182,10 @@ impl Clock {
 
     /// hyper parsed a request's headers: starts its body phase (or its
     /// busy phase, without a body) and wraps the body to report progress.
-    pub fn start_request(self: &Arc<Self>, req: hyper::Request<Incoming>) -> hyper::Request<RequestBody> {
+    pub fn start_request(
+        self: &Arc<Self>,
+        req: hyper::Request<Incoming>,
+    ) -> hyper::Request<RequestBody> {
         let has_body = !req.body().is_end_stream();
         let request = {
             let mut state = self.state();
@@ -415,5 +418,89 @@ impl Drop for ResponseBody {
             }
         });
         self.clock.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn clock(body_min_rate: u64) -> Arc<Clock> {
+        Clock::new(Deadlines {
+            keepalive: 300 * MS,
+            header: 200 * MS,
+            body: Duration::from_secs(60),
+            body_min_rate,
+        })
+    }
+
+    fn in_body(clock: &Clock, received: u64) -> Instant {
+        let head_at = Instant::now();
+        clock.state().phase = Phase::Body { head_at, received };
+        head_at
+    }
+
+    #[tokio::test]
+    async fn idle_then_a_first_byte_starts_the_header_deadline() {
+        let clock = clock(256);
+        let Some((idle_until, Cut::Idle)) = clock.deadline() else {
+            panic!("a new connection is idle");
+        };
+        tokio::time::sleep(50 * MS).await;
+        let first_byte = Instant::now();
+        clock.on_read();
+        // Later bytes do not push it back.
+        tokio::time::sleep(50 * MS).await;
+        clock.on_read();
+        let Some((head_until, Cut::Head)) = clock.deadline() else {
+            panic!("a byte starts the head");
+        };
+        assert!(head_until >= first_byte + 200 * MS && head_until < idle_until);
+        assert_eq!(clock.expired().await, Cut::Head);
+        assert!(Instant::now() >= head_until);
+    }
+
+    #[test]
+    fn a_body_earns_time_at_the_minimum_rate_up_to_the_total() {
+        let clock = clock(1000);
+        // 500 bytes at 1000 B/s buy 0.5 s past the grace.
+        let head_at = in_body(&clock, 500);
+        let by_rate = head_at + BODY_RATE_GRACE + 500 * MS;
+        assert_eq!(clock.deadline(), Some((by_rate, Cut::Body)));
+        // A body that keeps up is held to the total, even at u64::MAX.
+        let head_at = in_body(&clock, u64::MAX);
+        let total = head_at + Duration::from_secs(60);
+        assert_eq!(clock.deadline(), Some((total, Cut::Body)));
+        // No minimum: the total alone.
+        let clock = self::clock(0);
+        let head_at = in_body(&clock, 0);
+        let total = head_at + Duration::from_secs(60);
+        assert_eq!(clock.deadline(), Some((total, Cut::Body)));
+    }
+
+    #[tokio::test]
+    async fn busy_has_no_deadline_until_the_response_ends() {
+        let clock = clock(0);
+        clock.state().phase = Phase::Busy;
+        assert_eq!(clock.deadline(), None);
+        // Busy has no deadline: the watchdog waits until the phase changes,
+        // here the response ending.
+        let expired = clock.expired();
+        tokio::pin!(expired);
+        assert!(tokio::time::timeout(400 * MS, expired.as_mut())
+            .await
+            .is_err());
+        let request = clock.state().request;
+        clock.update(request, |phase| {
+            *phase = Phase::Idle {
+                since: Instant::now(),
+                first_byte: None,
+            }
+        });
+        clock.changed.notify_one();
+        let cut = tokio::time::timeout(Duration::from_secs(5), expired).await;
+        assert_eq!(cut.expect("the idle deadline passes"), Cut::Idle);
     }
 }

@@ -126,7 +126,10 @@ async fn serve_connection(
     // idle time before them, which hyper's timer would count as one).
     let conn = hyper::server::conn::http1::Builder::new()
         .max_buf_size(16 * 1024)
-        .serve_connection(TimedStream::new(stream, write_timeout, clock.clone()), service)
+        .serve_connection(
+            TimedStream::new(stream, write_timeout, clock.clone()),
+            service,
+        )
         .with_upgrades();
     tokio::pin!(conn);
     let expired = clock.expired();

@@ -169,7 +169,11 @@ async fn a_body_below_the_minimum_rate_is_cut_after_the_grace() {
     // then buys 1 ms each, so the rate, not the 60 s total, cuts it.
     let mut stream = TcpStream::connect(&server.addr).await.unwrap();
     let started = Instant::now();
-    let request = head("POST", "/api/v1/rooms/a/danmaku", "Content-Length: 4000\r\n");
+    let request = head(
+        "POST",
+        "/api/v1/rooms/a/danmaku",
+        "Content-Length: 4000\r\n",
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     stream.write_all(&[b' '; 500]).await.unwrap();
     let (mut read, mut write) = stream.into_split();
@@ -183,7 +187,11 @@ async fn a_body_below_the_minimum_rate_is_cut_after_the_grace() {
         ending = wait_closed(&mut read, started, Duration::from_secs(15)) => ending,
         _ = trickle => unreachable!(),
     };
-    assert!(ending.answer.starts_with("HTTP/1.1 408 "), "{}", ending.answer);
+    assert!(
+        ending.answer.starts_with("HTTP/1.1 408 "),
+        "{}",
+        ending.answer
+    );
     let after = ending.after;
     assert!(after >= Duration::from_millis(5400), "{after:?}");
     assert!(after < Duration::from_secs(9), "{after:?}");
@@ -200,7 +208,11 @@ async fn idle_connections_and_dribbled_headers_are_closed() {
         // Connects and sends nothing.
         stall(&server.addr, "", within),
         // One keep-alive request, then nothing.
-        stall(&server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", within),
+        stall(
+            &server.addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+            within
+        ),
         // Half a request head: the header deadline runs from its first byte.
         stall(&server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n", within),
     );
@@ -229,7 +241,8 @@ async fn idle_connections_and_dribbled_headers_are_closed() {
 #[tokio::test]
 async fn sse_streams_and_websockets_outlive_the_request_deadlines() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[connection]\nkeepalive_timeout_s = 1\nheader_timeout_s = 1\nbody_timeout_s = 1\n";
+    let config =
+        "[connection]\nkeepalive_timeout_s = 1\nheader_timeout_s = 1\nbody_timeout_s = 1\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
     let (mut ws, _) = watch(&server, "r", None).await;
     let mut sse = http()
@@ -270,9 +283,10 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
         SlowBody::Trickle(Duration::from_secs(10)),
     ];
     // Tasks, so that they run (and time their ends) while the sender waits.
-    let spawn_all = |n: usize, stall_one: &dyn Fn(String, usize) -> tokio::task::JoinHandle<Ending>| {
-        futures_util::future::try_join_all((0..n).map(|i| stall_one(server.addr.clone(), i)))
-    };
+    let spawn_all =
+        |n: usize, stall_one: &dyn Fn(String, usize) -> tokio::task::JoinHandle<Ending>| {
+            futures_util::future::try_join_all((0..n).map(|i| stall_one(server.addr.clone(), i)))
+        };
     let slow = spawn_all(100, &|addr, i| {
         tokio::spawn(async move { slow_body(&addr, kinds[i % 3], within).await })
     });
@@ -282,7 +296,9 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
             stall(&addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", within).await
         })
     });
-    let stalled = tokio::spawn(async move { tokio::try_join!(slow, idle).expect("a stalled connection stayed open") });
+    let stalled = tokio::spawn(async move {
+        tokio::try_join!(slow, idle).expect("a stalled connection stayed open")
+    });
     tokio::pin!(stalled);
 
     let sender = reqwest::Client::new();
@@ -306,7 +322,11 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
     // Every stalled connection was closed within the 30 s (wait_closed
     // fails otherwise) and, being a body, got its 408.
     for ending in &slow {
-        assert!(ending.answer.starts_with("HTTP/1.1 408 "), "{}", ending.answer);
+        assert!(
+            ending.answer.starts_with("HTTP/1.1 408 "),
+            "{}",
+            ending.answer
+        );
     }
     let slowest = slow.iter().chain(&idle).map(|e| e.after).max().unwrap();
     latencies.sort();
