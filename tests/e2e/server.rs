@@ -64,9 +64,14 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The server's process id (for its `/proc` entries).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn terminate(&self) {
-        let pid = self.child.as_ref().unwrap().id();
+        let pid = self.pid();
         let ok = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
