@@ -306,7 +306,13 @@ async fn a_thousand_viewers_that_never_read_cost_bounded_memory() {
     let text = "弹".repeat(90);
     let flood_started = std::time::Instant::now();
     // Enough frames to pass the ring, so that the stalled viewers lag.
-    let posters = flood(&server, "hot", &text, 1000, Arc::new(AtomicBool::new(false)));
+    let posters = flood(
+        &server,
+        "hot",
+        &text,
+        1000,
+        Arc::new(AtomicBool::new(false)),
+    );
     let mut sent = 0;
     for p in posters {
         sent += p.await.unwrap();
@@ -339,8 +345,14 @@ async fn a_thousand_viewers_that_never_read_cost_bounded_memory() {
     // with 8 senders and a debug build. A pass holding a runtime thread
     // would show in the median; a stall in the slowest.
     let median = health[health.len() / 2];
-    assert!(median < Duration::from_millis(20), "/healthz median {median:?}");
-    assert!(slowest < Duration::from_secs(1), "/healthz took {slowest:?}");
+    assert!(
+        median < Duration::from_millis(20),
+        "/healthz median {median:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "/healthz took {slowest:?}"
+    );
     // The never-reading viewers were really stalled: each made no write
     // progress for the write timeout and was cut (the reading viewers have
     // left too).
