@@ -64,8 +64,8 @@ enum SlowBody {
     NoBody,
     /// `Transfer-Encoding: chunked` and no chunk.
     NoChunk,
-    /// `Content-Length: 4000`, then one byte per period.
-    Trickle(Duration),
+    /// `Content-Length: 4000`, `first` bytes, then one byte per `every`.
+    Trickle { first: usize, every: Duration },
 }
 
 /// Opens a send with a slow body, keeps it slow, and waits for the server
@@ -84,16 +84,14 @@ async fn slow_body(addr: &str, kind: SlowBody, within: Duration) -> Ending {
         .await
         .unwrap();
     let trickle = async {
+        let SlowBody::Trickle { first, every } = kind else {
+            return std::future::pending().await;
+        };
+        // A failed write means the server is gone: the read side sees it.
+        let _ = write.write_all(&vec![b' '; first]).await;
         loop {
-            match kind {
-                SlowBody::Trickle(every) => {
-                    // A failed write means the server is gone: the read
-                    // side sees it.
-                    let _ = write.write_all(b" ").await;
-                    tokio::time::sleep(every).await;
-                }
-                _ => std::future::pending::<()>().await,
-            }
+            tokio::time::sleep(every).await;
+            let _ = write.write_all(b" ").await;
         }
     };
     tokio::select! {
@@ -124,7 +122,10 @@ async fn a_body_that_does_not_come_is_answered_408_and_closed_on_every_route() {
     let auth = format!("Authorization: Bearer {admin}\r\nContent-Length: 4000\r\n");
     let admin_request = head("POST", "/api/v1/admin/mutes", &auth);
     let within = Duration::from_secs(6);
-    let trickle = SlowBody::Trickle(Duration::from_millis(300));
+    let trickle = SlowBody::Trickle {
+        first: 1,
+        every: Duration::from_millis(300),
+    };
     let (no_body, no_chunk, trickled, admin_route) = tokio::join!(
         slow_body(&server.addr, SlowBody::NoBody, within),
         slow_body(&server.addr, SlowBody::NoChunk, within),
@@ -167,26 +168,11 @@ async fn a_body_below_the_minimum_rate_is_cut_after_the_grace() {
     let server = Server::start(&dir.path().join("data"), Some(config));
     // 500 bytes at once buy 0.5 s past the 5 s grace; a byte per 100 ms
     // then buys 1 ms each, so the rate, not the 60 s total, cuts it.
-    let mut stream = TcpStream::connect(&server.addr).await.unwrap();
-    let started = Instant::now();
-    let request = head(
-        "POST",
-        "/api/v1/rooms/a/danmaku",
-        "Content-Length: 4000\r\n",
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(&[b' '; 500]).await.unwrap();
-    let (mut read, mut write) = stream.into_split();
-    let trickle = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let _ = write.write_all(b" ").await;
-        }
+    let trickle = SlowBody::Trickle {
+        first: 500,
+        every: Duration::from_millis(100),
     };
-    let ending = tokio::select! {
-        ending = wait_closed(&mut read, started, Duration::from_secs(15)) => ending,
-        _ = trickle => unreachable!(),
-    };
+    let ending = slow_body(&server.addr, trickle, Duration::from_secs(15)).await;
     assert!(
         ending.answer.starts_with("HTTP/1.1 408 "),
         "{}",
@@ -280,7 +266,10 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
     let kinds = [
         SlowBody::NoBody,
         SlowBody::NoChunk,
-        SlowBody::Trickle(Duration::from_secs(10)),
+        SlowBody::Trickle {
+            first: 1,
+            every: Duration::from_secs(10),
+        },
     ];
     // Tasks, so that they run (and time their ends) while the sender waits.
     let spawn_all =
