@@ -1,7 +1,7 @@
 //! Deadlines for every phase of an HTTP exchange: waiting for a request,
 //! reading its headers, reading its body.
 //!
-//! hyper 1.x has one read timer, `header_read_timeout`, which starts as
+//! hyper (1.12) has one read timer, `header_read_timeout`, which starts as
 //! soon as a connection is idle and so bounds "idle, then headers" as one;
 //! it has nothing for a body, and a handler that awaits a body that never
 //! comes awaits forever (a `Content-Length: 4000` with no body held its
