@@ -247,12 +247,6 @@ async fn a_stalled_sse_client_is_cut_off_after_the_write_timeout() {
         p.await.unwrap();
     }
     wait_metric(&server, "danmaku_connections{transport=\"sse\"}", 0.0).await;
-    // The never-reading viewers were really stalled: each made no write
-    // progress for the write timeout and was cut (the reading viewers have
-    // left too).
-    wait_metric(&server, "danmaku_connections{transport=\"ws\"}", 0.0).await;
-    let cut = metric(&server, "danmaku_slow_disconnects_total").await;
-    assert!(cut >= Some(1000.0), "{cut:?}");
     drop(stalled);
     server.stop();
 }
