@@ -8,6 +8,7 @@ mod cli;
 mod connection;
 mod delivery;
 mod density;
+mod full_disk;
 mod guard;
 mod moderation;
 mod resume;
