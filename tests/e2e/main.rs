@@ -6,6 +6,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod connection;
+mod crash;
 mod delivery;
 mod density;
 mod full_disk;
