@@ -31,9 +31,10 @@ use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snaps
 const DB_FILE: &str = "danmaku.sqlite3";
 /// Idle reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 4;
-/// The schema's version, in `PRAGMA user_version`. The schema is created
-/// only when the database is older, so that opening an existing database
-/// writes nothing: a node restarted on a full disk still starts.
+/// The schema's version, in `PRAGMA user_version`; bump it with any change
+/// to [`SCHEMA`]. The schema is applied only to an older database, so that
+/// opening an existing one writes nothing: a node restarted on a full disk
+/// still starts.
 const SCHEMA_VERSION: i64 = 2;
 /// How often the writer tries a write while the disk is full, so that it
 /// takes sends again soon after space returns even if none arrives.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::moderation::{admin, call, config};
+use crate::moderation::{admin, call, config, get_as};
 use crate::server::*;
 
 /// A small tmpfs mounted on a new directory, unmounted on drop.
@@ -201,14 +201,7 @@ async fn a_full_disk_refuses_sends_serves_reads_and_recovers_without_a_restart()
         (status, body["error"]["code"].as_str()),
         (507, Some("store_full"))
     );
-    let (_, list) = call(
-        &server,
-        Method::GET,
-        "/api/v1/admin/rooms/wall/held",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (_, list) = get_as(&server, &admin, "/api/v1/admin/rooms/wall/held").await;
     assert_eq!(list["items"][0]["held"], held, "still held: {list}");
 
     assert_eq!(

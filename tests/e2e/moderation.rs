@@ -427,7 +427,7 @@ async fn premoderated_wall(data: &std::path::Path, admin: &str) -> Server {
 }
 
 /// A GET as the token's user: the status and the JSON answer.
-async fn get_as(server: &Server, token: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn get_as(server: &Server, token: &str, path: &str) -> (u16, Value) {
     call(server, Method::GET, path, Some(token), None).await
 }
 
