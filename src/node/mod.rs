@@ -88,8 +88,9 @@ impl From<StoreError> for ApiError {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The store could not be opened.
-    #[error("store: {0}")]
+    /// The store could not be opened. (The cause is the source, which the
+    /// CLI prints after this, so it is not repeated here.)
+    #[error("store")]
     Store(#[from] StoreError),
     /// The guard's keys or word list could not be loaded.
     #[error(transparent)]

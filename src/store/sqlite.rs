@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::types::ToSql;
 use rusqlite::{
-    params, params_from_iter, Connection, OpenFlags, OptionalExtension, Statement, Transaction,
-    TransactionBehavior,
+    params, params_from_iter, Connection, FileControl, OpenFlags, OptionalExtension, Statement,
+    Transaction, TransactionBehavior,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -123,7 +123,7 @@ enum Op {
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     readers: Arc<ReaderPool>,
-    /// Set by the writer while the disk is full (see [`Writer::mark_full`]).
+    /// Set by the writer while the disk is full (see [`Writer::failed`]).
     full: Arc<AtomicBool>,
 }
 
@@ -150,6 +150,10 @@ impl SqliteStore {
         let prepare = || -> Result<(), rusqlite::Error> {
             // A write only when the database is new (not yet in WAL mode).
             conn.pragma_update(None, "journal_mode", "WAL")?;
+            // Keep the log and the 32 KiB shared-memory index when this,
+            // the only connection that may, closes last: a restart then
+            // needs no new file, and so starts on a full disk.
+            conn.file_control(rusqlite::DEFAULT_NAME, FileControl::PersistWal(&mut 1))?;
             conn.pragma_update(None, "synchronous", sync)?;
             conn.busy_timeout(Duration::from_secs(5))?;
             let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -160,7 +164,8 @@ impl SqliteStore {
             Ok(())
         };
         // Still fails on a full disk when SQLite must create its 32 KiB
-        // shared-memory index (`-shm`), or the database: nothing to serve.
+        // shared-memory index (`-shm`: only if someone deleted it), or the
+        // database: there is nothing to serve then.
         prepare().map_err(|e| classify(&conn, e.into()))?;
 
         let full = Arc::new(AtomicBool::new(false));

@@ -270,3 +270,30 @@ async fn a_full_disk_refuses_sends_serves_reads_and_recovers_without_a_restart()
     drop((resumed, sse));
     server.stop();
 }
+
+/// The two starts a full disk still stops, because there is nothing to
+/// serve without space: a database whose shared-memory index must be made
+/// again, and a new data directory. Both say why.
+#[tokio::test]
+async fn a_start_that_must_create_files_on_a_full_disk_fails_and_says_why() {
+    let disk = Tmpfs::mount("1m");
+    let data = disk.mount.join("old");
+    let server = Server::start(&data, None);
+    assert_eq!(post(&server, "r", json!({"text": "stored"})).await.0, 201);
+    server.stop();
+    // The server leaves its log and shared-memory index in place. SQLite
+    // rebuilds the index from the database and the log, so deleting it
+    // loses nothing; but with no space, it cannot.
+    std::fs::remove_file(data.join("danmaku.sqlite3-shm")).expect("the index is kept");
+    disk.fill();
+    let fresh = disk.mount.join("new");
+    for dir in [&data, &fresh] {
+        let path = dir.to_str().unwrap();
+        let out = run_cli(&["serve", "--listen", "127.0.0.1:0", "--data", path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{stderr}");
+        assert!(!out.status.success(), "{path} started on a full disk");
+        // SQLite reports the first as an I/O error; its errno says why.
+        assert!(stderr.contains("the disk is full"), "{path}: {stderr}");
+    }
+}
