@@ -129,9 +129,9 @@ pub struct ApiError {
     /// A human explanation; not meant to be matched on.
     pub message: String,
     /// Whole seconds to wait before trying again, for `rate_limited` and
-    /// `store_full`. It is
-    /// in the JSON (only when set) as well as in the HTTP `Retry-After`
-    /// header, because a WebSocket client has no header to read.
+    /// `store_full`. It is in the JSON (only when set) as well as in the
+    /// HTTP `Retry-After` header, because a WebSocket client has no header
+    /// to read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
 }
