@@ -3,7 +3,8 @@
 //! Every layer reports its own typed error; the edge turns it into an
 //! [`ApiError`], which renders as `{"error":{"code":"...","message":"..."}}`
 //! over HTTP and as an `error` frame over a WebSocket. A rate-limited error
-//! also carries `"retry_after_s"`, and over HTTP a `Retry-After` header.
+//! (and `store_full`) also carries `"retry_after_s"`, and over HTTP a
+//! `Retry-After` header.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -58,6 +59,9 @@ pub enum ErrorCode {
     /// The room's pre-moderation queue is full; nothing was held. Retry
     /// once moderators have caught up.
     HeldQueueFull,
+    /// The disk holding the store is full: nothing was stored. Reads and
+    /// viewers are still served; retry after `retry_after_s`.
+    StoreFull,
     /// The store failed; nothing was acknowledged.
     Internal,
 }
@@ -85,6 +89,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::HeldQueueFull => "held_queue_full",
+            ErrorCode::StoreFull => "store_full",
             ErrorCode::Internal => "internal",
         }
     }
@@ -111,6 +116,10 @@ impl ErrorCode {
             ErrorCode::ShuttingDown | ErrorCode::TooManyConnections | ErrorCode::HeldQueueFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            // 507, not 503: the cause is this node's disk, not load or a
+            // shutdown, and it says so to a client or proxy that only
+            // reads the status.
+            ErrorCode::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,9 +133,10 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// A human explanation; not meant to be matched on.
     pub message: String,
-    /// Whole seconds to wait before trying again, for `rate_limited`. It is
-    /// in the JSON (only when set) as well as in the HTTP `Retry-After`
-    /// header, because a WebSocket client has no header to read.
+    /// Whole seconds to wait before trying again, for `rate_limited` and
+    /// `store_full`. It is in the JSON (only when set) as well as in the
+    /// HTTP `Retry-After` header, because a WebSocket client has no header
+    /// to read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
 }

@@ -76,6 +76,12 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     /// Sends per group commit.
     pub store_batch_size: Histogram,
+    /// 1 while the store cannot write because its disk is full (sends get
+    /// `store_full`), else 0.
+    pub store_full: Gauge,
+    /// Writes refused because the disk was full: each send of a failed
+    /// group commit, each hold, moderation change or approval.
+    pub store_full_writes: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -105,6 +111,8 @@ impl Metrics {
             thinned: Counter::default(),
             store_commit_seconds: latency_buckets(),
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            store_full: Gauge::default(),
+            store_full_writes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -179,6 +187,16 @@ impl Metrics {
             "store_batch_size",
             "Sends per group commit",
             m.store_batch_size.clone(),
+        );
+        registry.register(
+            "store_full",
+            "1 while the store cannot write because its disk is full",
+            m.store_full.clone(),
+        );
+        registry.register(
+            "store_full_writes",
+            "Writes refused because the disk was full",
+            m.store_full_writes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -389,6 +389,9 @@ mod tests {
         async fn last_id(&self, _: &str) -> Result<u64, StoreError> {
             Ok(3)
         }
+        fn is_full(&self) -> bool {
+            false
+        }
         async fn close(&self) {}
     }
 

@@ -60,12 +60,23 @@ pub struct Joined {
     pub online: usize,
 }
 
+/// The `Retry-After` of `store_full`: space returns by an operator's hand,
+/// so retrying sooner only adds refused requests (the store itself notices
+/// space within a second).
+const STORE_FULL_RETRY_AFTER_S: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Closed => {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             }
+            // The store logs when the disk fills and when it has space again.
+            StoreError::Full(_) => ApiError::new(
+                ErrorCode::StoreFull,
+                "the server's disk is full; nothing was stored",
+            )
+            .with_retry_after(STORE_FULL_RETRY_AFTER_S),
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::new(ErrorCode::Internal, "the store failed; nothing was stored")
@@ -77,8 +88,9 @@ impl From<StoreError> for ApiError {
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The store could not be opened.
-    #[error("store: {0}")]
+    /// The store could not be opened. (The cause is the source, which the
+    /// CLI prints after this, so it is not repeated here.)
+    #[error("store")]
     Store(#[from] StoreError),
     /// The guard's keys or word list could not be loaded.
     #[error(transparent)]
@@ -243,6 +255,15 @@ impl Node {
     /// The figures of every active room.
     pub fn rooms(&self) -> Vec<RoomStats> {
         self.hub.all_stats()
+    }
+
+    /// Why the node serves only part of its API, if it does: `store_full`
+    /// while the store's disk is full (reads and viewers are served, sends
+    /// are refused with that code).
+    pub fn degraded(&self) -> Option<&'static str> {
+        self.store
+            .is_full()
+            .then_some(ErrorCode::StoreFull.as_str())
     }
 
     /// Resolves when viewers should finish and close ("going away").

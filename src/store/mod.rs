@@ -32,6 +32,11 @@ pub enum StoreError {
     /// The store is shutting down and takes no new sends.
     #[error("the store is closed")]
     Closed,
+    /// The disk (or the quota) holding the store is full: nothing was
+    /// written. Reads still work, and writes succeed again once there is
+    /// space, without a restart.
+    #[error("the disk is full: {0}")]
+    Full(Arc<rusqlite::Error>),
     /// The database failed; the sends of the failed batch are not stored.
     #[error("database error: {0}")]
     Database(Arc<rusqlite::Error>),
@@ -44,8 +49,15 @@ pub enum StoreError {
 }
 
 impl From<rusqlite::Error> for StoreError {
+    /// SQLite's `SQLITE_FULL` becomes [`StoreError::Full`]; the backend
+    /// also reclassifies an I/O error whose cause was a full disk, which
+    /// only its connection can tell.
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(Arc::new(e))
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::Full(Arc::new(e))
+        } else {
+            StoreError::Database(Arc::new(e))
+        }
     }
 }
 
@@ -76,6 +88,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest id of `room` (0 if it has none).
     async fn last_id(&self, room: &str) -> Result<u64, StoreError>;
+
+    /// Whether the store's last write failed for lack of space, with no
+    /// write succeeding since: sends then fail with [`StoreError::Full`]
+    /// while reads are served. The store finds out by itself when space
+    /// returns.
+    fn is_full(&self) -> bool;
 
     /// Commits and acknowledges every send already queued, then refuses new
     /// ones with [`StoreError::Closed`]. Resolves when the writer has stopped.

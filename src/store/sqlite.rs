@@ -10,14 +10,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::types::ToSql;
 use rusqlite::{
-    params, params_from_iter, Connection, OpenFlags, OptionalExtension, Statement, Transaction,
-    TransactionBehavior,
+    params, params_from_iter, Connection, FileControl, OpenFlags, OptionalExtension, Statement,
+    Transaction, TransactionBehavior,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,6 +31,14 @@ use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snaps
 const DB_FILE: &str = "danmaku.sqlite3";
 /// Idle reader connections kept open for reuse.
 const MAX_IDLE_READERS: usize = 4;
+/// The schema's version, in `PRAGMA user_version`; bump it with any change
+/// to [`SCHEMA`]. The schema is applied only to an older database, so that
+/// opening an existing one writes nothing: a node restarted on a full disk
+/// still starts.
+const SCHEMA_VERSION: i64 = 2;
+/// How often the writer tries a write while the disk is full, so that it
+/// takes sends again soon after space returns even if none arrives.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rooms (
@@ -88,7 +97,6 @@ CREATE TABLE IF NOT EXISTS audit (
     target TEXT,
     detail TEXT    NOT NULL
 );
-PRAGMA user_version = 2;
 ";
 
 const COLUMNS: &str = "id, room, user, name, text, mode, color, size, ts, vt";
@@ -115,11 +123,17 @@ enum Op {
 pub struct SqliteStore {
     ops: mpsc::Sender<Op>,
     readers: Arc<ReaderPool>,
+    /// Set by the writer while the disk is full (see [`Writer::failed`]).
+    full: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
     /// Opens (or creates) the store under `dir` and starts its writer thread.
     /// `on_commit` receives every committed batch in commit order.
+    ///
+    /// An existing database opens on a full disk: the store then starts
+    /// full ([`Store::is_full`]), serves reads, and takes writes again once
+    /// there is space. Creating a new one needs space.
     pub fn open(
         dir: &Path,
         config: &StoreConfig,
@@ -128,37 +142,49 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(Arc::new(e)))?;
         let path = dir.join(DB_FILE);
-        let writer = Connection::open(&path)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
+        let conn = Connection::open(&path)?;
         let sync = match config.synchronous {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
-        writer.pragma_update(None, "synchronous", sync)?;
-        writer.busy_timeout(std::time::Duration::from_secs(5))?;
-        writer.execute_batch(SCHEMA)?;
-        // Expired mutes and bans are only ever pruned here: the guard
-        // ignores them while running, and a restart is a fine time to
-        // forget them for good.
-        let now = now_ms();
-        writer.execute("DELETE FROM mutes WHERE until <= ?1", [now])?;
-        writer.execute(
-            "DELETE FROM bans WHERE until IS NOT NULL AND until <= ?1",
-            [now],
-        )?;
+        let prepare = || -> Result<(), rusqlite::Error> {
+            // A write only when the database is new (not yet in WAL mode).
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            // Keep the log and the 32 KiB shared-memory index when this,
+            // the only connection that may, closes last: a restart then
+            // needs no new file, and so starts on a full disk.
+            conn.file_control(rusqlite::DEFAULT_NAME, FileControl::PersistWal(&mut 1))?;
+            conn.pragma_update(None, "synchronous", sync)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version < SCHEMA_VERSION {
+                conn.execute_batch(SCHEMA)?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            Ok(())
+        };
+        // Still fails on a full disk when SQLite must create its 32 KiB
+        // shared-memory index (`-shm`: only if someone deleted it), or the
+        // database: there is nothing to serve then.
+        prepare().map_err(|e| classify(&conn, e.into()))?;
 
+        let full = Arc::new(AtomicBool::new(false));
+        let mut writer = Writer::new(conn, on_commit, metrics, full.clone());
+        writer.start_up()?;
         let (tx, rx) = mpsc::channel(config.queue);
         let max_batch = config.max_batch;
         std::thread::Builder::new()
             .name("danmaku-store-writer".into())
-            .spawn(move || Writer::new(writer, on_commit, metrics).run(rx, max_batch))
+            .spawn(move || writer.run(rx, max_batch))
             .map_err(|e| StoreError::Io(Arc::new(e)))?;
+        spawn_prober(tx.downgrade(), full.clone()).map_err(|e| StoreError::Io(Arc::new(e)))?;
         Ok(SqliteStore {
             ops: tx,
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
             }),
+            full,
         })
     }
 
@@ -195,7 +221,8 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         self.ask(|reply| {
             Op::Run(Box::new(move |w: &mut Writer| {
-                let _ = reply.send(job(w));
+                let result = job(w).map_err(|e| w.failed(e, 1));
+                let _ = reply.send(result);
             }))
         })
         .await
@@ -259,6 +286,10 @@ impl Store for SqliteStore {
     async fn last_id(&self, room: &str) -> Result<u64, StoreError> {
         let room = room.to_owned();
         self.read(move |c| read_last_id(c, &room)).await
+    }
+
+    fn is_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
     }
 
     async fn close(&self) {
@@ -442,6 +473,53 @@ impl ReaderPool {
     }
 }
 
+/// While the disk is full, queues a probe write every [`PROBE_INTERVAL`],
+/// so that the store notices space returning without waiting for a send.
+/// Stops once the store is dropped or closed.
+fn spawn_prober(ops: mpsc::WeakSender<Op>, full: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("danmaku-store-probe".into())
+        .spawn(move || loop {
+            std::thread::sleep(PROBE_INTERVAL);
+            let Some(ops) = ops.upgrade() else { return };
+            if full.load(Ordering::Relaxed) {
+                let probe = Op::Run(Box::new(|w: &mut Writer| {
+                    if let Err(e) = w.probe() {
+                        tracing::error!(error = %e, "store probe failed");
+                    }
+                }));
+                // A full queue already holds writes that will find out.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = ops.try_send(probe) {
+                    return;
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// `e`, the error of `conn`'s last call, as [`StoreError::Full`] when a
+/// full disk or quota caused it. SQLite says `SQLITE_FULL` when a write
+/// runs out of space, but some paths (growing the shared-memory index, an
+/// fsync) report it as an `SQLITE_IOERR_*` that only the errno explains.
+fn classify(conn: &Connection, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Database(db)
+            if db.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) =>
+        {
+            // SAFETY: the handle is valid while `conn` lives, and this only
+            // reads the errno the connection recorded for its last failure.
+            let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
+            match std::io::Error::from_raw_os_error(errno).kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    StoreError::Full(db)
+                }
+                _ => StoreError::Database(db),
+            }
+        }
+        other => other,
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
     conn: Connection,
@@ -449,15 +527,95 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Each room's newest committed id, so a commit need not read it back.
     last_ids: HashMap<String, u64>,
+    /// Whether the last write failed for lack of space; shared with the
+    /// store (health) and the prober.
+    full: Arc<AtomicBool>,
 }
 
 impl Writer {
-    fn new(conn: Connection, on_commit: CommitListener, metrics: Arc<Metrics>) -> Writer {
+    fn new(
+        conn: Connection,
+        on_commit: CommitListener,
+        metrics: Arc<Metrics>,
+        full: Arc<AtomicBool>,
+    ) -> Writer {
         Writer {
             conn,
             on_commit,
             metrics,
             last_ids: HashMap::new(),
+            full,
+        }
+    }
+
+    /// The writes of a start: pruning, then a probe, so that a store opened
+    /// on a full disk knows it at once. Neither is needed to serve, so a
+    /// full disk does not stop the start; any other failure does.
+    fn start_up(&mut self) -> Result<(), StoreError> {
+        // Expired mutes and bans are only ever pruned here: the guard
+        // ignores them while running, and a restart is a fine time to
+        // forget them for good (or the next one, if the disk is full).
+        let now = now_ms();
+        let pruned = self
+            .conn
+            .execute("DELETE FROM mutes WHERE until <= ?1", [now])
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM bans WHERE until IS NOT NULL AND until <= ?1",
+                    [now],
+                )
+            });
+        match pruned.map_err(|e| self.failed(e.into(), 0)) {
+            Ok(_) | Err(StoreError::Full(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.probe()
+    }
+
+    /// Writes one page (the schema version, unchanged: an empty
+    /// transaction writes nothing) to learn whether the disk takes writes.
+    /// A full disk is not an error here: it is recorded, and the prober
+    /// tries again.
+    fn probe(&mut self) -> Result<(), StoreError> {
+        match self
+            .conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+        {
+            Ok(()) => {
+                self.mark_writable();
+                Ok(())
+            }
+            Err(e) => match self.failed(e.into(), 0) {
+                StoreError::Full(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Classifies a failed write, `refused` being the requests it fails: a
+    /// full disk marks the store full and counts them. Returns the error,
+    /// as [`StoreError::Full`] when space was the cause.
+    fn failed(&self, e: StoreError, refused: u64) -> StoreError {
+        let e = classify(&self.conn, e);
+        if let StoreError::Full(cause) = &e {
+            self.metrics.store_full_writes.inc_by(refused);
+            if !self.full.swap(true, Ordering::Relaxed) {
+                self.metrics.store_full.set(1);
+                tracing::warn!(
+                    error = %cause,
+                    "the disk is full: sends are refused (store_full), reads and viewers \
+                     are served, and writes resume once there is space"
+                );
+            }
+        }
+        e
+    }
+
+    /// A write committed: there is space (again).
+    fn mark_writable(&self) {
+        if self.full.swap(false, Ordering::Relaxed) {
+            self.metrics.store_full.set(0);
+            tracing::warn!("the disk has space again: sends are taken");
         }
     }
 
@@ -519,6 +677,7 @@ impl Writer {
                 self.metrics
                     .store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
+                self.mark_writable();
                 self.publish(&stored);
                 for (reply, d) in replies.drain(..).zip(stored) {
                     // The sender may have gone; its danmaku is stored anyway.
@@ -526,7 +685,12 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, sends = news.len(), "group commit failed");
+                let sends = replies.len();
+                let e = self.failed(e, sends as u64);
+                // A full disk was logged once, when it filled.
+                if !matches!(e, StoreError::Full(_)) {
+                    tracing::error!(error = %e, sends, "group commit failed");
+                }
                 news.clear();
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(e.clone()));

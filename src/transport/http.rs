@@ -44,8 +44,13 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// 200 whenever the process serves HTTP; the body says whether the node
+/// is degraded (it still serves reads and viewers then), and why.
+async fn healthz(State(app): State<App>) -> Json<serde_json::Value> {
+    Json(match app.node.degraded() {
+        None => serde_json::json!({ "status": "ok" }),
+        Some(reason) => serde_json::json!({ "status": "degraded", "reason": reason }),
+    })
 }
 
 async fn metrics(State(app): State<App>) -> Response {

@@ -145,37 +145,6 @@ async fn sse_delivers_each_danmaku_with_its_id_and_resumes_from_last_event_id() 
     server.stop();
 }
 
-/// Reads `n` danmaku events: (event id, text), checking the id line
-/// matches the danmaku inside.
-async fn read_sse(res: &mut reqwest::Response, n: usize) -> Vec<(u64, String)> {
-    let mut buf = String::new();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let chunk = tokio::time::timeout(WAIT, res.chunk())
-            .await
-            .expect("timed out waiting for SSE")
-            .unwrap()
-            .expect("stream ended");
-        buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            let field = |name: &str| {
-                event
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(str::to_owned))
-            };
-            if field("event: ").as_deref() == Some("danmaku") {
-                let id: u64 = field("id: ").unwrap().parse().unwrap();
-                let data: serde_json::Value =
-                    serde_json::from_str(&field("data: ").unwrap()).unwrap();
-                assert_eq!(data["id"], id);
-                out.push((id, data["text"].as_str().unwrap().to_owned()));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn history_by_id_and_video_time_and_the_page() {
     let dir = tempfile::tempdir().unwrap();

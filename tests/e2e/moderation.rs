@@ -10,7 +10,8 @@ use crate::server::*;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-fn config() -> String {
+/// The config of a server whose admins hold tokens from [`admin`].
+pub(crate) fn config() -> String {
     format!("[auth]\nhs256_secret = \"{SECRET}\"\n")
 }
 
@@ -34,7 +35,8 @@ fn token(user: &str, role: Role) -> String {
     mint(&auth, &claims).unwrap()
 }
 
-fn admin() -> String {
+/// An admin's token.
+pub(crate) fn admin() -> String {
     token("mod", Role::Admin)
 }
 
@@ -44,7 +46,7 @@ fn user(name: &str) -> String {
 
 /// One request with an optional bearer token and JSON body; the status
 /// and the JSON answer (`null` when there is none).
-async fn call(
+pub(crate) async fn call(
     server: &Server,
     method: Method,
     path: &str,
@@ -425,7 +427,7 @@ async fn premoderated_wall(data: &std::path::Path, admin: &str) -> Server {
 }
 
 /// A GET as the token's user: the status and the JSON answer.
-async fn get_as(server: &Server, token: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn get_as(server: &Server, token: &str, path: &str) -> (u16, Value) {
     call(server, Method::GET, path, Some(token), None).await
 }
 

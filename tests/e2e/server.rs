@@ -95,6 +95,14 @@ impl Server {
         }
     }
 
+    /// SIGKILL: the process dies at once, as in a crash or power cut
+    /// (minus the disk). Waits until it is gone.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// SIGTERM, then asserts a clean exit (code 0) within a few seconds.
     pub fn stop(mut self) {
         self.terminate();
@@ -237,6 +245,52 @@ pub async fn collect_danmaku(ws: &mut Ws, n: usize) -> Vec<Value> {
 /// The ids of danmaku values.
 pub fn ids(items: &[Value]) -> Vec<u64> {
     items.iter().map(|d| d["id"].as_u64().unwrap()).collect()
+}
+
+/// Opens an SSE stream of `room`, resuming after `last_event_id` if given.
+pub async fn open_sse(
+    server: &Server,
+    room: &str,
+    last_event_id: Option<u64>,
+) -> reqwest::Response {
+    let mut req = http().get(format!("{}/api/v1/rooms/{room}/stream", server.url()));
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res
+}
+
+/// Reads `n` danmaku events: (event id, text), checking the id line
+/// matches the danmaku inside.
+pub async fn read_sse(res: &mut reqwest::Response, n: usize) -> Vec<(u64, String)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(WAIT, res.chunk())
+            .await
+            .expect("timed out waiting for SSE")
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| {
+                event
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(str::to_owned))
+            };
+            if field("event: ").as_deref() == Some("danmaku") {
+                let id: u64 = field("id: ").unwrap().parse().unwrap();
+                let data: serde_json::Value =
+                    serde_json::from_str(&field("data: ").unwrap()).unwrap();
+                assert_eq!(data["id"], id);
+                out.push((id, data["text"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    out
 }
 
 /// Sends a JSON command over a WebSocket.
