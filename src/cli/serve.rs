@@ -35,6 +35,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data = config.data.clone();
     let node = Node::start(config)
         .with_context(|| format!("cannot start (data in {})", data.display()))?;
+    // Listen for the signals before the banner: whoever reads the banner may
+    // send SIGTERM at once, and a signal that arrives before its handler is
+    // installed takes the default action and kills the process mid-way.
+    let signals = Signals::install()?;
     // Printed on stdout, not logged: scripts and tests read the address
     // here. A closed stdout is no reason to stop serving, so errors are ignored.
     let banner = format!(
@@ -53,7 +57,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         node,
         tasks: TaskTracker::new(),
     };
-    server::run(app, listener, shutdown_signal()).await;
+    server::run(app, listener, signals.received()).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -86,25 +90,38 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, listened for from the moment they are installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
     }
+
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal received");
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {})
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    async fn received(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }

