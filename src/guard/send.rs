@@ -173,11 +173,30 @@ mod tests {
 
     #[test]
     fn room_names() {
-        for ok in ["a", "live:123", "A-b_c.d", ".a", "..a", "a..", "-", &"x".repeat(64)] {
+        for ok in [
+            "a",
+            "live:123",
+            "A-b_c.d",
+            ".a",
+            "..a",
+            "a..",
+            "-",
+            &"x".repeat(64),
+        ] {
             assert!(check_room(ok).is_ok(), "{ok}");
         }
         let dots = ".".repeat(64);
-        for bad in ["", "a b", "房间", "a/b", &"x".repeat(65), ".", "..", "...", &dots] {
+        for bad in [
+            "",
+            "a b",
+            "房间",
+            "a/b",
+            &"x".repeat(65),
+            ".",
+            "..",
+            "...",
+            &dots,
+        ] {
             assert!(check_room(bad).is_err(), "{bad}");
         }
     }

@@ -144,8 +144,11 @@ impl Hub {
                 (rooms.iter().map(|r| r.stats()).collect(), more)
             }
             RoomOrder::ByOnline { skip } => {
-                let mut stats: Vec<RoomStats> =
-                    self.rooms_where(|_| true).iter().map(|r| r.stats()).collect();
+                let mut stats: Vec<RoomStats> = self
+                    .rooms_where(|_| true)
+                    .iter()
+                    .map(|r| r.stats())
+                    .collect();
                 stats.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.room.cmp(&b.room)));
                 let more = stats.len() > skip.saturating_add(limit);
                 let page = stats.into_iter().skip(*skip).take(limit).collect();

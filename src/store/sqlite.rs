@@ -738,7 +738,9 @@ fn insert_send(
     new: &NewDanmaku,
     ts: i64,
 ) -> Result<(), rusqlite::Error> {
-    let id = id.map(|id| sql_id(id).ok_or_else(|| id_overflow(id))).transpose()?;
+    let id = id
+        .map(|id| sql_id(id).ok_or_else(|| id_overflow(id)))
+        .transpose()?;
     let mode = new.mode.code();
     let columns: [&dyn ToSql; 9] = [
         &new.room,

@@ -151,7 +151,10 @@ impl HistoryQuery {
     pub fn check(&self, max_history: usize) -> Result<(HistoryRange, usize), ApiError> {
         let limit = limit(self.limit, DEFAULT_HISTORY_PAGE, max_history)?;
         if self.from.is_none() && self.to.is_none() {
-            return Ok((HistoryRange::After(self.after.map_or(0, |Id(id)| id)), limit));
+            return Ok((
+                HistoryRange::After(self.after.map_or(0, |Id(id)| id)),
+                limit,
+            ));
         }
         if self.after.is_some() {
             return Err(invalid_query("use either after or from/to, not both"));
@@ -179,7 +182,10 @@ pub struct StreamQuery {
 impl StreamQuery {
     /// Where the stream resumes: the browser's own `Last-Event-ID` wins
     /// over `since`. Both are ids.
-    pub fn resume_after(&self, last_event_id: Option<&HeaderValue>) -> Result<Option<u64>, ApiError> {
+    pub fn resume_after(
+        &self,
+        last_event_id: Option<&HeaderValue>,
+    ) -> Result<Option<u64>, ApiError> {
         match last_event_id {
             None => Ok(self.since.map(|Id(id)| id)),
             Some(v) => v
@@ -319,7 +325,14 @@ mod tests {
     fn ids_stop_at_the_largest_the_store_holds() {
         assert_eq!(Id::parse("0"), Some(Id(0)));
         assert_eq!(Id::parse("9223372036854775807"), Some(Id(MAX_ID)));
-        for bad in ["9223372036854775808", "18446744073709551615", "-1", "1.5", "", " 1"] {
+        for bad in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "-1",
+            "1.5",
+            "",
+            " 1",
+        ] {
             assert_eq!(Id::parse(bad), None, "{bad}");
         }
         let q: Result<HistoryQuery, _> = parse_query(Some("after=9223372036854775808"));
@@ -346,7 +359,13 @@ mod tests {
         let skip = next_cursor(&RoomOrder::ByOnline { skip: 100 }, "x", 100);
         let q: RoomsQuery = parse_query(Some(&format!("cursor={skip}&sort=online"))).unwrap();
         assert_eq!(q.check().unwrap().0, RoomOrder::ByOnline { skip: 200 });
-        for junk in ["cursor=%%%", "cursor=bmFtZTouLg", "limit=0", "limit=1001", "limit=x"] {
+        for junk in [
+            "cursor=%%%",
+            "cursor=bmFtZTouLg",
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+        ] {
             let err = parse_query::<RoomsQuery>(Some(junk)).and_then(|q| q.check());
             assert_eq!(err.unwrap_err().code, ErrorCode::InvalidQuery, "{junk}");
         }
