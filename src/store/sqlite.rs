@@ -863,6 +863,39 @@ mod tests {
         stored.into_iter().map(|d| (d.id, d.text)).collect()
     }
 
+    /// Ids and limits past SQLite's integers name nothing and limit nothing
+    /// more: they never wrap into a negative id (which once read a room's
+    /// history from id 1).
+    #[tokio::test]
+    async fn ids_past_i64_max_name_nothing() {
+        let (_dir, _seen, store) = fresh();
+        for text in ["a", "b"] {
+            store.append(new("r", text)).await.unwrap();
+        }
+        let past = crate::danmaku::MAX_ID + 1;
+        for after in [past, u64::MAX, crate::danmaku::MAX_ID] {
+            assert!(store.after("r", after, 10).await.unwrap().is_empty());
+            assert!(store.get("r", after).await.unwrap().is_none());
+        }
+        assert_eq!(store.after("r", 0, usize::MAX).await.unwrap().len(), 2);
+        let recall = Change::Recall {
+            room: "r".into(),
+            id: u64::MAX,
+        };
+        assert!(!store.record(recall, rejection()).await.unwrap());
+        let reject = Change::Reject { held: u64::MAX };
+        assert!(!store.record(reject, rejection()).await.unwrap());
+        assert!(
+            store.audit(10, None).await.unwrap().is_empty(),
+            "nothing was changed"
+        );
+        // Every entry lies below an id past the largest.
+        let unban = Change::Unban([192, 0, 2, 1].into());
+        assert!(store.record(unban, rejection()).await.unwrap());
+        assert_eq!(store.audit(10, Some(u64::MAX)).await.unwrap().len(), 1);
+        assert_eq!(texts(&store, "r").await.len(), 2);
+    }
+
     #[tokio::test]
     async fn approving_stores_releases_and_audits_together() {
         let (dir, seen, store) = fresh();
