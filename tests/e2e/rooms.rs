@@ -78,6 +78,8 @@ async fn rooms_of_only_dots_are_invalid_on_every_route_however_encoded() {
         ("POST", "/api/v1/admin/rooms/{r}/held/1/approve", ""),
         ("POST", "/api/v1/admin/rooms/{r}/held/1/reject", ""),
     ];
+    // Dots, plain and encoded; then a slash, a second level of encoding,
+    // a space and bytes that are not UTF-8.
     let names = [
         ".",
         "..",
@@ -89,20 +91,13 @@ async fn rooms_of_only_dots_are_invalid_on_every_route_however_encoded() {
         ".%2E",
         "%2E.",
         "%2e%2E%2e",
+        "a%2Fb",
+        "%252E%252E",
+        "a%20b",
+        "%FF",
     ];
     for (method, path, body) in routes {
         for name in names {
-            let target = path.replace("{r}", name);
-            let (status, answer) = raw(&server, method, &target, &auth, body).await;
-            assert_eq!(
-                (status, answer["error"]["code"].as_str()),
-                (400, Some("invalid_room")),
-                "{method} {target}: {answer}"
-            );
-        }
-        // Other encodings: a slash, a second level of encoding, a space,
-        // bytes that are not UTF-8.
-        for name in ["a%2Fb", "%252E%252E", "a%20b", "%FF"] {
             let target = path.replace("{r}", name);
             let (status, answer) = raw(&server, method, &target, &auth, body).await;
             assert_eq!(
