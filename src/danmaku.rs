@@ -90,13 +90,17 @@ impl<'de> Deserialize<'de> for Color {
     }
 }
 
+/// The largest id anything can have: a danmaku, a held send or an audit
+/// entry. Ids are stored as SQLite's signed 64-bit integers, so an id above
+/// `i64::MAX` can name nothing; the edge refuses one rather than let it wrap.
+pub const MAX_ID: u64 = i64::MAX.unsigned_abs();
+
 /// Milliseconds since the Unix epoch: the clock of `ts`, and of when mutes
 /// and bans end.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A danmaku that passed the guard and waits for the store to give it an id.

@@ -16,7 +16,7 @@ use serde::Serialize;
 pub enum ErrorCode {
     /// The body or frame is not the JSON the endpoint expects.
     InvalidJson,
-    /// The room name does not match `[A-Za-z0-9_.:-]{1,64}`.
+    /// The room name does not match `[A-Za-z0-9_.:-]{1,64}`, or is only dots.
     InvalidRoom,
     /// The text is empty or only white space.
     EmptyText,

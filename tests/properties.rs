@@ -9,7 +9,13 @@
 //!   refused one carries a known code that fits its input.
 //! - The word filter in mask mode: the text keeps its length in characters
 //!   and no listed word, folded for case and width, survives.
-//! - `check_room` accepts exactly `[A-Za-z0-9_.:-]{1,64}`.
+//! - `check_room` accepts exactly `[A-Za-z0-9_.:-]{1,64}` not made only
+//!   of dots.
+//! - Integer edges: every id, limit, duration and number a client names,
+//!   in a query, a header, a path or a JSON body, from 0 through `i64::MAX`
+//!   and `u64::MAX` to negative numbers, huge decimals and floats, gets the
+//!   right answer or `400`: never history from id 1, never `500`, never a
+//!   panic. Through the real router, node and SQLite store.
 //! - A room's coalescing window stays between 1 ms and `coalesce_ms` for
 //!   any config and viewer count (`writes_per_s = 0` once made every room's
 //!   flusher panic).
@@ -527,19 +533,23 @@ fn room_name_ok(s: &str) -> bool {
     (1..=64).contains(&s.chars().count())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        && !s.chars().all(|c| c == '.')
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
-    /// Every name of the pattern is accepted.
+    /// Every name of the pattern is accepted, unless it is only dots.
     #[test]
-    fn check_room_accepts_the_pattern(name in "[A-Za-z0-9_.:-]{1,64}") {
+    fn check_room_accepts_the_pattern(
+        name in "[A-Za-z0-9_.:-]{1,64}".prop_filter("only dots", |n| n.bytes().any(|b| b != b'.')),
+    ) {
         prop_assert!(guard::check_room(&name).is_ok(), "{:?}", name);
     }
 
-    /// Everything else is refused as `invalid_room`: too long, empty, or
-    /// with one character outside the set.
+    /// Everything else is refused as `invalid_room`: too long, empty, only
+    /// dots (which URLs resolve away), or with one character outside the
+    /// set.
     #[test]
     fn check_room_refuses_the_rest(
         name in prop_oneof![
@@ -547,6 +557,7 @@ proptest! {
             ("[A-Za-z0-9_.:-]{0,32}", "[^A-Za-z0-9_.:-]", "[A-Za-z0-9_.:-]{0,31}")
                 .prop_map(|(a, b, c)| format!("{a}{b}{c}")),
             Just(String::new()),
+            "\\.{1,64}",
         ],
     ) {
         let e = guard::check_room(&name).unwrap_err();
@@ -580,5 +591,535 @@ proptest! {
         let window = config.window(viewers);
         prop_assert!(window >= Duration::from_millis(1));
         prop_assert!(window <= Duration::from_millis(coalesce_ms.max(1)));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Integer edges, through the real router, node and store
+// ---------------------------------------------------------------------------
+
+mod edges {
+    use std::net::SocketAddr;
+    use std::sync::LazyLock;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, StatusCode};
+    use axum::Router;
+    use danmaku::config::{Config, Synchronous};
+    use danmaku::danmaku::MAX_ID;
+    use danmaku::guard::auth::{mint, Claims, Role};
+    use danmaku::node::Node;
+    use danmaku::transport::{http, App};
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    /// The danmaku of the room the history properties read: ids 1 to 3.
+    const ROOM: &str = "edge";
+    const STORED: u64 = 3;
+
+    /// One server, without its TCP listener: requests go to the router
+    /// the listener would hand them to, over a real node and SQLite store.
+    struct Harness {
+        rt: tokio::runtime::Runtime,
+        router: Router,
+        admin: String,
+    }
+
+    static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap().keep();
+        let mut config = Config {
+            data: dir.join("data"),
+            ..Config::default()
+        };
+        config.store.synchronous = Synchronous::Normal;
+        config.auth.hs256_secret = Some("0123456789abcdef0123456789abcdef".into());
+        // The peer every request comes from: not rate limited, so that
+        // hundreds of cases are answered on their merits.
+        config.limits.exempt_ips = vec!["192.0.2.0/24".parse().unwrap()];
+        let claims = Claims {
+            sub: "mod".into(),
+            name: None,
+            role: Role::Admin,
+            rooms: None,
+            exp: u64::try_from(danmaku::danmaku::now_ms() / 1000).unwrap() + 86_400,
+        };
+        let admin = mint(&config.auth, &claims).unwrap();
+        let node = rt.block_on(async { Node::start(config) }).unwrap();
+        let router = http::router(App {
+            node,
+            tasks: tokio_util::task::TaskTracker::new(),
+        });
+        let harness = Harness { rt, router, admin };
+        // Sent by the admin, so that a guest may not recall them.
+        for text in ["one", "two", "three"] {
+            let body = format!(r#"{{"text":"{text}"}}"#);
+            let (status, _) = harness.as_admin("POST", "/api/v1/rooms/edge/danmaku", &body);
+            assert_eq!(status, 201);
+        }
+        harness
+    });
+
+    impl Harness {
+        /// One request as the admin (`auth`) or a guest; the status and the
+        /// first chunk of the body (all of it, but for a stream).
+        fn call(
+            &self,
+            method: &str,
+            target: &str,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> (u16, Vec<u8>) {
+            let mut req = Request::builder().method(method).uri(target);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let mut req = req.body(Body::from(body.to_owned())).unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 40_000))));
+            self.rt.block_on(async {
+                let res = self.router.clone().oneshot(req).await.unwrap();
+                let status = res.status().as_u16();
+                let mut body = res.into_body();
+                let first = match body.frame().await {
+                    Some(Ok(frame)) => frame.into_data().unwrap_or_default().to_vec(),
+                    _ => Vec::new(),
+                };
+                (status, first)
+            })
+        }
+
+        fn as_admin(&self, method: &str, target: &str, body: &str) -> (u16, Value) {
+            let auth = format!("Bearer {}", self.admin);
+            let (status, bytes) = self.call(method, target, &[("authorization", &auth)], body);
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+
+        fn as_guest(&self, method: &str, target: &str) -> (u16, Value) {
+            let (status, bytes) = self.call(method, target, &[], "");
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    }
+
+    /// Where a client's number goes.
+    #[derive(Clone, Copy, Debug)]
+    enum Target {
+        HistoryAfter,
+        HistoryLimit,
+        HistoryFrom,
+        HistoryTo,
+        StreamSince,
+        LastEventId,
+        WsSince,
+        RecallId,
+        ApproveId,
+        RejectId,
+        AuditLimit,
+        AuditBefore,
+        RoomsLimit,
+        MuteSeconds,
+        BanSeconds,
+        SlowMode,
+        SendSize,
+        SendVt,
+    }
+
+    const TARGETS: [Target; 18] = [
+        Target::HistoryAfter,
+        Target::HistoryLimit,
+        Target::HistoryFrom,
+        Target::HistoryTo,
+        Target::StreamSince,
+        Target::LastEventId,
+        Target::WsSince,
+        Target::RecallId,
+        Target::ApproveId,
+        Target::RejectId,
+        Target::AuditLimit,
+        Target::AuditBefore,
+        Target::RoomsLimit,
+        Target::MuteSeconds,
+        Target::BanSeconds,
+        Target::SlowMode,
+        Target::SendSize,
+        Target::SendVt,
+    ];
+
+    /// The numbers at the edges, as a client would write them.
+    const EXTREMES: [&str; 24] = [
+        "0",
+        "1",
+        "3",
+        "4",
+        "64",
+        "65",
+        "4294967295",
+        "4294967296",
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-1",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "99999999999999999999999999999999999999999999",
+        "1.5",
+        "1.0",
+        "1e3",
+        "1e400",
+        "-0",
+        "NaN",
+        "inf",
+        "",
+    ];
+
+    fn extreme() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(&EXTREMES[..]).prop_map(str::to_owned),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0..=MAX_ID).prop_map(|n| n.to_string()),
+            (MAX_ID..).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| f.to_string()),
+            "-?[0-9]{15,45}",
+            "[+-]?[0-9]{1,3}(\\.[0-9]{1,3})?(e[+-]?[0-9]{1,3})?",
+        ]
+    }
+
+    /// `raw` as the query string's value, percent-encoded.
+    fn query(name: &str, raw: &str) -> String {
+        serde_urlencoded::to_string([(name, raw)]).unwrap()
+    }
+
+    /// An id the store can hold, as the server reads one.
+    fn id(raw: &str) -> Option<u64> {
+        raw.parse::<u64>().ok().filter(|&n| n <= MAX_ID)
+    }
+
+    /// What the JSON body's `raw` number deserialises to as a `T`, as a
+    /// well-behaved client library would read it.
+    fn json<T: serde::de::DeserializeOwned>(raw: &str) -> Option<T> {
+        serde_json::from_str(raw).ok()
+    }
+
+    fn code(answer: &Value) -> &str {
+        answer["error"]["code"].as_str().unwrap_or("")
+    }
+
+    fn item_ids(answer: &Value) -> Vec<u64> {
+        answer["items"]
+            .as_array()
+            .map(|items| items.iter().map(|d| d["id"].as_u64().unwrap()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends `raw` to `target` and checks the answer; `Err` says what was
+    /// wrong.
+    fn check(target: Target, raw: &str) -> Result<(), String> {
+        let h = &*HARNESS;
+        let in_path = matches!(
+            target,
+            Target::RecallId | Target::ApproveId | Target::RejectId
+        );
+        if in_path && raw.is_empty() {
+            // An empty segment is another route, which does not exist.
+            let answer = h.as_guest("DELETE", &format!("/api/v1/rooms/{ROOM}/danmaku/"));
+            return if answer.0 == 404 {
+                Ok(())
+            } else {
+                Err(format!("empty id: {answer:?}"))
+            };
+        }
+        let history = |q: String| h.as_guest("GET", &format!("/api/v1/rooms/{ROOM}/danmaku?{q}"));
+        // A 400 with one of these codes, or the expected success.
+        let refused = |(status, answer): &(u16, Value), codes: &[&str]| {
+            if *status == 400 && codes.contains(&code(answer)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{target:?} {raw:?}: want 400 {codes:?}, got {status} {answer}"
+                ))
+            }
+        };
+        let got = |cond: bool, what: &dyn std::fmt::Debug| {
+            if cond {
+                Ok(())
+            } else {
+                Err(format!("{target:?} {raw:?}: {what:?}"))
+            }
+        };
+        match target {
+            Target::HistoryAfter => {
+                let answer = history(query("after", raw));
+                match id(raw) {
+                    // Exactly the ids above it: never history from id 1.
+                    Some(after) => got(
+                        answer.0 == 200
+                            && item_ids(&answer.1) == ((after + 1)..=STORED).collect::<Vec<_>>(),
+                        &answer,
+                    ),
+                    None => refused(&answer, &["invalid_query"]),
+                }
+            }
+            Target::HistoryLimit => {
+                let answer = history(query("limit", raw));
+                match raw.parse::<usize>() {
+                    Ok(n @ 1..=1000) => got(
+                        answer.0 == 200 && item_ids(&answer.1).len() == n.min(3),
+                        &answer,
+                    ),
+                    _ => refused(&answer, &["invalid_query"]),
+                }
+            }
+            Target::HistoryFrom | Target::HistoryTo => {
+                let q = match target {
+                    Target::HistoryFrom => query("from", raw),
+                    _ => query("to", raw),
+                };
+                let answer = history(q);
+                let bound = raw.parse::<f64>().ok();
+                let ok = match (target, bound) {
+                    (Target::HistoryFrom, Some(from)) => from.is_finite(),
+                    (Target::HistoryTo, Some(to)) => !to.is_nan() && to >= 0.0,
+                    _ => false,
+                };
+                if ok {
+                    // The seeds have no video time: nothing matches.
+                    got(answer.0 == 200 && item_ids(&answer.1).is_empty(), &answer)
+                } else {
+                    refused(&answer, &["invalid_query"])
+                }
+            }
+            Target::StreamSince | Target::LastEventId => {
+                let path = format!("/api/v1/rooms/{ROOM}/stream");
+                let (status, first) = match target {
+                    Target::StreamSince => {
+                        h.call("GET", &format!("{path}?{}", query("since", raw)), &[], "")
+                    }
+                    _ => match axum::http::HeaderValue::from_str(raw) {
+                        Ok(_) => h.call("GET", &path, &[("last-event-id", raw)], ""),
+                        // Not a header a client could send.
+                        Err(_) => return Ok(()),
+                    },
+                };
+                let text = String::from_utf8_lossy(&first).into_owned();
+                let resume = match target {
+                    Target::LastEventId => id(raw.trim()),
+                    _ => id(raw),
+                };
+                match resume {
+                    // Resumes where asked, or from the newest id when asked
+                    // past it: its hello carries that starting point.
+                    Some(since) => got(
+                        status == 200 && text.contains(&format!("id: {}\n", since.min(STORED))),
+                        &(status, &text),
+                    ),
+                    None => refused(
+                        &(status, serde_json::from_str(&text).unwrap_or(Value::Null)),
+                        &["invalid_query"],
+                    ),
+                }
+            }
+            Target::WsSince => {
+                let headers = [
+                    ("upgrade", "websocket"),
+                    ("connection", "upgrade"),
+                    ("sec-websocket-version", "13"),
+                    ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ];
+                let (status, body) = h.call(
+                    "GET",
+                    &format!("/ws?room={ROOM}&{}", query("since", raw)),
+                    &headers,
+                    "",
+                );
+                match id(raw) {
+                    Some(_) => got(status == 101, &status),
+                    None => refused(
+                        &(status, serde_json::from_slice(&body).unwrap_or(Value::Null)),
+                        &["invalid_query"],
+                    ),
+                }
+            }
+            Target::RecallId => {
+                let answer = h.as_guest(
+                    "DELETE",
+                    &format!("/api/v1/rooms/{ROOM}/danmaku/{}", urlencode(raw)),
+                );
+                match id(raw) {
+                    // The guest is not their author: nothing is recalled.
+                    Some(1..=STORED) => got(answer.0 == 403, &answer),
+                    Some(_) => got(answer.0 == 404, &answer),
+                    None => refused(&answer, &["invalid_field"]),
+                }
+            }
+            Target::ApproveId | Target::RejectId => {
+                let verb = if matches!(target, Target::ApproveId) {
+                    "approve"
+                } else {
+                    "reject"
+                };
+                let answer = h.as_admin(
+                    "POST",
+                    &format!("/api/v1/admin/rooms/{ROOM}/held/{}/{verb}", urlencode(raw)),
+                    "",
+                );
+                match id(raw) {
+                    // Nothing is held.
+                    Some(_) => got(answer.0 == 404, &answer),
+                    None => refused(&answer, &["invalid_field"]),
+                }
+            }
+            Target::AuditLimit | Target::AuditBefore => {
+                let q = match target {
+                    Target::AuditLimit => query("limit", raw),
+                    _ => query("before", raw),
+                };
+                let answer = h.as_admin("GET", &format!("/api/v1/admin/audit?{q}"), "");
+                let ok = match target {
+                    Target::AuditLimit => matches!(raw.parse::<usize>(), Ok(1..=1000)),
+                    _ => id(raw).is_some(),
+                };
+                if !ok {
+                    return refused(&answer, &["invalid_query"]);
+                }
+                let before = id(raw).filter(|_| matches!(target, Target::AuditBefore));
+                got(
+                    answer.0 == 200
+                        && item_ids(&answer.1)
+                            .iter()
+                            .all(|&i| before.is_none_or(|b| i < b)),
+                    &answer,
+                )
+            }
+            Target::RoomsLimit => {
+                let answer = h.as_guest("GET", &format!("/api/v1/rooms?{}", query("limit", raw)));
+                match raw.parse::<usize>() {
+                    Ok(1..=1000) => got(answer.0 == 200 && answer.1["rooms"].is_array(), &answer),
+                    _ => refused(&answer, &["invalid_query"]),
+                }
+            }
+            Target::MuteSeconds | Target::BanSeconds => {
+                let (path, body) = match target {
+                    Target::MuteSeconds => (
+                        "/api/v1/admin/mutes",
+                        format!(r#"{{"user":"someone","seconds":{raw}}}"#),
+                    ),
+                    _ => (
+                        "/api/v1/admin/bans",
+                        format!(r#"{{"ip":"198.51.100.7","seconds":{raw}}}"#),
+                    ),
+                };
+                let answer = h.as_admin("POST", path, &body);
+                match json::<u64>(raw) {
+                    // Saturates at the end of time; never wraps into the past.
+                    Some(1..) => got(
+                        answer.0 == 201
+                            && answer.1["until"]
+                                .as_i64()
+                                .is_some_and(|u| u > danmaku::danmaku::now_ms()),
+                        &answer,
+                    ),
+                    _ => refused(&answer, &["invalid_field", "invalid_json"]),
+                }
+            }
+            Target::SlowMode => {
+                let answer = h.as_admin(
+                    "PATCH",
+                    "/api/v1/admin/rooms/slow",
+                    &format!(r#"{{"slow_mode_s":{raw}}}"#),
+                );
+                match json::<u32>(raw) {
+                    Some(s) => got(answer.0 == 200 && answer.1["slow_mode_s"] == s, &answer),
+                    None => refused(&answer, &["invalid_field", "invalid_json"]),
+                }
+            }
+            Target::SendSize | Target::SendVt => {
+                let (body, ok) = match target {
+                    Target::SendSize => (
+                        format!(r#"{{"text":"x","size":{raw}}}"#),
+                        json::<u16>(raw).is_some_and(|s| (12..=64).contains(&s)),
+                    ),
+                    _ => (
+                        format!(r#"{{"text":"x","vt":{raw}}}"#),
+                        json::<f64>(raw).is_some_and(|v| (0.0..=2_592_000.0).contains(&v)),
+                    ),
+                };
+                let answer = h.as_admin("POST", "/api/v1/rooms/sink/danmaku", &body);
+                if ok {
+                    got(
+                        answer.0 == 201 && answer.1["id"].as_u64().is_some(),
+                        &answer,
+                    )
+                } else {
+                    refused(&answer, &["invalid_field", "invalid_json"])
+                }
+            }
+        }
+    }
+
+    /// `raw` as one path segment.
+    fn urlencode(raw: &str) -> String {
+        raw.bytes()
+            .map(|b| match b {
+                b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'-' | b'_' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+
+    /// Every target at every extreme, so that none is left to chance.
+    #[test]
+    fn integer_edges_at_every_extreme() {
+        let mut failures = Vec::new();
+        for target in TARGETS {
+            for raw in EXTREMES {
+                if let Err(e) = check(target, raw) {
+                    failures.push(e);
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // Nothing went into the history room on the way.
+        let (_, answer) = HARNESS.as_guest("GET", &format!("/api/v1/rooms/{ROOM}/danmaku"));
+        assert_eq!(item_ids(&answer), [1, 2, 3]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Any number anywhere: the right answer or `400`.
+        #[test]
+        fn integer_edges_are_answered_or_refused_never_wrapped(
+            target in proptest::sample::select(&TARGETS[..]),
+            raw in extreme(),
+        ) {
+            if let Err(e) = check(target, &raw) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+    }
+
+    /// A 500 would have failed every check above; this pins that the harness
+    /// itself reaches the store (a broken harness must not pass vacuously).
+    #[test]
+    fn the_harness_reads_the_real_store() {
+        let (status, answer) =
+            HARNESS.as_guest("GET", &format!("/api/v1/rooms/{ROOM}/danmaku?after=1"));
+        assert_eq!(
+            (status, item_ids(&answer)),
+            (StatusCode::OK.as_u16(), vec![2, 3])
+        );
     }
 }

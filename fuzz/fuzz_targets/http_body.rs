@@ -16,6 +16,15 @@
 //! The texts checked are the body's `text` when it parses, else the body
 //! itself read as UTF-8 (lossily), so the filter gets arbitrary text either
 //! way.
+//!
+//! The same bytes, read as a query string, go through every route's query
+//! type (`transport::params`: history, stream, WebSocket, audit, rooms
+//! list), as a `Last-Event-ID` header and as a path id. A refusal is
+//! `invalid_query` (`invalid_room` for the WebSocket's room, `invalid_field`
+//! for a path id); what is accepted is in range: every id at most
+//! `MAX_ID`, every limit between 1 and its maximum, a video-time range with
+//! a finite start not past its end, a room of the grammar, and a rooms
+//! cursor this server made, which names the page it was made for.
 
 #![no_main]
 
@@ -23,10 +32,16 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use danmaku::config::{FilterAction, Limits};
+use danmaku::danmaku::MAX_ID;
 use danmaku::error::ErrorCode;
 use danmaku::guard::filter::{check_text, WordFilter};
 use danmaku::guard::{self, SendRequest, Sender};
+use danmaku::hub::RoomOrder;
 use danmaku::transport::http::parse_json;
+use danmaku::transport::params::{
+    next_cursor, parse_query, path_id, AuditQuery, HistoryQuery, HistoryRange, RoomsQuery,
+    StreamQuery, WsQuery, MAX_AUDIT_PAGE, MAX_ROOMS_PAGE,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Words with upper case, full width, CJK, a multi-character lower case
@@ -91,7 +106,90 @@ fn content_rules(text: &str) {
     );
 }
 
+/// Asserts that a refusal carries `code`.
+fn refused<T>(result: Result<T, danmaku::error::ApiError>, code: ErrorCode) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            assert_eq!(e.code, code, "{e}");
+            None
+        }
+    }
+}
+
+/// Every route's query type on `query`.
+fn query_strings(query: &str) {
+    let max_history = Limits::default().max_history;
+    let history = refused(
+        parse_query::<HistoryQuery>(Some(query)),
+        ErrorCode::InvalidQuery,
+    );
+    if let Some((range, limit)) =
+        history.and_then(|q| refused(q.check(max_history), ErrorCode::InvalidQuery))
+    {
+        assert!((1..=max_history).contains(&limit), "history limit {limit}");
+        match range {
+            HistoryRange::After(after) => assert!(after <= MAX_ID, "after {after}"),
+            HistoryRange::VideoTime { from, to } => {
+                assert!(from.is_finite() && from <= to, "from {from} to {to}")
+            }
+        }
+    }
+
+    if let Some(q) = refused(
+        parse_query::<StreamQuery>(Some(query)),
+        ErrorCode::InvalidQuery,
+    ) {
+        assert!(q.since.is_none_or(|id| id.0 <= MAX_ID));
+        // The same text as the browser's resume header.
+        if let Ok(header) = axum::http::HeaderValue::from_str(query) {
+            if let Some(Some(id)) = refused(q.resume_after(Some(&header)), ErrorCode::InvalidQuery)
+            {
+                assert!(id <= MAX_ID && query.trim().trim_start_matches('+').parse() == Ok(id));
+            }
+        }
+    }
+
+    if let Some(q) = refused(parse_query::<WsQuery>(Some(query)), ErrorCode::InvalidQuery) {
+        assert!(q.since.is_none_or(|id| id.0 <= MAX_ID));
+        if let Some(room) = refused(q.room(), ErrorCode::InvalidRoom) {
+            assert!(guard::check_room(room).is_ok());
+        }
+    }
+
+    let audit = refused(
+        parse_query::<AuditQuery>(Some(query)),
+        ErrorCode::InvalidQuery,
+    );
+    if let Some((limit, before)) = audit.and_then(|q| refused(q.check(), ErrorCode::InvalidQuery)) {
+        assert!((1..=MAX_AUDIT_PAGE).contains(&limit));
+        assert!(before.is_none_or(|b| b <= MAX_ID));
+    }
+
+    let rooms = refused(
+        parse_query::<RoomsQuery>(Some(query)),
+        ErrorCode::InvalidQuery,
+    );
+    if let Some((order, limit)) = rooms.and_then(|q| refused(q.check(), ErrorCode::InvalidQuery)) {
+        assert!((1..=MAX_ROOMS_PAGE).contains(&limit));
+        if let RoomOrder::ByName { after: Some(after) } = &order {
+            assert!(guard::check_room(after).is_ok(), "cursor after {after:?}");
+            // The cursor of the page that ends there names that room again.
+            let again = format!("cursor={}", next_cursor(&order, after, limit));
+            let (order2, _) = parse_query::<RoomsQuery>(Some(&again))
+                .and_then(|q| q.check())
+                .expect("a cursor this server made");
+            assert_eq!(order2, order);
+        }
+    }
+
+    if let Some(id) = refused(path_id("id", query), ErrorCode::InvalidField) {
+        assert!(id <= MAX_ID && query.trim_start_matches('+').parse() == Ok(id));
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    query_strings(&String::from_utf8_lossy(data));
     let limits = Limits::default();
     let sender = Sender::guest(std::net::IpAddr::from([192, 0, 2, 1]));
     match parse_json::<SendRequest>(data) {

@@ -18,18 +18,26 @@ pub const DEFAULT_NAME: &str = "guest";
 /// The largest video-time offset accepted: 30 days, in seconds.
 pub const MAX_VIDEO_TIME: f64 = 30.0 * 24.0 * 3600.0;
 
-/// Checks a room name against `[A-Za-z0-9_.:-]{1,64}`.
+/// Checks a room name against `[A-Za-z0-9_.:-]{1,64}`, not made only of
+/// dots. This is the whole grammar (docs/protocol.md, "Room names"): every
+/// route checks the name it was given, once decoded, here.
+///
+/// `.`, `..` and `...` would fit the characters, but browsers, URL
+/// libraries and proxies resolve dot segments (`/rooms/../danmaku` becomes
+/// `/danmaku`, and so do `%2E%2E` and `%2e`), so such a room could be
+/// written to by one client and never reached by another.
 pub fn check_room(name: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && !name.bytes().all(|b| b == b'.');
     if ok {
         Ok(())
     } else {
         Err(ApiError::new(
             ErrorCode::InvalidRoom,
-            "room names are 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            "room names are 1 to 64 characters of A-Z a-z 0-9 _ . : -, not only dots",
         ))
     }
 }
@@ -165,10 +173,30 @@ mod tests {
 
     #[test]
     fn room_names() {
-        for ok in ["a", "live:123", "A-b_c.d", &"x".repeat(64)] {
+        for ok in [
+            "a",
+            "live:123",
+            "A-b_c.d",
+            ".a",
+            "..a",
+            "a..",
+            "-",
+            &"x".repeat(64),
+        ] {
             assert!(check_room(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a b", "房间", "a/b", &"x".repeat(65)] {
+        let dots = ".".repeat(64);
+        for bad in [
+            "",
+            "a b",
+            "房间",
+            "a/b",
+            &"x".repeat(65),
+            ".",
+            "..",
+            "...",
+            &dots,
+        ] {
             assert!(check_room(bad).is_err(), "{bad}");
         }
     }

@@ -33,6 +33,22 @@ pub use seat::{DirectSink, Received, Unparked, Viewer};
 /// viewers rarely wait on one another.
 const SHARDS: usize = 16;
 
+/// The order of a page of rooms ([`Hub::page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomOrder {
+    /// Ascending by name, starting after this name (from the first without).
+    ByName {
+        /// The last name of the page before.
+        after: Option<String>,
+    },
+    /// Most viewers first (then by name), skipping the first `skip` rooms.
+    /// Counts change between pages, so pages may overlap or miss a room.
+    ByOnline {
+        /// Rooms of the pages before.
+        skip: usize,
+    },
+}
+
 /// The room registry.
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Arc<str>, Arc<Room>>>>,
@@ -108,22 +124,52 @@ impl Hub {
         self.shard(room).get(room).map(|r| r.stats())
     }
 
-    /// The figures of every room the hub holds, busiest first.
-    pub fn all_stats(&self) -> Vec<RoomStats> {
-        let rooms: Vec<Arc<Room>> = self
-            .shards
+    /// One page of the rooms the hub holds, at most `limit` of them in
+    /// `order`, and whether more follow it.
+    ///
+    /// By name, a page holds the rooms whose names follow `after`, so
+    /// paging by the last name returned lists every room held throughout
+    /// exactly once, however rooms come and go meanwhile. Only the page's
+    /// rooms are locked for their figures.
+    pub fn page(&self, order: &RoomOrder, limit: usize) -> (Vec<RoomStats>, bool) {
+        match order {
+            RoomOrder::ByName { after } => {
+                let mut rooms = self.rooms_where(|name| after.as_deref().is_none_or(|a| name > a));
+                let more = rooms.len() > limit;
+                if more {
+                    rooms.select_nth_unstable_by(limit, |a, b| a.name().cmp(b.name()));
+                    rooms.truncate(limit);
+                }
+                rooms.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+                (rooms.iter().map(|r| r.stats()).collect(), more)
+            }
+            RoomOrder::ByOnline { skip } => {
+                let mut stats: Vec<RoomStats> = self
+                    .rooms_where(|_| true)
+                    .iter()
+                    .map(|r| r.stats())
+                    .collect();
+                stats.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.room.cmp(&b.room)));
+                let more = stats.len() > skip.saturating_add(limit);
+                let page = stats.into_iter().skip(*skip).take(limit).collect();
+                (page, more)
+            }
+        }
+    }
+
+    /// The rooms whose names pass `keep`, each shard locked in turn.
+    fn rooms_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<Room>> {
+        self.shards
             .iter()
             .flat_map(|s| {
                 s.lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
+                    .iter()
+                    .filter(|(name, _)| keep(name))
+                    .map(|(_, room)| room.clone())
                     .collect::<Vec<_>>()
             })
-            .collect();
-        let mut stats: Vec<RoomStats> = rooms.iter().map(|r| r.stats()).collect();
-        stats.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.room.cmp(&b.room)));
-        stats
+            .collect()
     }
 
     /// Tells the viewers of `room` to hide recalled danmaku. A room the

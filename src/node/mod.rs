@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{self, Guard, GuardSetupError, SendRequest, Sender};
-use crate::hub::{Hub, RoomStats};
+use crate::hub::{Hub, RoomOrder, RoomStats};
 use crate::metrics::Metrics;
 use crate::moderation::{Held, Verdict};
 use crate::store::{ModerationStore, SqliteStore, Store, StoreError};
@@ -252,9 +252,10 @@ impl Node {
         Ok(stats)
     }
 
-    /// The figures of every active room.
-    pub fn rooms(&self) -> Vec<RoomStats> {
-        self.hub.all_stats()
+    /// One page of the active rooms (those the hub holds: with viewers or
+    /// recent sends), and whether more follow.
+    pub fn rooms(&self, order: &RoomOrder, limit: usize) -> (Vec<RoomStats>, bool) {
+        self.hub.page(order, limit)
     }
 
     /// Why the node serves only part of its API, if it does: `store_full`

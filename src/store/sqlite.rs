@@ -241,12 +241,16 @@ impl Store for SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Danmaku>, StoreError> {
+        // No id lies beyond the largest SQLite integer: nothing follows it.
+        let Some(after) = sql_id(after) else {
+            return Ok(Vec::new());
+        };
         let room = room.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM danmaku WHERE room = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
             ))?;
-            let rows = stmt.query_map(params![room, after as i64, limit as i64], row_to_danmaku)?;
+            let rows = stmt.query_map(params![room, after, sql_limit(limit)], row_to_danmaku)?;
             rows.collect()
         })
         .await
@@ -265,19 +269,22 @@ impl Store for SqliteStore {
                 "SELECT {COLUMNS} FROM danmaku WHERE room = ?1 AND vt IS NOT NULL \
                  AND vt >= ?2 AND vt < ?3 ORDER BY vt, id LIMIT ?4"
             ))?;
-            let rows = stmt.query_map(params![room, from, to, limit as i64], row_to_danmaku)?;
+            let rows = stmt.query_map(params![room, from, to, sql_limit(limit)], row_to_danmaku)?;
             rows.collect()
         })
         .await
     }
 
     async fn get(&self, room: &str, id: u64) -> Result<Option<Danmaku>, StoreError> {
+        let Some(id) = sql_id(id) else {
+            return Ok(None);
+        };
         let room = room.to_owned();
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM danmaku WHERE room = ?1 AND id = ?2"
             ))?
-            .query_row(params![room, id as i64], row_to_danmaku)
+            .query_row(params![room, id], row_to_danmaku)
             .optional()
         })
         .await
@@ -343,7 +350,7 @@ impl ModerationStore for SqliteStore {
                 )?
                 .query_map([], |r| {
                     Ok(Held {
-                        held: r.get::<_, i64>(0)? as u64,
+                        held: column_id(r, 0)?,
                         ts: r.get(1)?,
                         danmaku: NewDanmaku {
                             room: r.get(2)?,
@@ -391,16 +398,17 @@ impl ModerationStore for SqliteStore {
         limit: usize,
         before: Option<u64>,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let before = before.map_or(i64::MAX, |b| b as i64);
+        // Every id lies below one beyond the largest SQLite integer.
+        let before = before.map_or(i64::MAX, |b| sql_id(b).unwrap_or(i64::MAX));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, ts, actor, action, room, target, detail FROM audit \
                  WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![before, limit as i64], |r| {
+            let rows = stmt.query_map(params![before, sql_limit(limit)], |r| {
                 let detail: String = r.get(6)?;
                 Ok(AuditEntry {
-                    id: r.get::<_, i64>(0)? as u64,
+                    id: column_id(r, 0)?,
                     ts: r.get(1)?,
                     actor: r.get(2)?,
                     action: r.get(3)?,
@@ -416,18 +424,45 @@ impl ModerationStore for SqliteStore {
 }
 
 fn read_last_id(c: &Connection, room: &str) -> Result<u64, rusqlite::Error> {
-    let id: Option<i64> = c
+    let id: Option<u64> = c
         .prepare_cached("SELECT last_id FROM rooms WHERE name = ?1")?
-        .query_row([room], |r| r.get(0))
+        .query_row([room], |r| column_id(r, 0))
         .optional()?;
-    Ok(id.unwrap_or(0) as u64)
+    Ok(id.unwrap_or(0))
+}
+
+/// A `LIMIT`: one beyond the largest SQLite integer limits nothing more.
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// An id as SQLite's integer. Ids are assigned up to
+/// [`MAX_ID`](crate::danmaku::MAX_ID), so one above it names nothing:
+/// `None`, never a wrapped negative id.
+fn sql_id(id: u64) -> Option<i64> {
+    i64::try_from(id).ok()
+}
+
+/// The id in column `i` of a row: stored ids are never negative, and one
+/// that is reads as an error, not as a huge id.
+fn column_id(r: &rusqlite::Row<'_>, i: usize) -> Result<u64, rusqlite::Error> {
+    let id: i64 = r.get(i)?;
+    u64::try_from(id).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(i, id))
+}
+
+/// The error of storing an id past the largest SQLite integer: a room would
+/// need 2^63 danmaku first.
+fn id_overflow(id: u64) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(
+        format!("id {id} is beyond the largest SQLite integer").into(),
+    )
 }
 
 fn row_to_danmaku(r: &rusqlite::Row<'_>) -> Result<Danmaku, rusqlite::Error> {
     let mode: u8 = r.get(5)?;
     let color: u32 = r.get(6)?;
     Ok(Danmaku {
-        id: r.get::<_, i64>(0)? as u64,
+        id: column_id(r, 0)?,
         room: r.get(1)?,
         user: r.get(2)?,
         name: r.get(3)?,
@@ -707,8 +742,11 @@ impl Writer {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
         insert_send(&mut insert, None, &new, ts)?;
+        let rowid = self.conn.last_insert_rowid();
         Ok(Held {
-            held: self.conn.last_insert_rowid() as u64,
+            // SQLite numbers AUTOINCREMENT rows from 1.
+            held: u64::try_from(rowid)
+                .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, rowid))?,
             ts,
             danmaku: new,
         })
@@ -722,12 +760,15 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = match change {
             Change::Reject { held } => release(&tx, held)?,
-            Change::Recall { room, id } => {
-                tx.execute(
-                    "DELETE FROM danmaku WHERE room = ?1 AND id = ?2",
-                    params![room, id as i64],
-                )? > 0
-            }
+            Change::Recall { room, id } => match sql_id(id) {
+                Some(id) => {
+                    tx.execute(
+                        "DELETE FROM danmaku WHERE room = ?1 AND id = ?2",
+                        params![room, id],
+                    )? > 0
+                }
+                None => false,
+            },
             Change::Mute(m) => {
                 tx.execute(
                     "INSERT OR REPLACE INTO mutes (room, user, until) VALUES (?1, ?2, ?3)",
@@ -847,7 +888,7 @@ fn insert_numbered(
          ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id",
     )?;
     for (room, id) in &bumped {
-        upsert.execute(params![room, *id as i64])?;
+        upsert.execute(params![room, sql_id(*id).ok_or_else(|| id_overflow(*id))?])?;
     }
     Ok((stored, bumped))
 }
@@ -861,7 +902,9 @@ fn insert_send(
     new: &NewDanmaku,
     ts: i64,
 ) -> Result<(), rusqlite::Error> {
-    let id = id.map(|id| id as i64);
+    let id = id
+        .map(|id| sql_id(id).ok_or_else(|| id_overflow(id)))
+        .transpose()?;
     let mode = new.mode.code();
     let columns: [&dyn ToSql; 9] = [
         &new.room,
@@ -881,7 +924,10 @@ fn insert_send(
 
 /// Deletes a held send's row; whether there was one.
 fn release(tx: &Transaction<'_>, held: u64) -> Result<bool, rusqlite::Error> {
-    Ok(tx.execute("DELETE FROM held WHERE hid = ?1", [held as i64])? > 0)
+    let Some(held) = sql_id(held) else {
+        return Ok(false);
+    };
+    Ok(tx.execute("DELETE FROM held WHERE hid = ?1", [held])? > 0)
 }
 
 /// Appends `entry` to the audit log.
@@ -979,6 +1025,39 @@ mod tests {
     async fn texts(store: &SqliteStore, room: &str) -> Vec<(u64, String)> {
         let stored = store.after(room, 0, 100).await.unwrap();
         stored.into_iter().map(|d| (d.id, d.text)).collect()
+    }
+
+    /// Ids and limits past SQLite's integers name nothing and limit nothing
+    /// more: they never wrap into a negative id (which once read a room's
+    /// history from id 1).
+    #[tokio::test]
+    async fn ids_past_i64_max_name_nothing() {
+        let (_dir, _seen, store) = fresh();
+        for text in ["a", "b"] {
+            store.append(new("r", text)).await.unwrap();
+        }
+        let past = crate::danmaku::MAX_ID + 1;
+        for after in [past, u64::MAX, crate::danmaku::MAX_ID] {
+            assert!(store.after("r", after, 10).await.unwrap().is_empty());
+            assert!(store.get("r", after).await.unwrap().is_none());
+        }
+        assert_eq!(store.after("r", 0, usize::MAX).await.unwrap().len(), 2);
+        let recall = Change::Recall {
+            room: "r".into(),
+            id: u64::MAX,
+        };
+        assert!(!store.record(recall, rejection()).await.unwrap());
+        let reject = Change::Reject { held: u64::MAX };
+        assert!(!store.record(reject, rejection()).await.unwrap());
+        assert!(
+            store.audit(10, None).await.unwrap().is_empty(),
+            "nothing was changed"
+        );
+        // Every entry lies below an id past the largest.
+        let unban = Change::Unban([192, 0, 2, 1].into());
+        assert!(store.record(unban, rejection()).await.unwrap());
+        assert_eq!(store.audit(10, Some(u64::MAX)).await.unwrap().len(), 1);
+        assert_eq!(texts(&store, "r").await.len(), 2);
     }
 
     #[tokio::test]

@@ -5,8 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,14 +15,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{parse_json, read_body};
+use super::params::{parse_query, path_id, AuditQuery, RoomName};
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
 use crate::guard::Admin;
 use crate::moderation::RoomPatch;
-
-/// The most audit entries one request lists.
-const MAX_AUDIT_PAGE: usize = 1000;
 
 type Answer = Result<Response, ApiError>;
 
@@ -67,11 +64,6 @@ async fn body<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError>
     parse_json(&read_body(body, app.node.config.limits.max_body_bytes).await?)
 }
 
-fn number(what: &str, text: &str) -> Result<u64, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidField, format!("{what} must be a number")))
-}
-
 fn no_content() -> Answer {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -80,10 +72,11 @@ async fn recall(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path((room, id)): Path<(String, String)>,
+    RoomName(room): RoomName,
+    Path((_, id)): Path<(String, String)>,
 ) -> Answer {
     let actor = app.node.identify(bearer(&headers), peer.ip())?;
-    app.node.recall(&actor, &room, number("id", &id)?).await?;
+    app.node.recall(&actor, &room, path_id("id", &id)?).await?;
     no_content()
 }
 
@@ -107,7 +100,7 @@ async fn mute_in_room(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomName(room): RoomName,
     b: Body,
 ) -> Answer {
     mute(app, headers, peer, Some(room), b).await
@@ -150,7 +143,8 @@ async fn unmute_in_room(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path((room, user)): Path<(String, String)>,
+    RoomName(room): RoomName,
+    Path((_, user)): Path<(String, String)>,
 ) -> Answer {
     let admin = admin(&app, &headers, peer)?;
     app.node.unmute(&admin, Some(&room), &user).await?;
@@ -171,10 +165,9 @@ async fn room_mutes(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomName(room): RoomName,
 ) -> Answer {
     admin(&app, &headers, peer)?;
-    crate::guard::check_room(&room)?;
     let items = app.node.guard.moderation().mutes(Some(&room));
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
@@ -232,10 +225,9 @@ async fn room(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomName(room): RoomName,
 ) -> Answer {
     admin(&app, &headers, peer)?;
-    crate::guard::check_room(&room)?;
     Ok(Json(app.node.guard.moderation().room(&room)).into_response())
 }
 
@@ -243,7 +235,7 @@ async fn patch_room(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomName(room): RoomName,
     b: Body,
 ) -> Answer {
     let admin = admin(&app, &headers, peer)?;
@@ -255,7 +247,7 @@ async fn held(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path(room): Path<String>,
+    RoomName(room): RoomName,
 ) -> Answer {
     let admin = admin(&app, &headers, peer)?;
     let items = app.node.held(&admin, &room)?;
@@ -266,12 +258,13 @@ async fn approve(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path((room, held)): Path<(String, String)>,
+    RoomName(room): RoomName,
+    Path((_, held)): Path<(String, String)>,
 ) -> Answer {
     let admin = admin(&app, &headers, peer)?;
     let stored = app
         .node
-        .approve(&admin, &room, number("held id", &held)?)
+        .approve(&admin, &room, path_id("held id", &held)?)
         .await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
@@ -280,37 +273,24 @@ async fn reject(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Path((room, held)): Path<(String, String)>,
+    RoomName(room): RoomName,
+    Path((_, held)): Path<(String, String)>,
 ) -> Answer {
     let admin = admin(&app, &headers, peer)?;
     app.node
-        .reject(&admin, &room, number("held id", &held)?)
+        .reject(&admin, &room, path_id("held id", &held)?)
         .await?;
     no_content()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditQuery {
-    limit: Option<usize>,
-    before: Option<u64>,
 }
 
 async fn audit(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Answer {
     let admin = admin(&app, &headers, peer)?;
-    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_AUDIT_PAGE {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
-        ));
-    }
-    let items = app.node.audit(&admin, limit, q.before).await?;
+    let (limit, before) = parse_query::<AuditQuery>(query.as_deref())?.check()?;
+    let items = app.node.audit(&admin, limit, before).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }

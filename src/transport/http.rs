@@ -3,20 +3,20 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::deadlines::BodyTimedOut;
+use super::params::{next_cursor, parse_query, HistoryQuery, HistoryRange, RoomName, RoomsQuery};
 use super::{admin, sse, ws, App};
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
-use crate::guard::{self, SendRequest};
+use crate::guard::SendRequest;
 use crate::node::Sent;
 
 /// The page at `/`, served from the binary.
@@ -64,18 +64,32 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
+/// A page of `GET /api/v1/rooms`.
 #[derive(Serialize)]
 struct Rooms {
     rooms: Vec<crate::hub::RoomStats>,
+    /// The `cursor` of the next page; `None` on the last one.
+    next_cursor: Option<String>,
 }
 
-async fn list_rooms(State(app): State<App>) -> Json<Rooms> {
-    Json(Rooms {
-        rooms: app.node.rooms(),
-    })
+async fn list_rooms(State(app): State<App>, RawQuery(query): RawQuery) -> Response {
+    let result = parse_query::<RoomsQuery>(query.as_deref())
+        .and_then(|q| q.check())
+        .map(|(order, limit)| {
+            let (rooms, more) = app.node.rooms(&order, limit);
+            let next_cursor = match rooms.last() {
+                Some(last) if more => Some(next_cursor(&order, &last.room, rooms.len())),
+                _ => None,
+            };
+            Rooms { rooms, next_cursor }
+        });
+    match result {
+        Ok(page) => Json(page).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
-async fn room_stats(State(app): State<App>, Path(room): Path<String>) -> Response {
+async fn room_stats(State(app): State<App>, RoomName(room): RoomName) -> Response {
     match app.node.room(&room).await {
         Ok(stats) => Json(stats).into_response(),
         Err(e) => e.into_response(),
@@ -86,22 +100,22 @@ async fn room_stats(State(app): State<App>, Path(room): Path<String>) -> Respons
 /// with the held send in a pre-moderated room.
 async fn send(
     State(app): State<App>,
-    Path(room): Path<String>,
+    room: Result<RoomName, ApiError>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let limit = app.node.config.limits.max_body_bytes;
     let parsed = async {
-        guard::check_room(&room)?;
+        let RoomName(room) = room?;
         let sender = app.node.identify(bearer(&headers), peer.ip())?;
         let bytes = read_body(body, limit).await?;
-        Ok::<_, ApiError>((sender, parse_json::<SendRequest>(&bytes)?))
+        Ok::<_, ApiError>((room, sender, parse_json::<SendRequest>(&bytes)?))
     }
     .await;
     let result = match parsed {
         // The node counts the refusals of its own checks.
-        Ok((sender, req)) => app.node.send(&room, &sender, req).await,
+        Ok((room, sender, req)) => app.node.send(&room, &sender, req).await,
         Err(e) => {
             app.node.metrics.reject(e.code);
             Err(e)
@@ -144,14 +158,6 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
     })
 }
 
-#[derive(Deserialize)]
-struct HistoryQuery {
-    after: Option<u64>,
-    from: Option<f64>,
-    to: Option<f64>,
-    limit: Option<usize>,
-}
-
 #[derive(Serialize)]
 struct History {
     room: String,
@@ -161,43 +167,22 @@ struct History {
 /// History by id (`after`) or by video time (`from`/`to`).
 async fn history(
     State(app): State<App>,
-    Path(room): Path<String>,
-    query: Result<Query<HistoryQuery>, QueryRejection>,
+    RoomName(room): RoomName,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let result = async {
-        let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
-        let max = app.node.config.limits.max_history;
-        let limit = q.limit.unwrap_or(100);
-        if limit == 0 || limit > max {
-            return Err(ApiError::new(
-                ErrorCode::InvalidQuery,
-                format!("limit must be between 1 and {max}"),
-            ));
-        }
-        let items = if q.from.is_some() || q.to.is_some() {
-            if q.after.is_some() {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidQuery,
-                    "use either after or from/to, not both",
-                ));
+        let q: HistoryQuery = parse_query(query.as_deref())?;
+        let items = match q.check(app.node.config.limits.max_history)? {
+            (HistoryRange::After(after), limit) => {
+                app.node.history_after(&room, after, limit).await?
             }
-            let from = q.from.unwrap_or(0.0);
-            let to = q.to.unwrap_or(f64::MAX);
-            if !from.is_finite() || to.is_nan() || from > to {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidQuery,
-                    "from must not exceed to",
-                ));
+            (HistoryRange::VideoTime { from, to }, limit) => {
+                app.node
+                    .history_by_video_time(&room, from, to, limit)
+                    .await?
             }
-            app.node
-                .history_by_video_time(&room, from, to, limit)
-                .await?
-        } else {
-            app.node
-                .history_after(&room, q.after.unwrap_or(0), limit)
-                .await?
         };
-        Ok(History {
+        Ok::<_, ApiError>(History {
             room: room.clone(),
             items,
         })

@@ -3,12 +3,15 @@
 //! `server` accepts TCP connections and serves HTTP/1.1 on them, each
 //! stream wrapped by `timed_io` so that a write stuck for the write timeout
 //! fails, and each exchange phase (idle, head, body) bounded by
-//! `deadlines`; `http` routes requests (REST, health, metrics, the page); `ws` and
-//! `sse` carry feeds to viewers; `admin` holds the moderation routes. Only this layer knows about sockets and HTTP.
+//! `deadlines`; `http` routes requests (REST, health, metrics, the page);
+//! `ws` and `sse` carry feeds to viewers; `admin` holds the moderation
+//! routes; `params` reads and checks every route's room, ids and query
+//! string. Only this layer knows about sockets and HTTP.
 
 pub mod admin;
 pub mod deadlines;
 pub mod http;
+pub mod params;
 pub mod server;
 pub mod sse;
 pub mod timed_io;

@@ -7,41 +7,33 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::params::{parse_query, RoomName, StreamQuery};
 use super::App;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::guard::auth::bearer;
 use crate::metrics::{GaugeGuard, TransportLabel};
 use crate::node::{Delivery, Feed};
 use crate::protocol::frames::ServerMessage;
 use crate::protocol::sse;
 
-#[derive(Deserialize)]
-pub(super) struct StreamQuery {
-    since: Option<u64>,
-    /// An `EventSource` cannot set headers: its token comes here.
-    token: Option<String>,
-}
-
 /// Opens an event stream for a room.
 pub(super) async fn stream(
     State(app): State<App>,
-    Path(room): Path<String>,
+    RoomName(room): RoomName,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    query: Result<Query<StreamQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match open(app, room, peer, query, headers).await {
+    match open(app, room, peer, query.as_deref(), headers).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -51,25 +43,11 @@ async fn open(
     app: App,
     room: String,
     peer: SocketAddr,
-    query: Result<Query<StreamQuery>, QueryRejection>,
+    query: Option<&str>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
-    // The browser's own resume point wins over the query.
-    let since = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorCode::InvalidQuery,
-                        "Last-Event-ID must be a danmaku id",
-                    )
-                })?,
-        ),
-        None => q.since,
-    };
+    let q: StreamQuery = parse_query(query)?;
+    let since = q.resume_after(headers.get("last-event-id"))?;
     let node = &app.node;
     let token = q.token.as_deref().or(bearer(&headers));
     let sender = node.identify(token, peer.ip())?;

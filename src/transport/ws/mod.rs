@@ -11,34 +11,25 @@ mod outbox;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::params::{parse_query, WsQuery};
 use super::timed_io::TimedStream;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
-use crate::guard::{self, Admitted};
+use crate::guard::Admitted;
 
 pub use connection::Connection;
-
-#[derive(Deserialize)]
-pub(super) struct WsQuery {
-    room: String,
-    since: Option<u64>,
-    /// A browser's WebSocket cannot set headers: its token comes here.
-    token: Option<String>,
-}
 
 /// Answers a WebSocket handshake and starts the connection's task.
 pub(super) async fn upgrade(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    query: Result<Query<WsQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     mut req: Request,
 ) -> Response {
     // Read before any await: the request body is not Sync, so the future
@@ -53,15 +44,16 @@ pub(super) async fn upgrade(
             .guard
             .check_origin(origin)
             .inspect_err(|e| app.node.metrics.reject(e.code))?;
-        let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
-        guard::check_room(&q.room)?;
+        let q: WsQuery = parse_query(query.as_deref())?;
+        let room = q.room()?.to_owned();
         let token = q.token.as_deref().or(bearer(&headers));
         let sender = app.node.identify(token, peer.ip())?;
         // Joined before answering, so a bad room, a refused token or a
         // closing store is an HTTP error, and nothing published after the
         // 101 can be missed.
-        let joined = app.node.watch(&q.room, &sender, q.since).await?;
-        Ok::<_, ApiError>((key, q.room, sender, joined))
+        let since = q.since.map(|id| id.0);
+        let joined = app.node.watch(&room, &sender, since).await?;
+        Ok::<_, ApiError>((key, room, sender, joined))
     }
     .await;
     let (key, room, sender, joined) = match result {
