@@ -2,11 +2,11 @@
 //! (admins only: 401 `unauthorized` without a valid token, 403 `forbidden`
 //! for another role). docs/protocol.md lists them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{parse_json, read_body};
+use super::client::ClientAddr;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
@@ -57,8 +58,8 @@ pub fn routes() -> Router<App> {
 }
 
 /// The caller, who must be an admin.
-fn admin(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Admin, ApiError> {
-    let sender = app.node.identify(bearer(headers), peer.ip())?;
+fn admin(app: &App, headers: &HeaderMap, client: IpAddr) -> Result<Admin, ApiError> {
+    let sender = app.node.identify(bearer(headers), client)?;
     app.node.guard.admin(sender)
 }
 
@@ -78,11 +79,11 @@ fn no_content() -> Answer {
 
 async fn recall(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path((room, id)): Path<(String, String)>,
 ) -> Answer {
-    let actor = app.node.identify(bearer(&headers), peer.ip())?;
+    let actor = app.node.identify(bearer(&headers), client)?;
     app.node.recall(&actor, &room, number("id", &id)?).await?;
     no_content()
 }
@@ -96,31 +97,31 @@ struct MuteBody {
 
 async fn mute_global(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     b: Body,
 ) -> Answer {
-    mute(app, headers, peer, None, b).await
+    mute(app, headers, client, None, b).await
 }
 
 async fn mute_in_room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(room): Path<String>,
     b: Body,
 ) -> Answer {
-    mute(app, headers, peer, Some(room), b).await
+    mute(app, headers, client, Some(room), b).await
 }
 
 async fn mute(
     app: App,
     headers: HeaderMap,
-    peer: SocketAddr,
+    client: IpAddr,
     room: Option<String>,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let req: MuteBody = body(&app, b).await?;
     if req.seconds == 0 {
         return Err(ApiError::new(
@@ -137,43 +138,43 @@ async fn mute(
 
 async fn unmute_global(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     app.node.unmute(&admin, None, &user).await?;
     no_content()
 }
 
 async fn unmute_in_room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path((room, user)): Path<(String, String)>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     app.node.unmute(&admin, Some(&room), &user).await?;
     no_content()
 }
 
 async fn global_mutes(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     let items = app.node.guard.moderation().mutes(None);
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 async fn room_mutes(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     crate::guard::check_room(&room)?;
     let items = app.node.guard.moderation().mutes(Some(&room));
     Ok(Json(json!({ "room": room, "items": items })).into_response())
@@ -188,11 +189,11 @@ struct BanBody {
 
 async fn ban(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let req: BanBody = body(&app, b).await?;
     if req.seconds == Some(0) {
         return Err(ApiError::new(
@@ -206,11 +207,11 @@ async fn ban(
 
 async fn unban(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(ip): Path<String>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let ip = ip
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidField, "not an IP address"))?;
@@ -220,55 +221,55 @@ async fn unban(
 
 async fn bans(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     let items = app.node.guard.moderation().bans();
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 async fn room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     crate::guard::check_room(&room)?;
     Ok(Json(app.node.guard.moderation().room(&room)).into_response())
 }
 
 async fn patch_room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(room): Path<String>,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let patch: RoomPatch = body(&app, b).await?;
     Ok(Json(app.node.set_room(&admin, &room, patch).await?).into_response())
 }
 
 async fn held(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(room): Path<String>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let items = app.node.held(&admin, &room)?;
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
 
 async fn approve(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path((room, held)): Path<(String, String)>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let stored = app
         .node
         .approve(&admin, &room, number("held id", &held)?)
@@ -278,11 +279,11 @@ async fn approve(
 
 async fn reject(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path((room, held)): Path<(String, String)>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     app.node
         .reject(&admin, &room, number("held id", &held)?)
         .await?;
@@ -298,11 +299,11 @@ struct AuditQuery {
 
 async fn audit(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_AUDIT_PAGE {

@@ -1,17 +1,16 @@
 //! HTTP routes: the REST API, health, metrics and the page.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{admin, sse, ws, App};
+use super::client::ClientAddr;
+use super::{admin, client, sse, ws, App};
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
@@ -40,6 +39,10 @@ pub fn router(app: App) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            client::derive,
+        ))
         .with_state(app)
 }
 
@@ -81,14 +84,14 @@ async fn room_stats(State(app): State<App>, Path(room): Path<String>) -> Respons
 async fn send(
     State(app): State<App>,
     Path(room): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let limit = app.node.config.limits.max_body_bytes;
     let parsed = async {
         guard::check_room(&room)?;
-        let sender = app.node.identify(bearer(&headers), peer.ip())?;
+        let sender = app.node.identify(bearer(&headers), client)?;
         let bytes = read_body(body, limit).await?;
         Ok::<_, ApiError>((sender, parse_json::<SendRequest>(&bytes)?))
     }

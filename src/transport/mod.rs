@@ -3,9 +3,13 @@
 //! `server` accepts TCP connections and serves HTTP/1.1 on them, each
 //! stream wrapped by `timed_io` so that a write stuck for the write timeout
 //! fails; `http` routes requests (REST, health, metrics, the page); `ws` and
-//! `sse` carry feeds to viewers; `admin` holds the moderation routes. Only this layer knows about sockets and HTTP.
+//! `sse` carry feeds to viewers; `admin` holds the moderation routes;
+//! `client` derives each request's client address (behind a trusted
+//! reverse proxy, the forwarded one). Only this layer knows about sockets
+//! and HTTP.
 
 pub mod admin;
+pub mod client;
 pub mod http;
 pub mod server;
 pub mod sse;

@@ -4,13 +4,12 @@
 //! Each danmaku is an event with its id as the event id, so `Last-Event-ID`
 //! resumes exactly where the client stopped.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use serde::Deserialize;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::client::ClientAddr;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
@@ -37,11 +37,11 @@ pub(super) struct StreamQuery {
 pub(super) async fn stream(
     State(app): State<App>,
     Path(room): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    match open(app, room, peer, query, headers).await {
+    match open(app, room, client, query, headers).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -50,7 +50,7 @@ pub(super) async fn stream(
 async fn open(
     app: App,
     room: String,
-    peer: SocketAddr,
+    client: IpAddr,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -72,7 +72,7 @@ async fn open(
     };
     let node = &app.node;
     let token = q.token.as_deref().or(bearer(&headers));
-    let sender = node.identify(token, peer.ip())?;
+    let sender = node.identify(token, client)?;
     let joined = node.watch(&room, &sender, since).await?;
     let hello = ServerMessage::Hello {
         room: &room,

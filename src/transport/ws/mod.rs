@@ -8,16 +8,16 @@
 mod connection;
 mod outbox;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::client::{ClientAddr, ClientPlace};
 use super::timed_io::TimedStream;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
@@ -37,7 +37,7 @@ pub(super) struct WsQuery {
 /// Answers a WebSocket handshake and starts the connection's task.
 pub(super) async fn upgrade(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     query: Result<Query<WsQuery>, QueryRejection>,
     mut req: Request,
 ) -> Response {
@@ -46,6 +46,7 @@ pub(super) async fn upgrade(
     let handshake = check_handshake(req.headers());
     let headers = req.headers().clone();
     let admitted = req.extensions().get::<Arc<Admitted>>().cloned();
+    let place = req.extensions().get::<ClientPlace>().cloned();
     let result = async {
         let key = handshake?;
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
@@ -56,7 +57,7 @@ pub(super) async fn upgrade(
         let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.body_text()))?;
         guard::check_room(&q.room)?;
         let token = q.token.as_deref().or(bearer(&headers));
-        let sender = app.node.identify(token, peer.ip())?;
+        let sender = app.node.identify(token, client)?;
         // Joined before answering, so a bad room, a refused token or a
         // closing store is an HTTP error, and nothing published after the
         // 101 can be missed.
@@ -82,8 +83,9 @@ pub(super) async fn upgrade(
             Err(_) => return tracing::error!("upgraded connection is not a TcpStream"),
         };
         let stream = parts.io.into_inner();
-        // Counted under the connection caps until the WebSocket ends.
-        let _admitted = admitted;
+        // Counted under the connection caps until the WebSocket ends: the
+        // connection's place, and a forwarded client's.
+        let _admitted = (admitted, place);
         Connection::new(node, stream, parts.read_buf, room, sender, joined)
             .run()
             .await;
