@@ -10,6 +10,7 @@ mod delivery;
 mod density;
 mod guard;
 mod moderation;
+mod proxy;
 mod resume;
 mod shutdown;
 mod slow_consumer;
