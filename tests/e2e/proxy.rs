@@ -214,5 +214,21 @@ async fn the_per_address_connection_cap_binds_each_forwarded_client() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // An SSE stream holds its client's place for as long as it is open,
+    // not only while its request is answered.
+    let proxy = client_from([127, 0, 0, 1]);
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let res = proxy
+            .get(format!("{}/api/v1/rooms/r/stream", server.url()))
+            .header("x-forwarded-for", "198.51.100.3")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        streams.push(res);
+    }
+    assert_eq!(watch_as(&server, "198.51.100.3").await.err(), Some(503));
+    drop(streams);
     server.stop();
 }
