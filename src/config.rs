@@ -637,7 +637,10 @@ mod tests {
         assert_eq!(cfg.limits.rates(), def.limits.rates());
         assert_eq!(cfg.limits.max_limiter_keys, def.limits.max_limiter_keys);
         assert_eq!(cfg.limits.exempt_ips, def.limits.exempt_ips);
-        assert!(def.limits.exempt_ips.is_empty(), "the default exempts nobody");
+        assert!(
+            def.limits.exempt_ips.is_empty(),
+            "the default exempts nobody"
+        );
         let (c, d) = (&cfg.connection, &def.connection);
         assert_eq!(c.trusted_proxies, d.trusted_proxies);
         assert!(d.trusted_proxies.is_empty(), "the default trusts no proxy");

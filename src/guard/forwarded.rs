@@ -134,7 +134,9 @@ fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     let value = split_unquoted(element, ';').into_iter().find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("for").then(|| value.trim())
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| value.trim())
     })?;
     match value.strip_prefix('"') {
         Some(quoted) => node(&unquote(quoted.strip_suffix('"')?)),
@@ -252,12 +254,28 @@ mod tests {
             ("x-forwarded-for", "::ffff:203.0.113.9", "203.0.113.9"),
             ("forwarded", "for=203.0.113.9", "203.0.113.9"),
             ("forwarded", "For=\"203.0.113.9:80\"", "203.0.113.9"),
-            ("forwarded", "for=\"[2001:db8:cafe::17]:4711\"", "2001:db8:cafe::17"),
-            ("forwarded", "for=\"[2001:db8::1]\";proto=https", "2001:db8::1"),
-            ("forwarded", "proto=http; for = 198.51.100.3 ;by=10.0.0.1", "198.51.100.3"),
+            (
+                "forwarded",
+                "for=\"[2001:db8:cafe::17]:4711\"",
+                "2001:db8:cafe::17",
+            ),
+            (
+                "forwarded",
+                "for=\"[2001:db8::1]\";proto=https",
+                "2001:db8::1",
+            ),
+            (
+                "forwarded",
+                "proto=http; for = 198.51.100.3 ;by=10.0.0.1",
+                "198.51.100.3",
+            ),
         ];
         for (name, value, want) in cases {
-            assert_eq!(client(LOCAL, "127.0.0.1", &[(name, value)]), ip(want), "{value}");
+            assert_eq!(
+                client(LOCAL, "127.0.0.1", &[(name, value)]),
+                ip(want),
+                "{value}"
+            );
         }
     }
 
@@ -283,13 +301,22 @@ mod tests {
     #[test]
     fn a_line_that_is_not_text_names_no_one() {
         let mut map = headers(&[("x-forwarded-for", "203.0.113.9")]);
-        map.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff\xfe").unwrap());
-        assert_eq!(proxies(LOCAL).client(ip("127.0.0.1"), &map), ip("127.0.0.1"));
+        map.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        );
+        assert_eq!(
+            proxies(LOCAL).client(ip("127.0.0.1"), &map),
+            ip("127.0.0.1")
+        );
     }
 
     #[test]
     fn a_quoted_separator_does_not_split_a_forwarded_value() {
-        let fwd = [("forwarded", "for=198.51.100.3;ext=\"a,b;c\\\"d\", for=10.1.2.3")];
+        let fwd = [(
+            "forwarded",
+            "for=198.51.100.3;ext=\"a,b;c\\\"d\", for=10.1.2.3",
+        )];
         assert_eq!(client(LOCAL, "127.0.0.1", &fwd), ip("198.51.100.3"));
     }
 

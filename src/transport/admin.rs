@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{parse_json, read_body};
 use super::client::ClientAddr;
+use super::http::{parse_json, read_body};
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;

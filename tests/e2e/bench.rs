@@ -91,15 +91,16 @@ async fn a_slow_viewer_shows_up_as_lagged_not_as_silent_loss() {
     server.stop();
 }
 
+/// A one-second ingest run: a few hundred sends, far past a user's burst.
+const SHORT_INGEST: &[&str] = &["ingest", "--concurrency", "2", "--duration", "1"];
+
 #[tokio::test]
 async fn a_bench_the_server_rate_limits_fails_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     // Defaults: loopback is limited like any address, and no token.
     let server = Server::start(&dir.path().join("data"), None);
     let url = server.url();
-    let out = run_cli(&[
-        "bench", "--url", &url, "--json", "ingest", "--concurrency", "2", "--duration", "1",
-    ]);
+    let out = run_cli(&[&["bench", "--url", &url, "--json"], SHORT_INGEST].concat());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("rate-limited the bench"), "{stderr}");
@@ -114,9 +115,7 @@ async fn a_bench_the_server_rate_limits_fails_and_says_why() {
 async fn the_bench_exempts_the_server_it_starts() {
     // No --url: the bench starts its own server, and must not be limited
     // by it (a burst of 3 sends per user would otherwise end it at once).
-    let report = run_cli_json(&[
-        "bench", "--json", "ingest", "--concurrency", "2", "--duration", "1",
-    ]);
+    let report = run_cli_json(&[&["bench", "--json"], SHORT_INGEST].concat());
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["sent"].as_u64().unwrap() > 100, "{report}");
     assert!(report["server_rss_bytes"].as_u64().is_some());

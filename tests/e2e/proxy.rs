@@ -62,7 +62,10 @@ fn forwarded(i: usize) -> (&'static str, String) {
     match i % 3 {
         0 => ("x-forwarded-for", format!("198.51.100.{}", i + 1)),
         1 => ("x-forwarded-for", format!("6.6.6.6, 198.51.100.{}", i + 1)),
-        _ => ("forwarded", format!("for=\"[2001:db8:{i:x}::1]:4711\";proto=https")),
+        _ => (
+            "forwarded",
+            format!("for=\"[2001:db8:{i:x}::1]:4711\";proto=https"),
+        ),
     }
 }
 
@@ -102,7 +105,11 @@ async fn fifty_clients_behind_a_trusted_proxy_get_their_own_ids_and_limits() {
             other => panic!("untrusted send {i}: {other} {body}"),
         }
     }
-    assert_eq!(accepted.len(), 1, "the untrusted peer's sends share a bucket");
+    assert_eq!(
+        accepted.len(),
+        1,
+        "the untrusted peer's sends share a bucket"
+    );
     assert!(!users.contains(&accepted[0]), "and its own guest id");
 
     // History says the same: 51 danmaku from 51 senders.
@@ -111,6 +118,31 @@ async fn fifty_clients_behind_a_trusted_proxy_get_their_own_ids_and_limits() {
     let senders: HashSet<_> = items.iter().map(|d| d["user"].as_str().unwrap()).collect();
     assert_eq!((items.len(), senders.len()), (51, 51), "{history}");
     server.stop();
+}
+
+/// Opens a WebSocket to room `r` through the "proxy" for `client`: the
+/// stream, or the HTTP status it was refused with.
+async fn watch_as(server: &Server, client: &str) -> Result<Ws, u16> {
+    let mut req = format!("ws://{}/ws?room=r", server.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
+    }
+}
+
+/// Opens an SSE stream of room `r` through the "proxy" for `client`.
+async fn sse_as(server: &Server, client: &str) -> reqwest::Response {
+    client_from([127, 0, 0, 1])
+        .get(format!("{}/api/v1/rooms/r/stream", server.url()))
+        .header("x-forwarded-for", client)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn admin_token() -> String {
@@ -144,36 +176,16 @@ async fn a_ban_of_a_forwarded_address_blocks_that_client_only() {
     assert_eq!(res.status().as_u16(), 201);
     let banned = ("x-forwarded-for", "198.51.100.7");
     let (status, body) = post_as(&proxy, &server, banned, "hi").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
-    let mut req = format!("ws://{}/ws?room=r", server.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("x-forwarded-for", "198.51.100.7".parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
-        other => panic!("want 403, got {other:?}"),
-    }
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(watch_as(&server, "198.51.100.7").await.err(), Some(403));
     // Its neighbour behind the same proxy, and the proxy itself, are not.
     let other = ("x-forwarded-for", "198.51.100.8");
     assert_eq!(post_as(&proxy, &server, other, "hi").await.0, 201);
     assert_eq!(post(&server, "r", json!({"text": "direct"})).await.0, 201);
     server.stop();
-}
-
-/// Opens a WebSocket to room `r` through the "proxy" for `client`: the
-/// stream, or the HTTP status it was refused with.
-async fn watch_as(server: &Server, client: &str) -> Result<Ws, u16> {
-    let mut req = format!("ws://{}/ws?room=r", server.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("x-forwarded-for", client.parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
-        Err(e) => panic!("handshake failed without an HTTP answer: {e}"),
-    }
 }
 
 #[tokio::test]
@@ -187,12 +199,7 @@ async fn the_per_address_connection_cap_binds_each_forwarded_client() {
     let _a2 = watch_as(&server, "198.51.100.1").await.unwrap();
     // The forwarded address is at its cap, on any route...
     assert_eq!(watch_as(&server, "198.51.100.1").await.err(), Some(503));
-    let res = client_from([127, 0, 0, 1])
-        .get(format!("{}/api/v1/rooms/r/stream", server.url()))
-        .header("x-forwarded-for", "198.51.100.1")
-        .send()
-        .await
-        .unwrap();
+    let res = sse_as(&server, "198.51.100.1").await;
     assert_eq!(res.status().as_u16(), 503);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_many_connections");
@@ -216,15 +223,9 @@ async fn the_per_address_connection_cap_binds_each_forwarded_client() {
     }
     // An SSE stream holds its client's place for as long as it is open,
     // not only while its request is answered.
-    let proxy = client_from([127, 0, 0, 1]);
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let res = proxy
-            .get(format!("{}/api/v1/rooms/r/stream", server.url()))
-            .header("x-forwarded-for", "198.51.100.3")
-            .send()
-            .await
-            .unwrap();
+        let res = sse_as(&server, "198.51.100.3").await;
         assert_eq!(res.status().as_u16(), 200);
         streams.push(res);
     }

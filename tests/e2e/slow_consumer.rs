@@ -224,7 +224,9 @@ async fn a_stalled_sse_client_is_cut_off_after_the_write_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         &dir.path().join("data"),
-        Some(&format!("[connection]\nwrite_timeout_s = 1\n{EXEMPT_LOOPBACK}")),
+        Some(&format!(
+            "[connection]\nwrite_timeout_s = 1\n{EXEMPT_LOOPBACK}"
+        )),
     );
     let mut stalled = small_buffer_socket(&server.addr).await;
     let request = "GET /api/v1/rooms/hot/stream HTTP/1.1\r\nHost: test\r\n\r\n";
