@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::client::ClientAddr;
-use super::{admin, client, sse, ws, App};
+use super::{admin, sse, ws, App};
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::auth::bearer;
@@ -39,10 +39,6 @@ pub fn router(app: App) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            client::derive,
-        ))
         .with_state(app)
 }
 

@@ -6,15 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use super::timed_io::TimedStream;
-use super::{http, App};
+use super::{client, http, App};
 use crate::error::ApiError;
 use crate::guard::Admitted;
 use crate::metrics::GaugeGuard;
@@ -106,10 +104,10 @@ async fn serve_connection(
         // lag (and be cut off) instead of silently buffering megabytes.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
     }
+    let node = app.node.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(admitted.clone());
-        router.clone().oneshot(req)
+        client::route(&node, router.clone(), peer.ip(), req)
     });
     let header_timeout = Duration::from_secs(app.node.config.connection.header_timeout_s);
     let write_timeout = Duration::from_secs(app.node.config.connection.write_timeout_s);
