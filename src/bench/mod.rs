@@ -29,7 +29,8 @@ pub struct BenchArgs {
     #[command(subcommand)]
     scenario: Scenario,
     /// Benchmark a running server at this URL instead of starting one
-    /// (then server RSS and CPU are reported as null).
+    /// (then server RSS and CPU are reported as null). It limits the bench
+    /// like any client unless given a `service` token (--token).
     #[arg(long, global = true)]
     url: Option<String>,
     /// Print one JSON object on stdout at the end instead of a summary.
