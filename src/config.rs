@@ -208,10 +208,12 @@ pub struct Limits {
     /// guard, remembers at most. Past it, new keys are let through without
     /// being remembered (fail open); docs/security.md tells why.
     pub max_limiter_keys: usize,
-    /// Client addresses that skip every rate limit and the flood guard, as
-    /// admins do. The default, loopback, is the operator's own machine: the
-    /// bench, a local bot. Behind a reverse proxy on the same host every
-    /// client looks like loopback: set it to `[]` there.
+    /// Client addresses that skip every rate limit, the flood guard and the
+    /// per-address connection cap, as admins do. Default: none, loopback
+    /// included, so that a same-host reverse proxy or a local script is
+    /// limited like anyone; a load generator on the operator's machine
+    /// lists its address here or presents a `service` token. Behind a
+    /// trusted proxy this matches the forwarded client address.
     pub exempt_ips: Vec<ipnet::IpNet>,
 }
 
@@ -233,10 +235,7 @@ impl Default for Limits {
             room_send_burst: 2000,
             room_send_per_second: 1000.0,
             max_limiter_keys: 100_000,
-            exempt_ips: vec![
-                "127.0.0.0/8".parse().expect("a valid network"),
-                "::1/128".parse().expect("a valid network"),
-            ],
+            exempt_ips: Vec::new(),
         }
     }
 }
@@ -340,6 +339,13 @@ pub struct ConnectionConfig {
     /// `https://live.example.com`). Empty: any. A handshake without an
     /// `Origin` (not a browser) is not affected.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies whose forwarding headers (`X-Forwarded-For`, or
+    /// RFC 7239 `Forwarded: for=`) name the client: a request whose TCP peer
+    /// is in one of these networks is treated as coming from the rightmost
+    /// forwarded address that is not itself a trusted proxy. Empty (the
+    /// default): forwarding headers are ignored, and the peer is the client.
+    /// At most [`MAX_TRUSTED_PROXIES`] networks.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ConnectionConfig {
@@ -357,9 +363,14 @@ impl Default for ConnectionConfig {
             max_connections: 50_000,
             max_connections_per_ip: 500,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
+
+/// The most networks `connection.trusted_proxies` may list: each forwarded
+/// hop of every request is matched against all of them.
+pub const MAX_TRUSTED_PROXIES: usize = 1000;
 
 /// Identity: the key that verifies tokens (JWT) and what clients without
 /// one may do. At most one algorithm is configured; with none, no token
@@ -512,6 +523,10 @@ impl Config {
                 self.connection.idle_timeout_s > self.connection.ping_interval_s,
                 "connection.idle_timeout_s must exceed ping_interval_s",
             ),
+            (
+                self.connection.trusted_proxies.len() <= MAX_TRUSTED_PROXIES,
+                "connection.trusted_proxies must list at most 1000 networks",
+            ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError::Invalid((*msg).to_owned()));
@@ -655,6 +670,12 @@ mod tests {
                 d.body_min_rate_bytes_per_s
             )
         );
+        assert!(
+            def.limits.exempt_ips.is_empty(),
+            "the default exempts nobody"
+        );
+        assert_eq!(c.trusted_proxies, d.trusted_proxies);
+        assert!(d.trusted_proxies.is_empty(), "the default trusts no proxy");
         let (f, d) = (&cfg.filter, &def.filter);
         assert_eq!(
             (
@@ -823,6 +844,27 @@ mod tests {
             };
             assert!(now.checked_add(duration).is_some(), "{}", bound.key);
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_networks_and_bounded() {
+        let cfg = Config::from_toml(
+            "[connection]\ntrusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1/128\"]",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.connection.trusted_proxies.len(), 3);
+        assert!(Config::from_toml("[connection]\ntrusted_proxies = [\"nginx\"]").is_err());
+        let list = |n: usize| {
+            let nets: Vec<String> = (0..n)
+                .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+                .collect();
+            let text = format!("[connection]\ntrusted_proxies = [{}]", nets.join(","));
+            Config::from_toml(&text).unwrap().validate()
+        };
+        assert!(list(MAX_TRUSTED_PROXIES).is_ok());
+        let err = list(MAX_TRUSTED_PROXIES + 1).unwrap_err().to_string();
+        assert!(err.contains("connection.trusted_proxies"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! - A room's coalescing window stays between 1 ms and `coalesce_ms` for
 //!   any config and viewer count (`writes_per_s = 0` once made every room's
 //!   flusher panic).
+//! - The client behind a trusted proxy: whatever a client writes in its
+//!   forwarding headers, the hop the proxy adds decides; from an untrusted
+//!   peer the headers change nothing.
 
 use std::time::Duration;
 
@@ -599,17 +602,17 @@ proptest! {
 // ---------------------------------------------------------------------------
 
 mod edges {
-    use std::net::SocketAddr;
+    use std::net::IpAddr;
     use std::sync::LazyLock;
 
     use axum::body::Body;
-    use axum::extract::ConnectInfo;
     use axum::http::{Request, StatusCode};
     use axum::Router;
     use danmaku::config::{Config, Synchronous};
     use danmaku::danmaku::MAX_ID;
     use danmaku::guard::auth::{mint, Claims, Role};
     use danmaku::node::Node;
+    use danmaku::transport::client::ClientAddr;
     use danmaku::transport::{http, App};
     use http_body_util::BodyExt;
     use proptest::prelude::*;
@@ -678,8 +681,9 @@ mod edges {
                 req = req.header(*k, *v);
             }
             let mut req = req.body(Body::from(body.to_owned())).unwrap();
+            // What the accept loop derives for a direct client.
             req.extensions_mut()
-                .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 40_000))));
+                .insert(ClientAddr(IpAddr::from([192, 0, 2, 1])));
             self.rt.block_on(async {
                 let res = self.router.clone().oneshot(req).await.unwrap();
                 let status = res.status().as_u16();
@@ -1121,5 +1125,66 @@ mod edges {
             (status, item_ids(&answer)),
             (StatusCode::OK.as_u16(), vec![2, 3])
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client behind a trusted proxy
+// ---------------------------------------------------------------------------
+
+/// What a client may write in a forwarding header before the proxy's own
+/// hop: addresses (trusted ones too), junk, separators and quotes.
+fn forged_hops() -> impl Strategy<Value = String> {
+    let hop = prop_oneof![
+        any::<std::net::Ipv4Addr>().prop_map(|a| a.to_string()),
+        Just("10.1.2.3".to_owned()),
+        Just("127.0.0.1".to_owned()),
+        any::<std::net::Ipv6Addr>().prop_map(|a| format!("[{a}]:80")),
+        Just("unknown".to_owned()),
+        "[ -~]{0,24}",
+    ];
+    vec(hop, 0..6).prop_map(|hops| hops.join(", "))
+}
+
+/// A client address that is not a trusted proxy (not 127.0.0.1, not 10/8).
+fn untrusted_client() -> impl Strategy<Value = std::net::IpAddr> {
+    any::<std::net::Ipv4Addr>()
+        .prop_filter("not trusted", |a| a.octets()[0] != 10 && !a.is_loopback())
+        .prop_map(std::net::IpAddr::V4)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// A proxy that appends the client it saw (`X-Forwarded-For` on the
+    /// same line, `Forwarded` on a line of its own) names that client,
+    /// whatever the client wrote before; a peer that is not trusted is the
+    /// client, whatever the headers say.
+    #[test]
+    fn the_proxys_own_hop_decides(
+        forged in forged_hops(),
+        client in untrusted_client(),
+        port in any::<u16>(),
+    ) {
+        use axum::http::{HeaderMap, HeaderValue};
+        let proxies = guard::TrustedProxies::new(vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ]);
+        let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+        let mut xff = HeaderMap::new();
+        let line = format!("{forged}, {client}:{port}");
+        xff.insert("x-forwarded-for", HeaderValue::from_str(&line).unwrap());
+        prop_assert_eq!(proxies.client(peer, &xff), client);
+
+        let mut fwd = HeaderMap::new();
+        fwd.append("forwarded", HeaderValue::from_str(&forged).unwrap());
+        let hop = format!("for=\"{client}:{port}\";proto=https");
+        fwd.append("forwarded", HeaderValue::from_str(&hop).unwrap());
+        prop_assert_eq!(proxies.client(peer, &fwd), client);
+
+        let stranger = std::net::IpAddr::from([192, 0, 2, 1]);
+        prop_assert_eq!(proxies.client(stranger, &xff), stranger);
+        prop_assert_eq!(proxies.client(stranger, &fwd), stranger);
     }
 }

@@ -285,6 +285,9 @@ fn on_answer(
     };
     if !text.starts_with(r#"{"type":"ack""#) {
         if text.starts_with(r#"{"type":"error""#) {
+            if text.contains(r#""code":"rate_limited""#) {
+                super::note_rate_limited();
+            }
             anyhow::bail!("send refused: {text}");
         }
         return Ok(0);

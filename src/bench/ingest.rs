@@ -54,7 +54,12 @@ pub async fn run(
                             ok += 1;
                             counters.sent.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(_) => errors += 1,
+                        Ok(status) => {
+                            if status == 429 {
+                                super::note_rate_limited();
+                            }
+                            errors += 1;
+                        }
                         Err(_) => {
                             errors += 1;
                             conn = None;

@@ -17,6 +17,7 @@ mod viewer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Subcommand};
 
@@ -28,20 +29,35 @@ pub struct BenchArgs {
     #[command(subcommand)]
     scenario: Scenario,
     /// Benchmark a running server at this URL instead of starting one
-    /// (then server RSS and CPU are reported as null).
+    /// (then server RSS and CPU are reported as null). It limits the bench
+    /// like any client unless given a `service` token (--token).
     #[arg(long, global = true)]
     url: Option<String>,
     /// Print one JSON object on stdout at the end instead of a summary.
     #[arg(long, global = true)]
     json: bool,
-    /// Config file for the server the bench starts.
+    /// Config file for the server the bench starts, used as is. Without
+    /// it, that server exempts loopback from its limits
+    /// (`limits.exempt_ips`); with it, exempt the bench there or pass a
+    /// `service` token (--token), or the limits, not the server, are what
+    /// is measured.
     #[arg(long, global = true)]
     server_config: Option<PathBuf>,
     /// A token every bench connection presents (viewers, senders, ingest):
-    /// against a server that needs one, an admin token (`danmaku token
-    /// --role admin`), which is exempt from per-user and per-address limits.
+    /// against a server at --url, or one that needs tokens, a `service`
+    /// token (`danmaku token --user bench --role service`), which is exempt
+    /// from per-user and per-address limits.
     #[arg(long, global = true, env = "DANMAKU_TOKEN")]
     token: Option<String>,
+}
+
+/// Set when the server refused the bench for its limits (`rate_limited`,
+/// 429): the run then measured the limits, and says so.
+static RATE_LIMITED: AtomicBool = AtomicBool::new(false);
+
+/// Notes a refusal for the server's limits.
+fn note_rate_limited() {
+    RATE_LIMITED.store(true, Ordering::Relaxed);
 }
 
 /// The token from `--token`, set once before a scenario starts; every
@@ -168,6 +184,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.summary());
+    }
+    if RATE_LIMITED.load(Ordering::Relaxed) {
+        // Only a --server-config can take the bench's exemption away from
+        // a server it starts.
+        let who = if args.url.is_none() && args.server_config.is_some() {
+            "list 127.0.0.0/8 in that config's limits.exempt_ips, or pass a `service` token with --token"
+        } else {
+            "pass a `service` token with --token"
+        };
+        anyhow::bail!(
+            "the server rate-limited the bench (429 rate_limited), so these figures measure \
+             its limits, not the server: {who} (`danmaku token --user bench --role service`)"
+        );
     }
     Ok(())
 }

@@ -16,13 +16,21 @@ pub struct Target {
     /// Its address.
     pub addr: SocketAddr,
     child: Option<Child>,
-    /// Keeps the temporary data directory until the server stops.
+    /// Keeps the temporary directory (data, and the bench's config) until
+    /// the server stops.
     _data: Option<tempfile::TempDir>,
 }
 
+/// The config of a server the bench starts without `--server-config`: the
+/// bench's own connections (from 127.0.0.0/8) skip the rate limits and the
+/// per-address connection cap, which nobody skips by default, so that the
+/// figures measure the server.
+const EXEMPT_LOOPBACK: &str = "[limits]\nexempt_ips = [\"127.0.0.0/8\", \"::1/128\"]\n";
+
 impl Target {
     /// Starts a server (this binary) on an ephemeral port with a temporary
-    /// data directory, or resolves `url`.
+    /// data directory and `config` (as is), or else one that exempts
+    /// loopback from its limits; or resolves `url`.
     pub async fn start(url: Option<&str>, config: Option<&Path>) -> anyhow::Result<Target> {
         if let Some(url) = url {
             let host = url.trim_start_matches("http://").trim_end_matches('/');
@@ -38,16 +46,23 @@ impl Target {
             });
         }
         let data = tempfile::tempdir()?;
+        let config = match config {
+            Some(config) => config.to_owned(),
+            None => {
+                let own = data.path().join("bench.toml");
+                std::fs::write(&own, EXEMPT_LOOPBACK)?;
+                own
+            }
+        };
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data.path())
+            .arg(data.path().join("data"))
+            .arg("--config")
+            .arg(config)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(config) = config {
-            cmd.arg("--config").arg(config);
-        }
         let mut child = cmd.spawn().context("cannot start the server")?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();

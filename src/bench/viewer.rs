@@ -72,6 +72,9 @@ pub async fn handshake(
         }
         if let Some(end) = memmem::find(&buf, b"\r\n\r\n") {
             if !buf.starts_with(b"HTTP/1.1 101") {
+                if buf.starts_with(b"HTTP/1.1 429") {
+                    super::note_rate_limited();
+                }
                 return Err(io::Error::other(
                     String::from_utf8_lossy(&buf[..end]).into_owned(),
                 ));

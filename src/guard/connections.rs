@@ -4,6 +4,11 @@
 //! how many it holds. Both are needed: a patient attacker opening one
 //! connection a second still reaches 20,000 in six hours, each pinning a
 //! socket, kernel buffers and a task.
+//!
+//! A connection from a trusted reverse proxy carries many clients, whose
+//! addresses are known only from each request's headers: it counts in the
+//! total at accept, and each request it forwards (and the SSE stream or
+//! WebSocket that request opens) holds a place of its client's address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,11 +35,15 @@ struct Counts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-/// One admitted connection; dropping it gives its place back. Shared by the
-/// HTTP connection and, after an upgrade, the WebSocket that replaces it.
+/// One admitted connection, or one forwarded client's request; dropping it
+/// gives its places back. Shared by the HTTP connection (or request) and,
+/// after an upgrade, the WebSocket that replaces it.
 pub struct Admitted {
     owner: Arc<Connections>,
-    ip: IpAddr,
+    /// Whether it holds a place in the total.
+    total: bool,
+    /// The address whose place it holds, if any.
+    ip: Option<IpAddr>,
 }
 
 impl Connections {
@@ -55,10 +64,25 @@ impl Connections {
 
     /// Admits a new connection from `ip`, or says which cap it hit.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, ApiError> {
-        let key = ip_key(ip);
-        let exempt = self.exempt.iter().any(|net| net.contains(&ip));
+        self.take(true, Some(ip))
+    }
+
+    /// Admits a new connection from a trusted proxy: under the total cap
+    /// only, since the clients it carries are known per request
+    /// ([`Connections::admit_client`]).
+    pub fn admit_proxy(self: &Arc<Self>) -> Result<Admitted, ApiError> {
+        self.take(true, None)
+    }
+
+    /// A place under the per-address cap for a client a trusted proxy
+    /// forwards, held for its request or the stream the request opens.
+    pub fn admit_client(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, ApiError> {
+        self.take(false, Some(ip))
+    }
+
+    fn take(self: &Arc<Self>, total: bool, ip: Option<IpAddr>) -> Result<Admitted, ApiError> {
         let mut c = self.counts();
-        if c.total >= self.max_total {
+        if total && c.total >= self.max_total {
             return Err(ApiError::new(
                 ErrorCode::TooManyConnections,
                 format!(
@@ -67,20 +91,27 @@ impl Connections {
                 ),
             ));
         }
-        let mine = c.per_ip.get(&key).copied().unwrap_or(0);
-        if !exempt && mine >= self.max_per_ip {
-            return Err(ApiError::new(
-                ErrorCode::TooManyConnections,
-                format!(
-                    "this address holds its maximum of {} connections",
-                    self.max_per_ip
-                ),
-            ));
+        let key = ip.map(ip_key);
+        if let (Some(ip), Some(key)) = (ip, key) {
+            let exempt = self.exempt.iter().any(|net| net.contains(&ip));
+            let mine = c.per_ip.get(&key).copied().unwrap_or(0);
+            if !exempt && mine >= self.max_per_ip {
+                return Err(ApiError::new(
+                    ErrorCode::TooManyConnections,
+                    format!(
+                        "this address holds its maximum of {} connections",
+                        self.max_per_ip
+                    ),
+                ));
+            }
+            *c.per_ip.entry(key).or_default() += 1;
         }
-        c.total += 1;
-        *c.per_ip.entry(key).or_default() += 1;
+        if total {
+            c.total += 1;
+        }
         Ok(Admitted {
             owner: self.clone(),
+            total,
             ip: key,
         })
     }
@@ -89,11 +120,15 @@ impl Connections {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut c = self.owner.counts();
-        c.total -= 1;
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
+        if self.total {
+            c.total -= 1;
+        }
+        if let Some(ip) = self.ip {
+            if let Some(n) = c.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    c.per_ip.remove(&ip);
+                }
             }
         }
     }
@@ -125,6 +160,27 @@ mod tests {
         // The total binds exempt addresses too.
         assert!(c.admit("127.0.0.1".parse().unwrap()).is_err());
         assert_eq!(c.counts().per_ip.len(), 1);
+    }
+
+    #[test]
+    fn a_proxy_counts_in_the_total_and_its_clients_per_address() {
+        let c = caps(3, 1, &[]);
+        let proxy = c.admit_proxy().unwrap();
+        let _second_proxy = c.admit_proxy().unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let first = c.admit_client(a).unwrap();
+        assert!(
+            c.admit_client(a).is_err(),
+            "the forwarded address has its cap"
+        );
+        let _other = c.admit_client(b).unwrap();
+        // Clients are not connections: the total still has room for one.
+        let direct = c.admit("198.51.100.1".parse().unwrap()).unwrap();
+        assert!(c.admit_proxy().is_err(), "the total binds proxies too");
+        drop((first, direct, proxy));
+        let _again = c.admit_client(a).unwrap();
+        assert_eq!(c.counts().total, 1);
+        assert_eq!(c.counts().per_ip.len(), 2);
     }
 
     #[test]

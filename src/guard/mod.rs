@@ -15,6 +15,7 @@
 pub mod auth;
 mod connections;
 pub mod filter;
+mod forwarded;
 pub mod limits;
 mod send;
 
@@ -34,6 +35,7 @@ use filter::{FilterError, FilterHandle, FloodGuard};
 use limits::RateLimits;
 
 pub use connections::{Admitted, Connections};
+pub use forwarded::TrustedProxies;
 pub use send::{
     check_room, check_send, guest_id, SendRequest, DEFAULT_NAME, DEFAULT_SIZE, MAX_VIDEO_TIME,
     SIZE_RANGE,
@@ -107,6 +109,7 @@ pub struct Guard {
     flood: Option<FloodGuard>,
     text: Limits,
     connections: Arc<Connections>,
+    proxies: TrustedProxies,
     allowed_origins: Vec<String>,
     moderation: Moderation,
     held: HeldQueues,
@@ -133,6 +136,7 @@ impl Guard {
                 &config.connection,
                 config.limits.exempt_ips.clone(),
             )),
+            proxies: TrustedProxies::new(config.connection.trusted_proxies.clone()),
             allowed_origins: config.connection.allowed_origins.clone(),
             held: HeldQueues::new(std::mem::take(&mut moderation.held)),
             moderation: Moderation::new(moderation, config.limits.max_limiter_keys),
@@ -189,9 +193,33 @@ impl Guard {
         }
     }
 
-    /// Admits a new TCP connection from `ip` under the connection caps.
-    pub fn admit_connection(&self, ip: IpAddr) -> Result<Admitted, ApiError> {
-        self.connections.admit(ip)
+    /// Admits a new TCP connection from `peer` under the connection caps.
+    /// A trusted proxy's connection counts in the total only: the
+    /// per-address cap binds each client it forwards, per request
+    /// ([`Guard::admit_request`]).
+    pub fn admit_connection(&self, peer: IpAddr) -> Result<Admitted, ApiError> {
+        if self.proxies.trusts(peer) {
+            self.connections.admit_proxy()
+        } else {
+            self.connections.admit(peer)
+        }
+    }
+
+    /// The client behind a request from `peer` (the forwarded one when
+    /// `peer` is a trusted proxy: [`TrustedProxies::client`]), which every
+    /// per-address rule then applies to. For a forwarded client, also its
+    /// place under the per-address connection cap, to hold while the
+    /// request, or the stream it opens, lasts.
+    pub fn admit_request(
+        &self,
+        peer: IpAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(IpAddr, Option<Admitted>), ApiError> {
+        let client = self.proxies.client(peer, headers);
+        if !self.proxies.trusts(peer) {
+            return Ok((client, None));
+        }
+        Ok((client, Some(self.connections.admit_client(client)?)))
     }
 
     /// Checks a browser's `Origin` against `connection.allowed_origins`

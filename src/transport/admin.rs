@@ -2,10 +2,10 @@
 //! (admins only: 401 `unauthorized` without a valid token, 403 `forbidden`
 //! for another role). docs/protocol.md lists them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::client::ClientAddr;
 use super::http::{parse_json, read_body};
 use super::params::{parse_query, path_id, AuditQuery, RoomName};
 use super::App;
@@ -54,8 +55,8 @@ pub fn routes() -> Router<App> {
 }
 
 /// The caller, who must be an admin.
-fn admin(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<Admin, ApiError> {
-    let sender = app.node.identify(bearer(headers), peer.ip())?;
+fn admin(app: &App, headers: &HeaderMap, client: IpAddr) -> Result<Admin, ApiError> {
+    let sender = app.node.identify(bearer(headers), client)?;
     app.node.guard.admin(sender)
 }
 
@@ -70,12 +71,12 @@ fn no_content() -> Answer {
 
 async fn recall(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, id)): Path<(String, String)>,
 ) -> Answer {
-    let actor = app.node.identify(bearer(&headers), peer.ip())?;
+    let actor = app.node.identify(bearer(&headers), client)?;
     app.node.recall(&actor, &room, path_id("id", &id)?).await?;
     no_content()
 }
@@ -89,31 +90,31 @@ struct MuteBody {
 
 async fn mute_global(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     b: Body,
 ) -> Answer {
-    mute(app, headers, peer, None, b).await
+    mute(app, headers, client, None, b).await
 }
 
 async fn mute_in_room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
     b: Body,
 ) -> Answer {
-    mute(app, headers, peer, Some(room), b).await
+    mute(app, headers, client, Some(room), b).await
 }
 
 async fn mute(
     app: App,
     headers: HeaderMap,
-    peer: SocketAddr,
+    client: IpAddr,
     room: Option<String>,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let req: MuteBody = body(&app, b).await?;
     if req.seconds == 0 {
         return Err(ApiError::new(
@@ -130,44 +131,44 @@ async fn mute(
 
 async fn unmute_global(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     app.node.unmute(&admin, None, &user).await?;
     no_content()
 }
 
 async fn unmute_in_room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, user)): Path<(String, String)>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     app.node.unmute(&admin, Some(&room), &user).await?;
     no_content()
 }
 
 async fn global_mutes(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     let items = app.node.guard.moderation().mutes(None);
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 async fn room_mutes(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     let items = app.node.guard.moderation().mutes(Some(&room));
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
@@ -181,11 +182,11 @@ struct BanBody {
 
 async fn ban(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let req: BanBody = body(&app, b).await?;
     if req.seconds == Some(0) {
         return Err(ApiError::new(
@@ -199,11 +200,11 @@ async fn ban(
 
 async fn unban(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Path(ip): Path<String>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let ip = ip
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidField, "not an IP address"))?;
@@ -213,55 +214,55 @@ async fn unban(
 
 async fn bans(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     let items = app.node.guard.moderation().bans();
     Ok(Json(json!({ "items": items })).into_response())
 }
 
 async fn room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
 ) -> Answer {
-    admin(&app, &headers, peer)?;
+    admin(&app, &headers, client)?;
     Ok(Json(app.node.guard.moderation().room(&room)).into_response())
 }
 
 async fn patch_room(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let patch: RoomPatch = body(&app, b).await?;
     Ok(Json(app.node.set_room(&admin, &room, patch).await?).into_response())
 }
 
 async fn held(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let items = app.node.held(&admin, &room)?;
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
 
 async fn approve(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, held)): Path<(String, String)>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let stored = app
         .node
         .approve(&admin, &room, path_id("held id", &held)?)
@@ -271,12 +272,12 @@ async fn approve(
 
 async fn reject(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, held)): Path<(String, String)>,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     app.node
         .reject(&admin, &room, path_id("held id", &held)?)
         .await?;
@@ -285,11 +286,11 @@ async fn reject(
 
 async fn audit(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Answer {
-    let admin = admin(&app, &headers, peer)?;
+    let admin = admin(&app, &headers, client)?;
     let (limit, before) = parse_query::<AuditQuery>(query.as_deref())?.check()?;
     let items = app.node.audit(&admin, limit, before).await?;
     Ok(Json(json!({ "items": items })).into_response())

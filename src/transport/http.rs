@@ -1,15 +1,14 @@
 //! HTTP routes: the REST API, health, metrics and the page.
 
-use std::net::SocketAddr;
-
 use axum::body::Body;
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::client::ClientAddr;
 use super::deadlines::BodyTimedOut;
 use super::params::{next_cursor, parse_query, HistoryQuery, HistoryRange, RoomName, RoomsQuery};
 use super::{admin, sse, ws, App};
@@ -101,14 +100,14 @@ async fn room_stats(State(app): State<App>, RoomName(room): RoomName) -> Respons
 async fn send(
     State(app): State<App>,
     room: Result<RoomName, ApiError>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let limit = app.node.config.limits.max_body_bytes;
     let parsed = async {
         let RoomName(room) = room?;
-        let sender = app.node.identify(bearer(&headers), peer.ip())?;
+        let sender = app.node.identify(bearer(&headers), client)?;
         let bytes = read_body(body, limit).await?;
         Ok::<_, ApiError>((room, sender, parse_json::<SendRequest>(&bytes)?))
     }

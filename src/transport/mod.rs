@@ -6,9 +6,12 @@
 //! `deadlines`; `http` routes requests (REST, health, metrics, the page);
 //! `ws` and `sse` carry feeds to viewers; `admin` holds the moderation
 //! routes; `params` reads and checks every route's room, ids and query
-//! string. Only this layer knows about sockets and HTTP.
+//! string; `client` derives each request's client address (behind a
+//! trusted reverse proxy, the forwarded one). Only this layer knows about
+//! sockets and HTTP.
 
 pub mod admin;
+pub mod client;
 pub mod deadlines;
 pub mod http;
 pub mod params;

@@ -7,15 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use super::deadlines::{Clock, Cut, Deadlines};
 use super::timed_io::TimedStream;
-use super::{http, App};
+use super::{client, http, App};
 use crate::error::ApiError;
 use crate::guard::Admitted;
 use crate::metrics::{GaugeGuard, PhaseLabel};
@@ -108,15 +106,16 @@ async fn serve_connection(
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
     }
     let clock = Clock::new(Deadlines::new(&app.node.config.connection));
+    let node = app.node.clone();
     let service = hyper::service::service_fn({
         let clock = clock.clone();
         move |req: hyper::Request<Incoming>| {
             let mut req = clock.start_request(req);
-            req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(admitted.clone());
-            let (router, clock) = (router.clone(), clock.clone());
+            let routed = client::route(&node, router.clone(), peer.ip(), req);
+            let clock = clock.clone();
             async move {
-                let res = router.oneshot(req).await?;
+                let res = routed.await?;
                 Ok::<_, Infallible>(clock.track_response(res))
             }
         }

@@ -4,18 +4,18 @@
 //! Each danmaku is an event with its id as the event id, so `Last-Event-ID`
 //! resumes exactly where the client stopped.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::client::ClientAddr;
 use super::params::{parse_query, RoomName, StreamQuery};
 use super::App;
 use crate::error::ApiError;
@@ -29,11 +29,11 @@ use crate::protocol::sse;
 pub(super) async fn stream(
     State(app): State<App>,
     RoomName(room): RoomName,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match open(app, room, peer, query.as_deref(), headers).await {
+    match open(app, room, client, query.as_deref(), headers).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -42,7 +42,7 @@ pub(super) async fn stream(
 async fn open(
     app: App,
     room: String,
-    peer: SocketAddr,
+    client: IpAddr,
     query: Option<&str>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -50,7 +50,7 @@ async fn open(
     let since = q.resume_after(headers.get("last-event-id"))?;
     let node = &app.node;
     let token = q.token.as_deref().or(bearer(&headers));
-    let sender = node.identify(token, peer.ip())?;
+    let sender = node.identify(token, client)?;
     let joined = node.watch(&room, &sender, since).await?;
     let hello = ServerMessage::Hello {
         room: &room,

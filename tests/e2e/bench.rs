@@ -1,8 +1,10 @@
 //! `danmaku bench` against a real server: its figures match what happened.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::server::*;
+
+const SECRET: &str = "a-bench-test-secret-of-32-bytes-or-more";
 
 /// Runs `danmaku bench --url SERVER --json ARGS`: exactly one JSON object on stdout.
 fn bench(server: &Server, args: &[&str]) -> Value {
@@ -15,10 +17,19 @@ fn bench(server: &Server, args: &[&str]) -> Value {
 #[tokio::test]
 async fn a_short_fanout_reports_exactly_what_was_sent_and_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None);
+    // A server it did not start limits it like anyone: it says who it is
+    // with a service token, as README tells.
+    let config = format!("[auth]\nhs256_secret = \"{SECRET}\"\n");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    let service = token(
+        SECRET,
+        json!({"sub": "bench", "role": "service", "exp": now() + 3600}),
+    );
     let report = bench(
         &server,
         &[
+            "--token",
+            &service,
             "fanout",
             "--viewers",
             "20",
@@ -54,8 +65,10 @@ async fn a_short_fanout_reports_exactly_what_was_sent_and_nothing_lost() {
 #[tokio::test]
 async fn a_slow_viewer_shows_up_as_lagged_not_as_silent_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[fanout]\nring_frames = 16\nmax_queued_bytes = 16384\nmax_frame_bytes = 2048\nmax_lags = 1\n";
-    let server = Server::start(&dir.path().join("data"), Some(config));
+    let config = format!(
+        "[fanout]\nring_frames = 16\nmax_queued_bytes = 16384\nmax_frame_bytes = 2048\nmax_lags = 1\n{EXEMPT_LOOPBACK}"
+    );
+    let server = Server::start(&dir.path().join("data"), Some(&config));
     let report = bench(
         &server,
         &[
@@ -76,4 +89,34 @@ async fn a_slow_viewer_shows_up_as_lagged_not_as_silent_loss() {
     assert!(report["lost"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(report["duplicated"], 0);
     server.stop();
+}
+
+/// A one-second ingest run: a few hundred sends, far past a user's burst.
+const SHORT_INGEST: &[&str] = &["ingest", "--concurrency", "2", "--duration", "1"];
+
+#[tokio::test]
+async fn a_bench_the_server_rate_limits_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Defaults: loopback is limited like any address, and no token.
+    let server = Server::start(&dir.path().join("data"), None);
+    let url = server.url();
+    let out = run_cli(&[&["bench", "--url", &url, "--json"], SHORT_INGEST].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("rate-limited the bench"), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
+    // The report still came, with the refusals counted as errors.
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_bench_exempts_the_server_it_starts() {
+    // No --url: the bench starts its own server, and must not be limited
+    // by it (a burst of 3 sends per user would otherwise end it at once).
+    let report = run_cli_json(&[&["bench", "--json"], SHORT_INGEST].concat());
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["sent"].as_u64().unwrap() > 100, "{report}");
+    assert!(report["server_rss_bytes"].as_u64().is_some());
 }

@@ -14,7 +14,7 @@ use crate::server::*;
 #[tokio::test]
 async fn a_client_that_closes_still_gets_every_ack_before_the_close_frame() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None);
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let (mut ws, _) = watch(&server, "r", None).await;
     for i in 0..20 {
         send_ws(
@@ -76,7 +76,8 @@ async fn a_ping_flood_that_never_reads_is_cut_off() {
 #[tokio::test]
 async fn connections_are_capped_per_address_and_places_come_back() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[limits]\nexempt_ips = []\n[connection]\nmax_connections_per_ip = 2\n";
+    // Loopback is capped like any address by default.
+    let config = "[connection]\nmax_connections_per_ip = 2\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
     let (a, _) = watch(&server, "r", None).await;
     let (_b, _) = watch(&server, "r", None).await;

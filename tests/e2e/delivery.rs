@@ -7,7 +7,7 @@ use crate::server::*;
 #[tokio::test]
 async fn two_viewers_receive_http_and_ws_sends_in_id_order() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None);
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let (mut a, hello) = watch(&server, "live:1", None).await;
     assert_eq!(hello["last_id"], 0);
     let (mut b, _) = watch(&server, "live:1", None).await;
@@ -106,7 +106,7 @@ async fn two_viewers_receive_http_and_ws_sends_in_id_order() {
 #[tokio::test]
 async fn sse_delivers_each_danmaku_with_its_id_and_resumes_from_last_event_id() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None);
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let mut sse = http()
         .get(format!("{}/api/v1/rooms/obs/stream", server.url()))
         .send()
@@ -148,7 +148,7 @@ async fn sse_delivers_each_danmaku_with_its_id_and_resumes_from_last_event_id() 
 #[tokio::test]
 async fn history_by_id_and_video_time_and_the_page() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None);
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     for (i, vt) in [5.0, 1.0, 3.0, 9.0].iter().enumerate() {
         let (status, _) = post(&server, "vod", json!({"text": format!("t{i}"), "vt": vt})).await;
         assert_eq!(status, 201);

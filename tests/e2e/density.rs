@@ -12,7 +12,7 @@ const SECRET: &str = "a-density-test-secret-of-32-bytes-or-more";
 async fn a_flooded_room_is_thinned_but_the_admin_is_heard_and_all_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[auth]\nhs256_secret = \"{SECRET}\"\n[fanout]\ndensity_control = true\ndensity_max_per_s = 5\n"
+        "[auth]\nhs256_secret = \"{SECRET}\"\n[fanout]\ndensity_control = true\ndensity_max_per_s = 5\n{EXEMPT_LOOPBACK}"
     );
     let server = Server::start(&dir.path().join("data"), Some(&config));
     let (mut ws, _) = watch(&server, "hot", None).await;

@@ -176,8 +176,8 @@ async fn watching_can_require_a_token() {
 #[tokio::test]
 async fn send_buckets_refuse_then_refill() {
     let dir = tempfile::tempdir().unwrap();
-    // Loopback is exempt by default; this server limits it like anyone.
-    let config = "[limits]\nexempt_ips = []\nsend_burst = 2\nsend_per_second = 2\n";
+    // Nobody is exempt by default: loopback is limited like anyone.
+    let config = "[limits]\nsend_burst = 2\nsend_per_second = 2\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
     for i in 0..2 {
         let (status, _, body) = post_as(&server, "r", None, json!({"text": format!("t{i}")})).await;
@@ -262,7 +262,7 @@ async fn mask_mode_stores_the_masked_text() {
 #[tokio::test]
 async fn repeats_and_hidden_characters_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[limits]\nexempt_ips = []\nsend_burst = 100\nsend_per_second = 100\n";
+    let config = "[limits]\nsend_burst = 100\nsend_per_second = 100\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
     let (status, _, _) = post_as(&server, "r", None, json!({"text": "same"})).await;
     assert_eq!(status, 201);

@@ -14,6 +14,7 @@ mod edges;
 mod full_disk;
 mod guard;
 mod moderation;
+mod proxy;
 mod resume;
 mod rooms;
 mod shutdown;

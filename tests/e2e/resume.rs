@@ -9,7 +9,7 @@ use crate::server::*;
 async fn since_resumes_without_gap_or_duplicate_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, None);
+    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
     for i in 1..=5 {
         assert_eq!(
             post(&server, "r", json!({"text": format!("m{i}")})).await.0,
@@ -23,7 +23,7 @@ async fn since_resumes_without_gap_or_duplicate_across_a_restart() {
     server.stop();
 
     // Same data dir: ids continue, never reused, and history is all there.
-    let server = Server::start(&data, None);
+    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
     let (_, room) = get_json(&server, "/api/v1/rooms/r").await;
     assert_eq!(room["last_id"], 5);
     let (mut live, _) = watch(&server, "r", Some(5)).await;
@@ -46,7 +46,7 @@ async fn since_resumes_without_gap_or_duplicate_across_a_restart() {
 #[tokio::test]
 async fn resuming_while_sends_keep_arriving_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), None);
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     const TOTAL: u64 = 1500;
     let url = server.url();
     // Two senders keep sending while viewers join with since=0 at

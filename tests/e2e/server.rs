@@ -15,6 +15,14 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// A `[limits]` section that exempts this machine's clients (loopback) from
+/// the rate limits, the flood guard and the per-address connection cap, as
+/// the bench's own server does. Nobody is exempt by default, so a test that
+/// sends faster than a person, and is not about the limits, says so by
+/// starting its server with this (appended to a config that has no
+/// `[limits]` section of its own).
+pub const EXEMPT_LOOPBACK: &str = "[limits]\nexempt_ips = [\"127.0.0.0/8\", \"::1/128\"]\n";
+
 /// A running server process.
 pub struct Server {
     child: Option<Child>,

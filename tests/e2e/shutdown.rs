@@ -13,7 +13,7 @@ use crate::server::*;
 async fn shutdown_delivers_every_acknowledged_danmaku_then_says_going_away() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, None);
+    let mut server = Server::start(&data, Some(EXEMPT_LOOPBACK));
     let (mut viewer, _) = watch(&server, "show", None).await;
     let (mut sender, _) = watch(&server, "show", None).await;
     for i in 0..300 {
@@ -67,7 +67,7 @@ async fn shutdown_delivers_every_acknowledged_danmaku_then_says_going_away() {
     );
 
     // And every acknowledged danmaku is on disk.
-    let server = Server::start(&data, None);
+    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
     let (_, history) = get_json(&server, "/api/v1/rooms/show/danmaku?limit=1000").await;
     let stored: BTreeSet<u64> = ids(history["items"].as_array().unwrap())
         .into_iter()

@@ -140,7 +140,12 @@ impl Connection {
         let _task = GaugeGuard::new(&metrics.tasks);
         match self.serve().await {
             Ok(()) => self.linger().await,
-            Err(e) => tracing::debug!(error = %e, room = %self.room, "websocket connection ended"),
+            Err(e) => tracing::debug!(
+                error = %e,
+                room = %self.room,
+                client = %self.sender.ip,
+                "websocket connection ended"
+            ),
         }
     }
 
@@ -355,7 +360,7 @@ impl Connection {
     }
 
     fn on_frame_error(&mut self, e: FrameError) {
-        tracing::debug!(error = %e, "closing websocket on a bad frame");
+        tracing::debug!(error = %e, client = %self.sender.ip, "closing websocket on a bad frame");
         self.inbuf.clear();
         self.close(e.close_code(), &e.to_string());
     }

@@ -8,14 +8,14 @@
 mod connection;
 mod outbox;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::client::{ClientAddr, ClientPlace};
 use super::params::{parse_query, WsQuery};
 use super::timed_io::TimedStream;
 use super::App;
@@ -28,7 +28,7 @@ pub use connection::Connection;
 /// Answers a WebSocket handshake and starts the connection's task.
 pub(super) async fn upgrade(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     RawQuery(query): RawQuery,
     mut req: Request,
 ) -> Response {
@@ -37,6 +37,7 @@ pub(super) async fn upgrade(
     let handshake = check_handshake(req.headers());
     let headers = req.headers().clone();
     let admitted = req.extensions().get::<Arc<Admitted>>().cloned();
+    let place = req.extensions().get::<ClientPlace>().cloned();
     let result = async {
         let key = handshake?;
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
@@ -47,7 +48,7 @@ pub(super) async fn upgrade(
         let q: WsQuery = parse_query(query.as_deref())?;
         let room = q.room()?.to_owned();
         let token = q.token.as_deref().or(bearer(&headers));
-        let sender = app.node.identify(token, peer.ip())?;
+        let sender = app.node.identify(token, client)?;
         // Joined before answering, so a bad room, a refused token or a
         // closing store is an HTTP error, and nothing published after the
         // 101 can be missed.
@@ -74,8 +75,9 @@ pub(super) async fn upgrade(
             Err(_) => return tracing::error!("upgraded connection is not a TcpStream"),
         };
         let stream = parts.io.into_inner();
-        // Counted under the connection caps until the WebSocket ends.
-        let _admitted = admitted;
+        // Counted under the connection caps until the WebSocket ends: the
+        // connection's place, and a forwarded client's.
+        let _admitted = (admitted, place);
         Connection::new(node, stream, parts.read_buf, room, sender, joined)
             .run()
             .await;
