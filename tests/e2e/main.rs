@@ -9,6 +9,7 @@ mod connection;
 mod delivery;
 mod density;
 mod guard;
+mod join;
 mod moderation;
 mod resume;
 mod shutdown;
