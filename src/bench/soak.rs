@@ -229,6 +229,9 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
         dup += seen.duplicated;
         lagged += seen.lagged;
     }
+    // The client's idle keep-alive connections are the bench's, not the
+    // server's: close them before the last count.
+    drop(http);
     tokio::time::sleep(SETTLE).await;
     let after = read(started.elapsed().as_secs_f64(), &counters);
 
