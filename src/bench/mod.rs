@@ -114,33 +114,7 @@ enum Scenario {
     /// A long mixed run: a hot room's viewers and senders, churning viewers,
     /// resumes, SSE reconnects and history reads around them, with the
     /// server's RSS and open files sampled as it goes.
-    Soak {
-        /// Seconds of load.
-        #[arg(long, default_value_t = 60.0)]
-        duration: f64,
-        /// Viewers of the hot room, connected for the whole run.
-        #[arg(long, default_value_t = 2000)]
-        viewers: usize,
-        /// Danmaku per second to the hot room, in total.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        /// HTTP senders sharing the rate.
-        #[arg(long, default_value_t = 10)]
-        senders: usize,
-        /// Churning clients, each with one connection or request at a time.
-        #[arg(long, default_value_t = 300)]
-        churn: usize,
-        /// Quiet rooms the churning clients visit.
-        #[arg(long, default_value_t = 50)]
-        rooms: usize,
-        /// Seconds of warm-up before RSS growth is counted (default: a fifth
-        /// of the duration).
-        #[arg(long)]
-        warmup: Option<f64>,
-        /// Seconds between two readings of the server's RSS and open files.
-        #[arg(long, default_value_t = 5.0)]
-        sample_every: f64,
-    },
+    Soak(soak::Plan),
     /// N idle WebSocket connections: connect rate and server memory per connection.
     Connect {
         /// Connections (at most about 19,000 within a 20,000 open-files limit).
@@ -193,28 +167,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration,
         } => ingest::run(&target, addr, concurrency, duration).await?,
         Scenario::Connect { connections } => connect::run(&target, addr, connections).await?,
-        Scenario::Soak {
-            duration,
-            viewers,
-            rate,
-            senders,
-            churn,
-            rooms,
-            warmup,
-            sample_every,
-        } => {
-            let plan = soak::Plan {
-                duration,
-                viewers,
-                rate,
-                senders,
-                churn,
-                rooms,
-                warmup: warmup.unwrap_or(duration / 5.0),
-                sample_every,
-            };
-            soak::run(&target, addr, plan).await?
-        }
+        Scenario::Soak(plan) => soak::run(&target, addr, plan).await?,
     };
     target.stop().await;
     if args.json {

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use super::progress::{Counters, Progress};
 use super::report::Report;
 use super::target::Target;
-use super::viewer::{handshake, now_micros, source_ip, Viewer, STAMP};
+use super::viewer::{handshake, now_micros, source_ip, Seen, Viewer, STAMP};
 
 /// The hot room.
 const HOT: &str = "soak-hot";
@@ -38,24 +38,34 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// WebSocket lingers up to 2 s for its client's close) before the last count.
 const SETTLE: Duration = Duration::from_secs(4);
 
-/// What to run.
+/// What to run: the options of `danmaku bench soak`.
+#[derive(Debug, clap::Args)]
 pub struct Plan {
     /// Seconds of load.
-    pub duration: f64,
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
     /// Viewers of the hot room, connected for the whole run.
-    pub viewers: usize,
-    /// Danmaku per second sent to the hot room, in total.
-    pub rate: f64,
-    /// HTTP senders sharing `rate`.
-    pub senders: usize,
-    /// Churning clients, each one connection (or request) at a time.
-    pub churn: usize,
+    #[arg(long, default_value_t = 2000)]
+    viewers: usize,
+    /// Danmaku per second to the hot room, in total.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// HTTP senders sharing the rate.
+    #[arg(long, default_value_t = 10)]
+    senders: usize,
+    /// Churning clients, each with one connection or request at a time.
+    #[arg(long, default_value_t = 300)]
+    churn: usize,
     /// Quiet rooms the churning clients visit.
-    pub rooms: usize,
-    /// Seconds of warm-up: RSS growth is counted from its end.
-    pub warmup: f64,
-    /// Seconds between two samples of RSS and open files.
-    pub sample_every: f64,
+    #[arg(long, default_value_t = 50)]
+    rooms: usize,
+    /// Seconds of warm-up before RSS growth is counted (default: a fifth
+    /// of the duration).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Seconds between two readings of the server's RSS and open files.
+    #[arg(long, default_value_t = 5.0)]
+    sample_every: f64,
 }
 
 /// One reading of the server.
@@ -221,14 +231,8 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     let Ok(results) = drained else {
         anyhow::bail!("hot viewers did not receive everything within {DRAIN:?} after the load");
     };
-    let (mut delivered, mut lost, mut dup, mut lagged) = (0, 0, 0, 0);
-    for seen in results {
-        let seen = seen?;
-        delivered += seen.received;
-        lost += seen.lost;
-        dup += seen.duplicated;
-        lagged += seen.lagged;
-    }
+    let seen: Vec<Seen> = results.into_iter().collect::<Result<_, _>>()?;
+    let total = |count: fn(&Seen) -> u64| seen.iter().map(count).sum::<u64>();
     // The client's idle keep-alive connections are the bench's, not the
     // server's: close them before the last count.
     drop(http);
@@ -237,7 +241,7 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
 
     let warm = samples
         .iter()
-        .find(|s| s.t_s >= plan.warmup)
+        .find(|s| s.t_s >= plan.warmup.unwrap_or(plan.duration / 5.0))
         .or(samples.last())
         .and_then(|s| s.rss_bytes);
     let figures = SoakFigures {
@@ -259,10 +263,10 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
         connections: Some(plan.viewers + plan.churn),
         offered_per_s: Some(plan.rate),
         sent: Some(counters.sent.load(Ordering::Relaxed)),
-        delivered_per_s: Some(delivered as f64 / plan.duration),
-        lost: Some(lost),
-        duplicated: Some(dup),
-        lagged: Some(lagged),
+        delivered_per_s: Some(total(|s| s.received) as f64 / plan.duration),
+        lost: Some(total(|s| s.lost)),
+        duplicated: Some(total(|s| s.duplicated)),
+        lagged: Some(total(|s| s.lagged)),
         errors: Some(errors),
         server_rss_bytes: end.rss_bytes,
         server_cpu_s: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
