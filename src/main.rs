@@ -4,6 +4,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = danmaku::cli::Cli::parse();
+    // Before the runtime starts its threads: see the function.
+    danmaku::node::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,6 +12,7 @@ mod fanout;
 mod ingest;
 mod progress;
 mod report;
+mod soak;
 mod target;
 mod viewer;
 
@@ -126,6 +127,10 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// A long mixed run: a hot room's viewers and senders, churning viewers,
+    /// resumes, SSE reconnects and history reads around them, with the
+    /// server's RSS and open files sampled as it goes.
+    Soak(soak::Plan),
     /// N idle WebSocket connections: connect rate and server memory per connection.
     Connect {
         /// Connections (at most about 19,000 within a 20,000 open-files limit).
@@ -178,6 +183,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration,
         } => ingest::run(&target, addr, concurrency, duration).await?,
         Scenario::Connect { connections } => connect::run(&target, addr, connections).await?,
+        Scenario::Soak(plan) => soak::run(&target, addr, plan).await?,
     };
     target.stop().await;
     if args.json {

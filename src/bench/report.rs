@@ -5,6 +5,8 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::soak::SoakFigures;
+
 /// Every figure a scenario reports; a figure it could not measure is null.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -64,6 +66,9 @@ pub struct Report {
     /// Wall-clock seconds of the measured phase: for fanout and rooms, from
     /// the first send to the last receipt.
     pub elapsed_s: Option<f64>,
+    /// A soak's memory and open-file readings (soak only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakFigures>,
 }
 
 /// Microseconds in a histogram value.
@@ -88,9 +93,12 @@ impl Report {
         let mut out = String::new();
         let json = serde_json::to_value(self).expect("a report serialises");
         let _ = writeln!(out, "danmaku bench {}", self.scenario);
-        for (key, value) in json.as_object().expect("an object") {
-            if key != "scenario" && !value.is_null() {
-                let _ = writeln!(out, "  {key:<26} {value}");
+        let top = json.as_object().expect("an object").iter();
+        // A soak's figures read like the others; its series is for --json.
+        let soak = json["soak"].as_object().into_iter().flatten();
+        for (key, value) in top.chain(soak) {
+            if !["scenario", "soak", "samples"].contains(&key.as_str()) && !value.is_null() {
+                let _ = writeln!(out, "  {key:<30} {value}");
             }
         }
         out

@@ -101,6 +101,12 @@ impl Target {
         Some(kb * 1024)
     }
 
+    /// The server's open file descriptors (null for a server at `--url`).
+    pub fn open_fds(&self) -> Option<u64> {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?;
+        Some(fds.count() as u64)
+    }
+
     /// The server's CPU time so far (user + system), seconds.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;

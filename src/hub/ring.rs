@@ -15,6 +15,10 @@ pub(super) struct Ring {
     /// The sequence number of `frames[0]`.
     first: u64,
     capacity: usize,
+    /// The newest danmaku id of any frame pushed so far (0: none yet).
+    /// Frames are pushed in id order, so every later danmaku frame starts
+    /// above it.
+    last_id: u64,
 }
 
 /// What a viewer finds at its place in the ring.
@@ -37,6 +41,7 @@ impl Ring {
             frames: VecDeque::with_capacity(capacity.min(64)),
             first: 0,
             capacity: capacity.max(1),
+            last_id: 0,
         }
     }
 
@@ -45,8 +50,16 @@ impl Ring {
         self.first + self.frames.len() as u64
     }
 
+    /// The newest danmaku id pushed so far (0: none yet).
+    pub(super) fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
     /// Appends a frame, dropping the oldest when full; returns its number.
     pub(super) fn push(&mut self, frame: Arc<Frame>) -> u64 {
+        if let Some((_, last)) = frame.id_range() {
+            self.last_id = self.last_id.max(last);
+        }
         if self.frames.len() == self.capacity {
             self.frames.pop_front();
             self.first += 1;

@@ -189,6 +189,16 @@ impl Room {
         self.ring_end.load(Ordering::SeqCst)
     }
 
+    /// Whether a viewer whose next frame is number `next`, and who has
+    /// every danmaku up to id `settled`, has nothing left to take: `next`
+    /// is the ring's end, and no frame still to come can hold an id at or
+    /// below `settled`. Both are read under the ring's lock, which orders
+    /// publications, so a frame pushed after this answer starts above both.
+    pub(super) fn is_level(&self, next: u64, settled: u64) -> bool {
+        let ring = self.ring();
+        next == ring.end() && ring.last_id() >= settled
+    }
+
     /// Registers a viewer; called with the hub's shard locked so the room
     /// cannot be forgotten in between.
     pub(super) fn join(self: &Arc<Self>) -> Viewer {

@@ -256,9 +256,17 @@ impl Viewer {
     /// Parks the viewer if it is level with the room and can be written to
     /// directly; returns whether it did. Its task must then write nothing
     /// until [`Viewer::unpark`].
-    pub fn park(&mut self) -> bool {
+    ///
+    /// `settled` is the newest id the viewer has, or was told it has (its
+    /// feed's cursor). Level means level in ids as well as in the ring: the
+    /// ring must already hold a frame up to `settled`. A viewer joins with
+    /// the room's newest id, which may still be pending, its frame not yet
+    /// made; that frame then comes after the seat's place, and only the
+    /// viewer's own feed knows to skip it. The flusher writes whole frames
+    /// blindly, so the viewer stays awake until that frame has gone by.
+    pub fn park(&mut self, settled: u64) -> bool {
         let mut s = self.seat.state();
-        if s.sink.is_none() || s.next != self.room.ring_end() {
+        if s.sink.is_none() || !self.room.is_level(s.next, settled) {
             return false;
         }
         s.parked = true;
@@ -385,7 +393,7 @@ mod tests {
         let mut viewer = room.join();
         let socket = Socket::open();
         viewer.attach(socket.clone());
-        assert!(viewer.park());
+        assert!(viewer.park(0));
         let metrics = Metrics::new();
 
         room.push(&[danmaku(1)], Instant::now());
@@ -423,6 +431,33 @@ mod tests {
     }
 
     #[test]
+    fn a_viewer_told_of_a_pending_danmaku_parks_only_once_its_frame_has_gone_by() {
+        let room = Arc::new(Room::new("r", 8));
+        let metrics = Metrics::new();
+        let config = FanoutConfig::default();
+        // Danmaku 1 is committed and pending, its frame not made yet: a
+        // viewer joining now is told last_id 1, and its place in the ring
+        // is before the frame that will carry it.
+        room.push(&[danmaku(1)], Instant::now());
+        let mut viewer = room.join();
+        let socket = Socket::open();
+        viewer.attach(socket.clone());
+        assert!(!viewer.park(1), "level in the ring, not in ids");
+
+        assert!(room.flush(&config, &metrics));
+        room.pass_now(&config, &metrics);
+        assert!(socket.ids().is_empty(), "the flusher wrote nothing for it");
+        // Its own task takes the frame (and its feed skips it).
+        assert!(matches!(viewer.try_recv(), Some(Received::Frame(_))));
+        assert!(viewer.park(1), "level now");
+
+        room.push(&[danmaku(2)], Instant::now());
+        assert!(room.flush(&config, &metrics));
+        room.pass_now(&config, &metrics);
+        assert_eq!(socket.ids(), [2]);
+    }
+
+    #[test]
     fn a_frame_published_during_a_pass_reaches_the_seats_it_has_yet_to_visit() {
         let room = Arc::new(Room::new("r", 8));
         let metrics = Arc::new(Metrics::new());
@@ -431,7 +466,7 @@ mod tests {
         let (a, b) = (Socket::open(), Socket::open());
         first.attach(a.clone());
         second.attach(b.clone());
-        assert!(first.park() && second.park());
+        assert!(first.park(0) && second.park(0));
 
         // While the pass writes to the first seat, danmaku 2 is published.
         let (r, m) = (room.clone(), metrics.clone());

@@ -177,8 +177,9 @@ impl Feed {
     /// Hands the viewer to the room's flusher, which then writes each new
     /// frame straight to the attached sink, if the feed is level with the
     /// room (no history to read, nothing held, nothing waiting in the
-    /// ring). Returns whether it did; while parked, the owner writes
-    /// nothing until [`Feed::unpark`].
+    /// ring, and no frame still to come that holds an id at or below the
+    /// cursor: the flusher does not skip). Returns whether it did; while
+    /// parked, the owner writes nothing until [`Feed::unpark`].
     pub fn park(&mut self) -> bool {
         if !self.parked
             && !self.backlog
@@ -186,7 +187,7 @@ impl Feed {
             && self.held.is_none()
             && self.reading.is_none()
         {
-            self.parked = self.viewer.park();
+            self.parked = self.viewer.park(self.cursor);
         }
         self.parked
     }

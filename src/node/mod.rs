@@ -5,6 +5,7 @@
 //! place that knows all of them, so the parts stay ignorant of each other.
 
 mod feed;
+mod memory;
 mod moderate;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::moderation::{Held, Verdict};
 use crate::store::{ModerationStore, SqliteStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
+pub use memory::limit_arenas;
 
 /// One running server's parts.
 pub struct Node {
@@ -118,6 +120,7 @@ impl Node {
         guard.start_background(std::time::Duration::from_millis(
             config.filter.reload_interval_ms,
         ));
+        memory::start_trimming();
         Ok(Arc::new(Node {
             config,
             metrics,

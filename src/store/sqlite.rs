@@ -20,7 +20,7 @@ use rusqlite::{
     params, params_from_iter, Connection, FileControl, OpenFlags, OptionalExtension, Statement,
     Transaction, TransactionBehavior,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{AuditOf, CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
@@ -29,8 +29,16 @@ use crate::metrics::Metrics;
 use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snapshot};
 
 const DB_FILE: &str = "danmaku.sqlite3";
-/// Idle reader connections kept open for reuse.
-const MAX_IDLE_READERS: usize = 4;
+/// Reads at once, and read-only connections kept open for them. Without
+/// a cap each concurrent read took a blocking thread and opened its own
+/// connection (two file descriptors and a page cache each), so a burst of
+/// resumes grew both with the burst. Reads are short indexed queries, and
+/// a 2-core node runs no more than a few at a time anyway.
+const READERS: usize = 4;
+/// Each reader connection's page cache, KiB (`PRAGMA cache_size`): the
+/// recent pages that history and resume reads touch. With the writer's
+/// (SQLite's default, about 2 MiB) the store's caches stay under 6 MiB.
+const READER_CACHE_KIB: i64 = 1024;
 /// The schema's version, in `PRAGMA user_version`; bump it with any change
 /// to [`SCHEMA`]. The schema is applied only to an older database, so that
 /// opening an existing one writes nothing: a node restarted on a full disk
@@ -183,6 +191,7 @@ impl SqliteStore {
             readers: Arc::new(ReaderPool {
                 path,
                 idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(READERS)),
             }),
             full,
         })
@@ -193,9 +202,20 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || pool.with(f))
+        // Owned and moved into the read: a caller that gives up waiting
+        // does not free the place of a read that is still running.
+        let permit = pool
+            .permits
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?
+            .map_err(|e| StoreError::Worker(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pool.with(f)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
     /// Queues the op `op` builds around a reply channel and waits for the
@@ -476,10 +496,13 @@ fn row_to_danmaku(r: &rusqlite::Row<'_>) -> Result<Danmaku, rusqlite::Error> {
     })
 }
 
-/// Read-only connections, reused across queries.
+/// Read-only connections, reused across queries: at most [`READERS`]
+/// reads at once, so at most that many connections.
 struct ReaderPool {
     path: std::path::PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// A read holds one while it runs.
+    permits: Arc<Semaphore>,
 }
 
 impl ReaderPool {
@@ -496,12 +519,13 @@ impl ReaderPool {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(std::time::Duration::from_secs(5))?;
+                c.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
                 c
             }
         };
         let out = f(&conn)?;
         let mut idle = self.idle.lock().expect("reader pool lock");
-        if idle.len() < MAX_IDLE_READERS {
+        if idle.len() < READERS {
             idle.push(conn);
         }
         Ok(out)
@@ -950,6 +974,7 @@ fn audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), rusqlite::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn new(room: &str, text: &str) -> NewDanmaku {
         NewDanmaku {
@@ -1214,6 +1239,46 @@ mod tests {
         assert_eq!(second.await.unwrap().unwrap().id, 2);
         held.await.unwrap().unwrap();
         assert_eq!(*log.lock().unwrap(), vec![(2, 0)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_reads_shares_a_few_connections() {
+        let (dir, _, store) = fresh();
+        let store = Arc::new(store);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let reads: Vec<_> = (0..32)
+            .map(|_| {
+                let (store, running, most) = (store.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    store
+                        .read(move |c| {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            read_last_id(c, "r")
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.unwrap().unwrap(), 0);
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            READERS,
+            "32 reads, {READERS} at a time"
+        );
+        // The writer's connection and the readers', each with its database
+        // and WAL file open: nothing more stays open after the burst.
+        let db = std::fs::canonicalize(dir.path()).unwrap();
+        let open = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|path| path.starts_with(&db) && !path.to_string_lossy().ends_with("-shm"))
+            .count();
+        assert!(open <= 2 * (1 + READERS), "{open} database files open");
     }
 
     #[tokio::test]

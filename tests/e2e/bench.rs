@@ -120,3 +120,50 @@ async fn the_bench_exempts_the_server_it_starts() {
     assert!(report["sent"].as_u64().unwrap() > 100, "{report}");
     assert!(report["server_rss_bytes"].as_u64().is_some());
 }
+
+#[tokio::test]
+async fn a_short_soak_samples_the_servers_memory_and_files_and_loses_nothing() {
+    // The bench starts its own server here: /proc is readable only for it.
+    let report = run_cli_json(&[
+        "bench",
+        "--json",
+        "soak",
+        "--duration",
+        "3",
+        "--viewers",
+        "20",
+        "--rate",
+        "100",
+        "--senders",
+        "2",
+        "--churn",
+        "10",
+        "--rooms",
+        "3",
+        "--sample-every",
+        "0.5",
+    ]);
+    assert_eq!(report["scenario"], "soak");
+    assert!(report["sent"].as_u64().unwrap() >= 250, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let soak = &report["soak"];
+    assert!(soak["churned"].as_u64().unwrap() > 10, "{soak}");
+    let samples = soak["samples"].as_array().unwrap();
+    assert!(samples.len() >= 5, "{soak}");
+    for s in samples {
+        assert!(s["rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+        assert!(s["fds"].as_u64().unwrap() > 0, "{s}");
+    }
+    // The viewers' sockets were all open at the peak, and all closed after:
+    // what stays is the store's bounded pool of readers (a database and a
+    // WAL file each), not one file per read or per viewer.
+    let (before, peak, after) = (
+        soak["fds_before"].as_u64().unwrap(),
+        soak["fds_peak"].as_u64().unwrap(),
+        soak["fds_after"].as_u64().unwrap(),
+    );
+    assert!(peak >= before + 20, "{soak}");
+    assert!(after <= before + 8, "{soak}");
+}

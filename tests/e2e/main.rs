@@ -13,6 +13,7 @@ mod density;
 mod edges;
 mod full_disk;
 mod guard;
+mod join;
 mod moderation;
 mod proxy;
 mod resume;
