@@ -9,22 +9,19 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use danmaku::config::AuthConfig;
-use danmaku::guard::auth::{mint, Claims, Role};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::moderation::{self, admin};
 use crate::server::*;
-
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 /// The proxy the tests play, and limits that show whose bucket a send hit.
 fn config(extra: &str) -> String {
     format!(
         "[connection]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{extra}\n\
          [limits]\nsend_burst = 1\nsend_per_second = 0.001\n\
-         ip_send_burst = 1\nip_send_per_second = 0.001\n\
-         [auth]\nhs256_secret = \"{SECRET}\"\n"
+         ip_send_burst = 1\nip_send_per_second = 0.001\n{}",
+        moderation::config()
     )
 }
 
@@ -145,21 +142,6 @@ async fn sse_as(server: &Server, client: &str) -> reqwest::Response {
         .unwrap()
 }
 
-fn admin_token() -> String {
-    let auth = AuthConfig {
-        hs256_secret: Some(SECRET.into()),
-        ..AuthConfig::default()
-    };
-    let claims = Claims {
-        sub: "mod".into(),
-        name: None,
-        role: Role::Admin,
-        rooms: None,
-        exp: now() + 3600,
-    };
-    mint(&auth, &claims).unwrap()
-}
-
 #[tokio::test]
 async fn a_ban_of_a_forwarded_address_blocks_that_client_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +150,7 @@ async fn a_ban_of_a_forwarded_address_blocks_that_client_only() {
     let res = proxy
         .post(format!("{}/api/v1/admin/bans", server.url()))
         .header("x-forwarded-for", "203.0.113.50")
-        .bearer_auth(admin_token())
+        .bearer_auth(admin())
         .json(&json!({ "ip": "198.51.100.7" }))
         .send()
         .await

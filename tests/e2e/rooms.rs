@@ -3,30 +3,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use danmaku::config::AuthConfig;
-use danmaku::guard::auth::{mint, Claims, Role};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::moderation::{self, admin};
 use crate::server::*;
-
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-fn admin_token() -> String {
-    let auth = AuthConfig {
-        hs256_secret: Some(SECRET.into()),
-        ..AuthConfig::default()
-    };
-    let claims = Claims {
-        sub: "mod".into(),
-        name: None,
-        role: Role::Admin,
-        rooms: None,
-        exp: now() + 3600,
-    };
-    mint(&auth, &claims).unwrap()
-}
 
 /// One request written byte for byte, so that no client library resolves
 /// dot segments or re-encodes the path first (reqwest, like browsers,
@@ -54,9 +36,9 @@ async fn raw(server: &Server, method: &str, target: &str, extra: &str, body: &st
 #[tokio::test]
 async fn rooms_of_only_dots_are_invalid_on_every_route_however_encoded() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!("[auth]\nhs256_secret = \"{SECRET}\"\n");
+    let config = moderation::config();
     let server = Server::start(&dir.path().join("data"), Some(&config));
-    let auth = format!("Authorization: Bearer {}\r\n", admin_token());
+    let auth = format!("Authorization: Bearer {}\r\n", admin());
     let send = r#"{"text":"x"}"#;
     // Every route that takes a room, as (method, path with {r}, body).
     let routes = [
