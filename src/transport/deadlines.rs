@@ -21,8 +21,8 @@
 //! The phase's deadline, in order:
 //!
 //! - **idle**: no request in progress and no byte of the next one (also
-//!   before the first request): `keepalive_timeout_s` from the end of the
-//!   last response (or the accept);
+//!   before the first request): `keepalive_timeout_s` from the last byte
+//!   of the last response written to the socket (or the accept);
 //! - **head**: a byte of the next request has arrived, its headers have
 //!   not: `header_timeout_s` from that byte;
 //! - **body**: the headers are in and the body is not all read:
@@ -177,6 +177,21 @@ impl Clock {
             *first_byte = Some(Instant::now());
             drop(state);
             self.changed.notify_one();
+        }
+    }
+
+    /// A write to the socket took bytes: an idle connection's keep-alive
+    /// time counts from its last byte out. hyper lets go of a response body
+    /// once its last chunk is queued, not once it is sent, so a big answer
+    /// read slowly but steadily would otherwise meet the idle deadline
+    /// halfway. (The deadline only moves later, so nothing need be woken.)
+    pub fn on_write(&self) {
+        if let Phase::Idle {
+            since,
+            first_byte: None,
+        } = &mut self.state().phase
+        {
+            *since = Instant::now();
         }
     }
 

@@ -76,6 +76,18 @@ impl TimedStream {
             }
         }
     }
+
+    /// A write's result, after telling the clock that bytes went out.
+    fn wrote(
+        &mut self,
+        result: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(1..)) = result {
+            self.clock.on_write();
+        }
+        self.progressed(result, cx)
+    }
 }
 
 impl Read for TimedStream {
@@ -100,7 +112,7 @@ impl Write for TimedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.progressed(result, cx)
+        self.wrote(result, cx)
     }
 
     fn poll_write_vectored(
@@ -109,7 +121,7 @@ impl Write for TimedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.progressed(result, cx)
+        self.wrote(result, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -329,3 +329,64 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
     assert_eq!(cuts(&server, "idle").await, 10.0);
     server.stop();
 }
+
+/// hyper lets go of a response body once its last chunk is queued, not
+/// once it is sent: a big answer read slowly but steadily must not meet the
+/// keep-alive deadline halfway (the idle time counts from the last byte
+/// written).
+#[tokio::test]
+async fn a_big_answer_read_slowly_is_not_cut_by_the_keepalive_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[connection]\nkeepalive_timeout_s = 1\n{EXEMPT_LOOPBACK}");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    let text = "弹".repeat(100);
+    let client = http();
+    for _ in 0..1000 {
+        let res = client
+            .post(format!("{}/api/v1/rooms/big/danmaku", server.url()))
+            .json(&json!({ "text": text }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+
+    // A small receive buffer, read 4 KiB every 20 ms (about 200 KB/s): the
+    // ~400 KB answer takes about two seconds to arrive, twice the deadline.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+    let request = "GET /api/v1/rooms/big/danmaku?limit=1000 HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body_len = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .expect("the answer stalled")
+            .unwrap_or(0);
+        assert!(n > 0, "closed after {} bytes", answer.len());
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("a content-length")
+                .parse()
+                .unwrap();
+            if answer.len() >= end + 4 + length {
+                break length;
+            }
+        }
+    };
+    assert!(body_len > 300_000, "the answer is big: {body_len} bytes");
+    assert!(
+        started.elapsed() > Duration::from_millis(1500),
+        "it was read slowly: {:?}",
+        started.elapsed()
+    );
+    server.stop();
+}
