@@ -91,6 +91,9 @@ impl Connections {
                 ),
             ));
         }
+        // A dual-stack listener reports an IPv4 peer as ::ffff:a.b.c.d: the
+        // exempt networks must match it as every other address rule does.
+        let ip = ip.map(|ip| ip.to_canonical());
         let key = ip.map(ip_key);
         if let (Some(ip), Some(key)) = (ip, key) {
             let exempt = self.exempt.iter().any(|net| net.contains(&ip));
@@ -187,7 +190,10 @@ mod tests {
     fn exempt_addresses_skip_the_per_address_cap() {
         let c = caps(10, 1, &["127.0.0.0/8"]);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let held: Vec<_> = (0..5).map(|_| c.admit(lo).unwrap()).collect();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..5)
+            .flat_map(|_| [c.admit(lo).unwrap(), c.admit(mapped).unwrap()])
+            .collect();
         drop(held);
         assert!(
             c.counts().per_ip.is_empty(),
