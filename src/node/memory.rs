@@ -40,24 +40,32 @@ pub fn limit_arenas() {
 }
 
 /// Starts giving freed memory back to the system every [`TRIM_EVERY`], for
-/// as long as the runtime runs.
+/// as long as the runtime runs. The allocator is the process's, so once per
+/// process, however many nodes it starts (tests start many).
 pub(super) fn start_trimming() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    tokio::spawn(async {
-        let mut tick = tokio::time::interval(TRIM_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            // It locks each arena in turn while it walks it: a runtime
-            // thread would hold every task queued behind it meanwhile.
-            let _ = tokio::task::spawn_blocking(|| {
-                // SAFETY: malloc_trim only releases memory the allocator
-                // holds free; it takes each arena's lock, so it is safe
-                // to call from any thread at any time.
-                unsafe { libc::malloc_trim(0) }
-            })
-            .await;
-        }
-    });
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            drop(tokio::spawn(async {
+                let mut tick = tokio::time::interval(TRIM_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    // A walk over every arena can take milliseconds on a big
+                    // heap; on a runtime thread every task queued behind it would
+                    // wait that long. (A thread that allocates from the arena being
+                    // walked waits for its lock either way.)
+                    let _ = tokio::task::spawn_blocking(|| {
+                        // SAFETY: malloc_trim only releases memory the allocator
+                        // holds free; it takes each arena's lock, so it is safe
+                        // to call from any thread at any time.
+                        unsafe { libc::malloc_trim(0) }
+                    })
+                    .await;
+                }
+            }))
+        });
+    }
 }
