@@ -11,8 +11,8 @@
 //! load, not rising, and 81 KiB left at exit). So the
 //! node caps the arenas at one per core ([`limit_arenas`]) and gives wholly
 //! free pages back every [`TRIM_EVERY`] ([`start_trimming`]); the same soak
-//! then holds RSS flat after its first four minutes (BENCHMARKS.md, "Long
-//! runs"). Other allocators and platforms have nothing to do here.
+//! then levels off after its first four minutes, within 35.9 to 38.8 MiB
+//! to the tenth (BENCHMARKS.md, "Long runs"). Other allocators and platforms have nothing to do here.
 
 use std::time::Duration;
 

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::server::*;
 
 /// These tests send fast from loopback: exempt it from the limits.
-const CONFIG: &str = "[limits]\nexempt_ips = [\"127.0.0.0/8\"]\n";
+const CONFIG: &str = EXEMPT_LOOPBACK;
 
 /// A room's whole history, by pages: id → text.
 async fn stored(url: &str, room: &str) -> BTreeMap<u64, String> {

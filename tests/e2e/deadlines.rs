@@ -260,7 +260,7 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
     let dir = tempfile::tempdir().unwrap();
     // Default deadlines. Loopback is exempted explicitly so that the
     // sender is not rate-limited whatever the default.
-    let config = "[limits]\nexempt_ips = [\"127.0.0.0/8\"]\n";
+    let config = EXEMPT_LOOPBACK;
     let server = Server::start(&dir.path().join("data"), Some(config));
     let within = Duration::from_secs(30);
     let kinds = [

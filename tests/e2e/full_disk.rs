@@ -142,7 +142,7 @@ async fn a_full_disk_refuses_sends_serves_reads_and_recovers_without_a_restart()
     // Loopback sends fast here: exempt it from the limits explicitly. A
     // 1 s keepalive shows that SSE viewers stay connected.
     let config = format!(
-        "{}[limits]\nexempt_ips = [\"127.0.0.0/8\"]\n[connection]\nping_interval_s = 1\n",
+        "{}{EXEMPT_LOOPBACK}[connection]\nping_interval_s = 1\n",
         config()
     );
     let admin = admin();

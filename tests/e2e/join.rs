@@ -21,12 +21,6 @@ const VIEWERS: usize = 3000;
 /// the server, well under the 20,000 open files a process may have.
 const AT_ONCE: usize = 150;
 
-/// Loopback is exempt from the send limits, so the storm is not refused.
-/// `writes_per_s` gives these rooms of a dozen viewers the coalescing
-/// window of a room of a thousand (10 ms): danmaku then wait in the room
-/// before their frame exists, which is the moment a join can fall into.
-const CONFIG: &str = "[limits]\nexempt_ips = [\"127.0.0.0/8\"]\n[fanout]\nwrites_per_s = 1000\n";
-
 /// What one viewer saw.
 struct Seen {
     /// Danmaku received.
@@ -85,7 +79,12 @@ async fn view(addr: &str, room: &str, stay: Duration) -> Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_viewers_joining_a_send_storm_get_exactly_the_ids_after_hello() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), Some(CONFIG));
+    // Loopback is exempt from the send limits, so the storm is not refused.
+    // `writes_per_s` gives these rooms of a dozen viewers the coalescing
+    // window of a room of a thousand (10 ms): danmaku then wait in the room
+    // before their frame exists, which is the moment a join can fall into.
+    let config = format!("{EXEMPT_LOOPBACK}[fanout]\nwrites_per_s = 1000\n");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
     let url = server.url();
     let started = Instant::now();
 

@@ -136,10 +136,10 @@ async fn the_rooms_list_pages_by_name_listing_each_room_once_while_rooms_come_an
     let dir = tempfile::tempdir().unwrap();
     // Rooms without viewers retire as soon as they are idle, so the rooms
     // sent to below come and go while the list is paged.
-    let config = "[fanout]\nroom_idle_s = 0\n\
-                  [limits]\nexempt_ips = [\"127.0.0.0/8\"]\n\
-                  [connection]\nmax_connections_per_ip = 1000\n";
-    let server = Server::start(&dir.path().join("data"), Some(config));
+    let config = format!(
+        "{EXEMPT_LOOPBACK}[fanout]\nroom_idle_s = 0\n[connection]\nmax_connections_per_ip = 1000\n"
+    );
+    let server = Server::start(&dir.path().join("data"), Some(&config));
     // 250 rooms that stay: each has a viewer.
     let steady: Vec<String> = (0..250).map(|i| format!("room-{i:03}")).collect();
     let mut viewers = Vec::new();

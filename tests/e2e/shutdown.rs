@@ -84,7 +84,7 @@ async fn sigterm_under_64_senders_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Loopback exempted, so that the senders go as fast as the server takes.
-    let config = "[limits]\nexempt_ips = [\"127.0.0.0/8\"]\n";
+    let config = EXEMPT_LOOPBACK;
     let mut server = Server::start(&data, Some(config));
     let rooms: Vec<String> = (0..8).map(|r| format!("r{r}")).collect();
     let mut viewers = Vec::new();
