@@ -231,12 +231,7 @@ async fn sse_streams_and_websockets_outlive_the_request_deadlines() {
         "[connection]\nkeepalive_timeout_s = 1\nheader_timeout_s = 1\nbody_timeout_s = 1\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
     let (mut ws, _) = watch(&server, "r", None).await;
-    let mut sse = http()
-        .get(format!("{}/api/v1/rooms/r/stream", server.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sse.status(), 200);
+    let mut sse = open_sse(&server, "r", None).await;
     // Well past every deadline.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, sent) = post(&server, "r", json!({"text": "still here"})).await;

@@ -91,11 +91,7 @@ async fn recall_hides_a_danmaku_for_watchers_and_removes_it_from_history() {
     let server = Server::start(&dir.path().join("data"), Some(&config));
     let (alice, bob, admin) = (user("alice"), user("bob"), admin());
     let (mut ws, _) = watch(&server, "r", None).await;
-    let mut sse = http()
-        .get(format!("{}/api/v1/rooms/r/stream", server.url()))
-        .send()
-        .await
-        .unwrap();
+    let mut sse = open_sse(&server, "r", None).await;
     for text in ["one", "two", "three"] {
         assert_eq!(send_as(&server, "r", &alice, text).await.0, 201);
     }
