@@ -31,6 +31,10 @@ pub struct Config {
     pub connection: ConnectionConfig,
     /// Identity: which tokens are accepted, and what anonymous clients may do.
     pub auth: AuthConfig,
+    /// The broker between nodes.
+    pub bus: BusConfig,
+    /// This node's place in a cluster.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -45,6 +49,8 @@ impl Default for Config {
             filter: FilterConfig::default(),
             connection: ConnectionConfig::default(),
             auth: AuthConfig::default(),
+            bus: BusConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -60,10 +66,17 @@ pub enum LogFormat {
     Json,
 }
 
-/// How the embedded SQLite store commits.
+/// Where history is kept and how it commits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// A `postgres://` URL: the rooms' history lives in that PostgreSQL
+    /// database, shared by every node. Unset: the embedded SQLite store in
+    /// `data`.
+    pub url: Option<String>,
+    /// PostgreSQL only: connections for reads (history, resume, gap fill),
+    /// beside the writer's own.
+    pub read_connections: usize,
     /// `full`: fsync the WAL at every group commit, so an acknowledged send
     /// survives power loss. `normal`: survive a crash of the process only.
     pub synchronous: Synchronous,
@@ -76,9 +89,50 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            url: None,
+            read_connections: 4,
             synchronous: Synchronous::Full,
             max_batch: 2048,
             queue: 65_536,
+        }
+    }
+}
+
+/// The broker that carries events between nodes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `redis://host:port` or `nats://host:port`. Unset: the in-process
+    /// bus of a single node.
+    pub url: Option<String>,
+}
+
+/// This node among the others.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The node's id in logs, metrics, `/healthz` and presence. Unset:
+    /// the host name and the listening port (`host:7100`).
+    pub node_id: Option<String>,
+    /// How long a room waits for a missing id to arrive from the broker
+    /// before reading it from the store, in milliseconds.
+    pub reorder_ms: u64,
+    /// How often the node reports its viewer counts and reads the other
+    /// nodes', in milliseconds.
+    pub presence_interval_ms: u64,
+    /// How long a node's report counts after it stopped reporting, in
+    /// seconds: a dead node leaves the counts within this (plus one
+    /// interval).
+    pub presence_ttl_s: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            reorder_ms: 100,
+            presence_interval_ms: 2_000,
+            presence_ttl_s: 10,
         }
     }
 }
@@ -527,6 +581,26 @@ impl Config {
                 self.connection.trusted_proxies.len() <= MAX_TRUSTED_PROXIES,
                 "connection.trusted_proxies must list at most 1000 networks",
             ),
+            (
+                self.store
+                    .url
+                    .as_deref()
+                    .is_none_or(|u| u.starts_with("postgres://") || u.starts_with("postgresql://")),
+                "store.url must be a postgres:// URL (or unset for the embedded store)",
+            ),
+            (
+                self.bus
+                    .url
+                    .as_deref()
+                    .is_none_or(|u| u.starts_with("redis://") || u.starts_with("nats://")),
+                "bus.url must be a redis:// or nats:// URL (or unset for one node)",
+            ),
+            (
+                self.cluster.node_id.as_deref().is_none_or(|id| {
+                    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+                }),
+                "cluster.node_id must be 1 to 64 printable ASCII characters, no spaces",
+            ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(ConfigError::Invalid((*msg).to_owned()));
@@ -543,7 +617,7 @@ impl Config {
     #[rustfmt::skip]
     fn bounds(&self) -> Vec<Bound> {
         let (st, f, l) = (&self.store, &self.fanout, &self.limits);
-        let (c, fl) = (&self.connection, &self.filter);
+        let (c, fl, cl) = (&self.connection, &self.filter, &self.cluster);
         vec![
             bound("store.max_batch",              st.max_batch,           1,    65_536),
             bound("store.queue",                  st.queue,               1,    1_048_576),
@@ -580,6 +654,10 @@ impl Config {
             bound("connection.body_min_rate_bytes_per_s", c.body_min_rate_bytes_per_s, 0, MIB),
             bound("connection.shutdown_grace_s",  c.shutdown_grace_s,     0,    3_600),
             bound("connection.send_buffer_bytes", c.send_buffer_bytes,    0,    16 * MIB),
+            bound("store.read_connections",       st.read_connections,    1,    64),
+            bound("cluster.reorder_ms",           cl.reorder_ms,          1,    10_000),
+            bound("cluster.presence_interval_ms", cl.presence_interval_ms, 100, 60_000),
+            bound("cluster.presence_ttl_s",       cl.presence_ttl_s,      1,    300),
         ]
     }
 

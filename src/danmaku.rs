@@ -105,7 +105,7 @@ pub fn now_ms() -> i64 {
 
 /// A danmaku that passed the guard and waits for the store to give it an id.
 /// Serialised only to show a held send to moderators.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewDanmaku {
     /// The room it is sent to (already validated).
     pub room: String,

@@ -62,6 +62,9 @@ pub enum ErrorCode {
     /// The disk holding the store is full: nothing was stored. Reads and
     /// viewers are still served; retry after `retry_after_s`.
     StoreFull,
+    /// The database cannot be reached right now (a cluster's PostgreSQL is
+    /// down or restarting): nothing was stored; retry after the wait.
+    StoreUnavailable,
     /// The store failed; nothing was acknowledged.
     Internal,
 }
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::HeldQueueFull => "held_queue_full",
             ErrorCode::StoreFull => "store_full",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -120,6 +124,7 @@ impl ErrorCode {
             // shutdown, and it says so to a client or proxy that only
             // reads the status.
             ErrorCode::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

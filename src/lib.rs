@@ -12,7 +12,8 @@
 //! - [`guard`]: validation at the edge: room names, send content.
 //! - [`moderation`]: mutes, bans, room settings, held sends, the audit log.
 //! - [`store`]: the `Store` trait and its backends (`sqlite`: embedded).
-//! - [`bus`]: the `Bus` trait and its backends (`memory`: in-process).
+//! - [`bus`]: the `Bus` trait, its `Event`s and its backends (memory, Redis, NATS).
+//! - [`presence`]: cluster-wide viewer counts beside the bus.
 //! - [`hub`]: rooms, coalescing, encode-once fan-out.
 //! - [`node`]: owns the parts of one server; a viewer's feed.
 //! - [`transport`]: the HTTP server, REST routes, WebSocket and SSE.
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod metrics;
 pub mod moderation;
 pub mod node;
+pub mod presence;
 pub mod protocol;
 pub mod store;
 pub mod transport;

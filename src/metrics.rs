@@ -82,6 +82,19 @@ pub struct Metrics {
     /// Writes refused because the disk was full: each send of a failed
     /// group commit, each hold, moderation change or approval.
     pub store_full_writes: Counter,
+    /// Events published to the broker.
+    pub bus_published: Counter,
+    /// Events the broker refused or did not take in time (the other nodes
+    /// read what they miss from the store).
+    pub bus_publish_failures: Counter,
+    /// Events dropped before publishing because the broker fell behind.
+    pub bus_dropped: Counter,
+    /// Events received from other nodes over the broker.
+    pub bus_received: Counter,
+    /// Times the broker connection came back after being lost.
+    pub bus_reconnects: Counter,
+    /// Reads of missing ids from the store (gaps the broker left).
+    pub gap_fills: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -92,7 +105,24 @@ fn latency_buckets() -> Histogram {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
+        Metrics::with_registry(Registry::with_prefix("danmaku"))
+    }
+
+    /// Creates and registers every metric, and `danmaku_node_info` with
+    /// the node's id as its label (always 1): the usual way to name the
+    /// process a scrape came from without a label on every series.
+    pub fn for_node(node_id: &str) -> Metrics {
         let mut registry = Registry::with_prefix("danmaku");
+        let info = Family::<NodeLabel, Gauge>::default();
+        info.get_or_create(&NodeLabel {
+            node_id: node_id.to_owned(),
+        })
+        .set(1);
+        registry.register("node_info", "This node's id (always 1)", info);
+        Metrics::with_registry(registry)
+    }
+
+    fn with_registry(mut registry: Registry) -> Metrics {
         let m = Metrics {
             connections: Family::default(),
             tasks: Gauge::default(),
@@ -113,6 +143,12 @@ impl Metrics {
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             store_full: Gauge::default(),
             store_full_writes: Counter::default(),
+            bus_published: Counter::default(),
+            bus_publish_failures: Counter::default(),
+            bus_dropped: Counter::default(),
+            bus_received: Counter::default(),
+            bus_reconnects: Counter::default(),
+            gap_fills: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +234,40 @@ impl Metrics {
             "Writes refused because the disk was full",
             m.store_full_writes.clone(),
         );
+        for (name, help, counter) in [
+            (
+                "bus_published",
+                "Events published to the broker",
+                &m.bus_published,
+            ),
+            (
+                "bus_publish_failures",
+                "Events the broker refused or did not take in time",
+                &m.bus_publish_failures,
+            ),
+            (
+                "bus_dropped",
+                "Events dropped before publishing because the broker fell behind",
+                &m.bus_dropped,
+            ),
+            (
+                "bus_received",
+                "Events received from other nodes over the broker",
+                &m.bus_received,
+            ),
+            (
+                "bus_reconnects",
+                "Times the broker connection came back after being lost",
+                &m.bus_reconnects,
+            ),
+            (
+                "gap_fills",
+                "Reads of ids the broker did not bring, from the store",
+                &m.gap_fills,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Metrics { registry, ..m }
     }
 
@@ -217,6 +287,12 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// The label of `danmaku_node_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node_id: String,
 }
 
 impl Default for Metrics {

@@ -651,7 +651,7 @@ mod edges {
             exp: u64::try_from(danmaku::danmaku::now_ms() / 1000).unwrap() + 86_400,
         };
         let admin = mint(&config.auth, &claims).unwrap();
-        let node = rt.block_on(async { Node::start(config) }).unwrap();
+        let node = rt.block_on(Node::start(config)).unwrap();
         let router = http::router(App {
             node,
             tasks: tokio_util::task::TaskTracker::new(),

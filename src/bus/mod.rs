@@ -1,31 +1,140 @@
-//! The bus: carries committed danmaku from the store to every node's hub.
+//! The bus: carries what one node did to the other nodes that serve the
+//! same rooms.
 //!
-//! On one node the bus is a function call ([`MemoryBus`]). Across nodes a
-//! broker backend (Redis, NATS: later issues) publishes each committed batch
-//! and every node's hub subscribes. Ids are assigned by the store before a
-//! batch reaches the bus, so the bus only has to keep each room's batches in
-//! order; it never assigns or rewrites ids.
+//! The store is the truth and the bus is the fast path. A node hands its
+//! own committed batches to its own hub directly (before acknowledging
+//! them), and publishes them, with recalls and moderation changes, as
+//! [`Event`]s for the other nodes. A node subscribes to a room's topic when
+//! it starts serving the room's viewers and unsubscribes when the room
+//! retires, so it hears only what it serves; the global topic (moderation)
+//! is always subscribed. A broker may lose, repeat or reorder events, and
+//! may be away for a while: ids are contiguous per room, so a hub notices a
+//! gap and fills it from the store, and [`EventSink::reconnected`] tells the
+//! node to catch up on everything it serves.
+//!
+//! Backends live beside this trait: `memory.rs` (one process), `redis.rs`
+//! (Redis pub/sub) and `nats.rs` (NATS). The bus never assigns or rewrites
+//! ids.
 
 pub mod memory;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
 use crate::danmaku::Danmaku;
+use crate::moderation::{Change, Held};
 
-pub use memory::MemoryBus;
+pub use memory::{MemoryBroker, MemoryBus};
 
-/// Where the bus delivers: a node's hub.
-pub trait BatchSink: Send + Sync + 'static {
-    /// Takes a committed batch, ascending by id within each room. Must not
-    /// block: it is called on the store's writer or a broker's reader.
-    fn deliver(&self, batch: &[Danmaku]);
+/// Where an event is published.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// One room's events: heard by the nodes that serve the room.
+    Room(String),
+    /// Events about every room: heard by every node.
+    Global,
 }
 
-/// Publishes committed batches to every subscribed node.
+/// What one node tells the others.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A committed run of one room's danmaku, ascending by id.
+    Committed {
+        /// The danmaku, all of one room.
+        danmaku: Vec<Danmaku>,
+    },
+    /// Danmaku deleted from a room's history.
+    Recalled {
+        /// The room.
+        room: String,
+        /// The recalled ids.
+        ids: Vec<u64>,
+    },
+    /// A moderation change that took effect (durably) on the origin node.
+    Moderated {
+        /// The change.
+        change: Change,
+    },
+    /// A send held for pre-moderation on the origin node.
+    Held {
+        /// The held send.
+        held: Held,
+    },
+    /// A held send was approved or rejected on the origin node.
+    Settled {
+        /// Its room.
+        room: String,
+        /// Its held id.
+        held: u64,
+    },
+}
+
+impl Event {
+    /// The topic the event is published on.
+    pub fn topic(&self) -> Topic {
+        match self {
+            Event::Committed { danmaku } => {
+                Topic::Room(danmaku.first().map_or_else(String::new, |d| d.room.clone()))
+            }
+            Event::Recalled { room, .. } => Topic::Room(room.clone()),
+            Event::Moderated { .. } | Event::Held { .. } | Event::Settled { .. } => Topic::Global,
+        }
+    }
+}
+
+/// An event and the node it comes from (a node ignores its own).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The publishing node's id (`cluster.node_id`).
+    pub origin: String,
+    /// What happened.
+    pub event: Event,
+}
+
+/// Where a bus delivers what it hears: the node.
+pub trait EventSink: Send + Sync + 'static {
+    /// An event from another node (or, for some brokers, this one's echo).
+    /// Must not block: called on the broker's reader.
+    fn receive(&self, envelope: Envelope);
+
+    /// The broker connection came back after being lost: events published
+    /// meanwhile may be lost, so the node catches up from the store.
+    fn reconnected(&self);
+}
+
+/// Why the bus could not do what was asked.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BusError {
+    /// The broker cannot be reached right now (the bus keeps reconnecting).
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The URL or the broker's answer at start-up was not usable.
+    #[error("bad bus setup: {0}")]
+    Setup(String),
+}
+
+/// Publishes events to the other nodes and subscribes to rooms' topics.
+#[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes a committed batch. Called in commit order.
-    fn publish(&self, batch: &[Danmaku]);
+    /// Publishes `envelope` on its event's topic. Never waits long: a
+    /// broker that does not answer within a short timeout is an error.
+    async fn publish(&self, envelope: &Envelope) -> Result<(), BusError>;
 
-    /// Makes `sink` receive every batch published from now on.
-    fn subscribe(&self, sink: Arc<dyn BatchSink>);
+    /// Starts delivering the events of `room` to the sink. Idempotent.
+    async fn subscribe(&self, room: &str) -> Result<(), BusError>;
+
+    /// Stops delivering the events of `room`. Idempotent.
+    async fn unsubscribe(&self, room: &str) -> Result<(), BusError>;
+
+    /// Why the bus is degraded (its broker is away), if it is.
+    fn degraded(&self) -> Option<String>;
+
+    /// The backend's name for logs and `/healthz`: `memory`, `redis`, `nats`.
+    fn kind(&self) -> &'static str;
 }
+
+/// A shared bus.
+pub type SharedBus = Arc<dyn Bus>;

@@ -52,6 +52,16 @@ pub struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// PostgreSQL URL of a cluster's shared store [default: the embedded
+    /// SQLite store in the data directory].
+    #[arg(long, env = "DANMAKU_STORE_URL")]
+    pub store_url: Option<String>,
+    /// Redis or NATS URL of a cluster's broker [default: none, one node].
+    #[arg(long, env = "DANMAKU_BUS_URL")]
+    pub bus_url: Option<String>,
+    /// This node's id [default: host name and port].
+    #[arg(long, env = "DANMAKU_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 impl Cli {

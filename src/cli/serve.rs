@@ -26,15 +26,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(format) = args.log_format {
         config.log_format = format;
     }
+    if let Some(url) = args.store_url {
+        config.store.url = Some(url);
+    }
+    if let Some(url) = args.bus_url {
+        config.bus.url = Some(url);
+    }
+    if let Some(id) = args.node_id {
+        config.cluster.node_id = Some(id);
+    }
     config.validate()?;
     init_logging(config.log_format);
 
     let listener =
         listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // The default node id names the port actually bound (`--listen :0`).
+    config.listen = addr;
     let data = config.data.clone();
+    let place = match (&config.store.url, &config.bus.url) {
+        (None, None) => format!("data in {}", data.display()),
+        (store, bus) => format!(
+            "store {}, bus {}",
+            store.as_deref().map_or("embedded", redact),
+            bus.as_deref().map_or("in-process", redact)
+        ),
+    };
     let node = Node::start(config)
-        .with_context(|| format!("cannot start (data in {})", data.display()))?;
+        .await
+        .with_context(|| format!("cannot start ({place})"))?;
     // Listen for the signals before the banner: whoever reads the banner may
     // send SIGTERM at once, and a signal that arrives before its handler is
     // installed takes the default action and kills the process mid-way.
@@ -60,6 +80,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     server::run(app, listener, signals.received()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> &str {
+    // Only `scheme://host…` is shown: user and password come before an `@`.
+    match (url.find("://"), url.rfind('@')) {
+        (Some(_), Some(at)) => &url[at + 1..],
+        _ => url,
+    }
 }
 
 /// Binds the listening socket with a deep accept queue: after a restart

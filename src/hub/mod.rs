@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::bus::BatchSink;
 use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
@@ -49,6 +48,19 @@ pub enum RoomOrder {
     },
 }
 
+/// What the hub asks of its node. The hub never touches storage or the
+/// broker; when it needs either, it says so here.
+pub trait HubEvents: Send + Sync + 'static {
+    /// Room `room` holds danmaku back for a missing id after `after` and
+    /// has waited `cluster.reorder_ms` for it (or the node asked it to
+    /// catch up): read what the store holds after `after` and hand it to
+    /// [`Hub::fill`]. Must not block.
+    fn gap(&self, room: &str, after: u64);
+
+    /// The hub forgot `room` (no viewers, idle): the node stops hearing it.
+    fn retired(&self, room: &str);
+}
+
 /// The room registry.
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Arc<str>, Arc<Room>>>>,
@@ -56,6 +68,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     pass_threads: Arc<PassThreads>,
+    events: std::sync::OnceLock<std::sync::Weak<dyn HubEvents>>,
 }
 
 impl Hub {
@@ -67,6 +80,7 @@ impl Hub {
             metrics,
             runtime: tokio::runtime::Handle::current(),
             pass_threads: Arc::new(PassThreads::new()),
+            events: std::sync::OnceLock::new(),
         })
     }
 
@@ -107,6 +121,9 @@ impl Hub {
         if room.retire_if_idle(idle) {
             shard.remove(room.name());
             self.metrics.rooms.dec();
+            if let Some(events) = self.events.get().and_then(std::sync::Weak::upgrade) {
+                events.retired(room.name());
+            }
             true
         } else {
             false
@@ -172,6 +189,52 @@ impl Hub {
             .collect()
     }
 
+    /// Tells the hub what to call when a room needs the store or retires.
+    /// Set once, right after the hub is made; before it, gaps are not
+    /// filled and retirements are not told.
+    pub fn set_events(&self, events: std::sync::Weak<dyn HubEvents>) {
+        let _ = self.events.set(events);
+    }
+
+    /// Hands `room` what the store holds after `after`, up to and including
+    /// `upto`: `items`, ascending. An id in `(after, upto]` missing from
+    /// `items` was recalled: the room steps over it.
+    pub fn fill(self: &Arc<Self>, room: &str, after: u64, upto: u64, items: &[Danmaku]) {
+        // Stub until the hub reorders: deliver what is new.
+        let _ = (room, after, upto);
+        self.deliver(items);
+    }
+
+    /// The other nodes' viewer counts, by room (a room left out has none
+    /// elsewhere). Each room's `online` is its own viewers plus these.
+    pub fn set_remote_online(&self, remote: &std::collections::HashMap<String, u64>) {
+        let _ = remote;
+    }
+
+    /// This node's own viewers, by room (rooms without any left out).
+    pub fn local_online(&self) -> std::collections::HashMap<String, u64> {
+        self.rooms_where(|_| true)
+            .iter()
+            .map(|r| r.stats())
+            .filter(|s| s.online > 0)
+            .map(|s| (s.room, s.online as u64))
+            .collect()
+    }
+
+    /// Asks every room to catch up from the store ([`HubEvents::gap`]
+    /// after its newest released id): the broker was away, and whatever it
+    /// carried meanwhile may be lost.
+    pub fn catch_up_all(&self) {
+        let Some(events) = self.events.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        for room in self.rooms_where(|_| true) {
+            if let Some(last) = room.stats().last_id {
+                events.gap(room.name(), last);
+            }
+        }
+    }
+
     /// Tells the viewers of `room` to hide recalled danmaku. A room the
     /// hub does not hold has no viewers to tell.
     pub fn recall(&self, room: &str, ids: Vec<u64>) {
@@ -200,8 +263,10 @@ impl Hub {
     }
 }
 
-impl BatchSink for Arc<Hub> {
-    fn deliver(&self, batch: &[Danmaku]) {
+impl Hub {
+    /// Takes a committed batch, ascending by id within each room. Never
+    /// blocks: it is called on the store's writer or a broker's reader.
+    pub fn deliver(self: &Arc<Self>, batch: &[Danmaku]) {
         let committed_at = Instant::now();
         // A batch is ascending by id within each room but may mix rooms:
         // hand each room its run, in order.

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::danmaku::NewDanmaku;
 use crate::error::{ApiError, ErrorCode};
@@ -19,7 +19,7 @@ use crate::error::{ApiError, ErrorCode};
 pub const MAX_HELD_PER_ROOM: usize = 1000;
 
 /// A held send.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Held {
     /// Its held id, given by the store and never reused.
     pub held: u64,

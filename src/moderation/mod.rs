@@ -18,7 +18,7 @@ pub use held::{Held, HeldQueues, MAX_HELD_PER_ROOM};
 pub use state::{Moderation, Verdict};
 
 /// A user who may not send: in one room, or everywhere.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mute {
     /// The room, or `None` for every room.
     pub room: Option<String>,
@@ -29,7 +29,7 @@ pub struct Mute {
 }
 
 /// An address that may neither send nor open a stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ban {
     /// The banned address.
     pub ip: IpAddr,
@@ -39,7 +39,7 @@ pub struct Ban {
 
 /// A room's moderation settings. The default is an open room without slow
 /// mode or pre-moderation.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSettings {
     /// The room.
     pub room: String,
@@ -98,8 +98,9 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
-/// A change of durable state that goes with an audit entry.
-#[derive(Clone, Debug)]
+/// A change of durable state that goes with an audit entry (and crosses
+/// the bus to the other nodes once it took effect).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// Drop a rejected held send. (An approval is one transaction of its
     /// own: `ModerationStore::approve`.)

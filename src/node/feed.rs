@@ -360,7 +360,6 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::bus::BatchSink;
     use crate::danmaku::{Color, Mode, NewDanmaku};
     use crate::hub::Hub;
 

@@ -4,16 +4,19 @@
 //! store, and a subscription through the hub and the store. It is the only
 //! place that knows all of them, so the parts stay ignorant of each other.
 
+mod backends;
 mod feed;
 mod memory;
 mod moderate;
+mod presence;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, BusError, Event};
 use crate::config::Config;
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
@@ -21,7 +24,8 @@ use crate::guard::{self, Guard, GuardSetupError, SendRequest, Sender};
 use crate::hub::{Hub, RoomOrder, RoomStats};
 use crate::metrics::Metrics;
 use crate::moderation::{Held, Verdict};
-use crate::store::{ModerationStore, SqliteStore, Store, StoreError};
+use crate::presence::Presence;
+use crate::store::{ModerationStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 pub use memory::limit_arenas;
@@ -38,6 +42,14 @@ pub struct Node {
     store: Arc<dyn Store>,
     /// Mutes, bans, room settings and the audit log, durably.
     ledger: Arc<dyn ModerationStore>,
+    /// This node's id in the cluster (`cluster.node_id`).
+    node_id: String,
+    /// Between the hub and the other nodes.
+    relay: Arc<relay::Relay>,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+    /// The other nodes' viewers.
+    elsewhere: Arc<presence::Elsewhere>,
     /// Cancelled when viewers should be told to go: after the last
     /// acknowledged danmaku has been published to the hub.
     going_away: CancellationToken,
@@ -73,6 +85,14 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             }
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "store unavailable");
+                ApiError::new(
+                    ErrorCode::StoreUnavailable,
+                    "the database is unavailable; nothing was stored",
+                )
+                .with_retry_after(STORE_UNAVAILABLE_RETRY_AFTER_S)
+            }
             // The store logs when the disk fills and when it has space again.
             StoreError::Full(_) => ApiError::new(
                 ErrorCode::StoreFull,
@@ -87,6 +107,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The `Retry-After` of `store_unavailable`: a database restart takes
+/// seconds, and the store reconnects by itself.
+const STORE_UNAVAILABLE_RETRY_AFTER_S: u64 = 2;
+
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -97,39 +121,88 @@ pub enum StartError {
     /// The guard's keys or word list could not be loaded.
     #[error(transparent)]
     Guard(#[from] GuardSetupError),
+    /// The broker could not be reached or set up.
+    #[error("bus.url")]
+    Bus(#[from] BusError),
+    /// A backend the configuration names is not usable.
+    #[error("{0}")]
+    Backend(String),
 }
 
 impl Node {
-    /// Opens the store under `config.data`, wires store → bus → hub, and
-    /// loads the guard with the stored moderation state. Must be called
-    /// inside a Tokio runtime.
-    pub fn start(config: Config) -> Result<Arc<Node>, StartError> {
-        let metrics = Arc::new(Metrics::new());
+    /// Opens the backends the configuration names (the embedded store and
+    /// the in-process bus by default), wires store → relay → hub, loads the
+    /// guard with the stored moderation state and starts reporting
+    /// presence. Must be called inside a Tokio runtime.
+    pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
+        let node_id = node_id(&config);
+        let metrics = Arc::new(Metrics::for_node(&node_id));
         let hub = Hub::new(config.fanout, metrics.clone());
-        let bus = Arc::new(MemoryBus::new());
-        bus.subscribe(Arc::new(hub.clone()));
-        let publish = bus.clone();
-        let store = SqliteStore::open(
-            &config.data,
-            &config.store,
+        let (relay, outbox) = relay::Relay::new(node_id.clone(), hub.clone(), metrics.clone());
+        let committed = relay.clone();
+        let stores = backends::open_store(
+            &config,
             metrics.clone(),
-            Box::new(move |batch| publish.publish(batch)),
-        )?;
-        let store = Arc::new(store);
-        let guard = Arc::new(Guard::new(&config, store.load_moderation()?)?);
+            Box::new(move |batch| committed.committed(batch)),
+        )
+        .await?;
+        let broker = backends::connect_broker(&config, metrics.clone(), relay.clone()).await?;
+        let guard = Arc::new(Guard::new(&config, stores.ledger.load_moderation().await?)?);
         guard.start_background(std::time::Duration::from_millis(
             config.filter.reload_interval_ms,
         ));
+        let moderated = guard.clone();
+        relay.attach(
+            stores.store.clone(),
+            broker.bus.clone(),
+            Box::new(move |event| moderate::apply_remote(&moderated, event)),
+            outbox,
+        );
+        let elsewhere = Arc::new(presence::Elsewhere::default());
+        presence::start(
+            broker.presence.clone(),
+            Arc::downgrade(&hub),
+            node_id.clone(),
+            std::time::Duration::from_millis(config.cluster.presence_interval_ms),
+            std::time::Duration::from_secs(config.cluster.presence_ttl_s),
+            elsewhere.clone(),
+        );
         memory::start_trimming();
+        tracing::info!(
+            node_id,
+            store = if config.store.url.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            },
+            bus = broker.bus.kind(),
+            "node started"
+        );
         Ok(Arc::new(Node {
             config,
             metrics,
             guard,
             hub,
-            store: store.clone(),
-            ledger: store,
+            store: stores.store,
+            ledger: stores.ledger,
+            node_id,
+            relay,
+            bus: broker.bus,
+            presence: broker.presence,
+            elsewhere,
             going_away: CancellationToken::new(),
         }))
+    }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Tells the other nodes about `event` (a recall, a moderation change),
+    /// soon and without waiting.
+    pub fn announce(&self, event: Event) {
+        self.relay.announce(event);
     }
 
     /// The sender behind a request's token (or a guest without one).
@@ -190,13 +263,16 @@ impl Node {
             return Err(e);
         }
         let viewer = self.hub.join(room);
+        // A room new to this node may have a stale newest id (from this
+        // node's own sends only): the store then says what is newest.
+        let fresh = self.relay.serve(room) && self.bus.kind() != "memory";
         let stats = viewer.room().stats();
         // The store is the authority on the newest id; the hub hears of a
         // commit just after it. Ask the store when the hub does not know,
         // and whenever a client resumes, so that an id the client read from
         // the store is never taken for one from the future.
         let last_id = match (stats.last_id, since) {
-            (Some(id), None) => id,
+            (Some(id), None) if !fresh => id,
             (hub, _) => {
                 let stored = self.store.last_id(room).await?;
                 viewer.room().seed_last_id(stored);
@@ -245,7 +321,7 @@ impl Node {
         guard::check_room(room)?;
         let mut stats = self.hub.stats(room).unwrap_or_else(|| RoomStats {
             room: room.to_owned(),
-            online: 0,
+            online: usize::try_from(self.elsewhere.remote(room)).unwrap_or(usize::MAX),
             last_id: None,
             rate_per_s: 0.0,
         });
@@ -263,11 +339,20 @@ impl Node {
 
     /// Why the node serves only part of its API, if it does: `store_full`
     /// while the store's disk is full (reads and viewers are served, sends
-    /// are refused with that code).
-    pub fn degraded(&self) -> Option<&'static str> {
-        self.store
-            .is_full()
-            .then_some(ErrorCode::StoreFull.as_str())
+    /// are refused with that code); `bus_unavailable` while the broker is
+    /// away (sends are stored and acknowledged, other nodes' viewers catch
+    /// up when it returns); `presence_unavailable` while the counts of the
+    /// other nodes cannot be read.
+    pub fn degraded(&self) -> Option<String> {
+        if self.store.is_full() {
+            return Some(ErrorCode::StoreFull.as_str().to_owned());
+        }
+        if let Some(why) = self.bus.degraded() {
+            return Some(format!("bus_unavailable: {why}"));
+        }
+        self.elsewhere
+            .failing()
+            .map(|why| format!("presence_unavailable: {why}"))
     }
 
     /// Resolves when viewers should finish and close ("going away").
@@ -278,8 +363,23 @@ impl Node {
     /// The last steps of shutdown: commit and publish every acknowledged
     /// send, then tell viewers to finish their queues and close.
     pub async fn drain(&self) {
+        if let Err(e) = self.presence.leave(&self.node_id).await {
+            tracing::debug!(error = %e, "cannot leave presence; the report expires");
+        }
         self.store.close().await;
         self.hub.flush_all();
         self.going_away.cancel();
     }
+}
+
+/// `cluster.node_id`, or the host name and the listening port.
+fn node_id(config: &Config) -> String {
+    config.cluster.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("{host}:{}", config.listen.port())
+    })
 }

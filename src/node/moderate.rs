@@ -269,3 +269,24 @@ fn entry(
         detail,
     }
 }
+
+/// Applies a moderation event another node announced to this node's live
+/// state: the change is already durable (the other node wrote it first).
+pub(super) fn apply_remote(guard: &crate::guard::Guard, event: &crate::bus::Event) {
+    use crate::bus::Event;
+    match event {
+        Event::Moderated { change } => match change {
+            Change::Mute(mute) => guard.moderation().mute(mute.clone()),
+            Change::Unmute { room, user } => guard.moderation().unmute(room.as_deref(), user),
+            Change::Ban(ban) => guard.moderation().ban(ban.clone()),
+            Change::Unban(ip) => guard.moderation().unban(*ip),
+            Change::Room(settings) => guard.moderation().set_room(settings.clone()),
+            Change::Recall { .. } | Change::Reject { .. } => {}
+        },
+        Event::Held { held } => guard.held().insert(held.clone()),
+        Event::Settled { room, held } => {
+            guard.held().take(room, *held);
+        }
+        Event::Committed { .. } | Event::Recalled { .. } => {}
+    }
+}

@@ -26,6 +26,10 @@ pub type CommitListener = Box<dyn Fn(&[Danmaku]) + Send>;
 /// id exists only inside the approving transaction).
 pub type AuditOf = Box<dyn FnOnce(&Danmaku) -> AuditEntry + Send>;
 
+/// A backend's own error, kept as the source of a [`StoreError`] without
+/// naming the backend's crate.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,29 +40,20 @@ pub enum StoreError {
     /// written. Reads still work, and writes succeed again once there is
     /// space, without a restart.
     #[error("the disk is full: {0}")]
-    Full(Arc<rusqlite::Error>),
+    Full(#[source] Cause),
+    /// The database cannot be reached (a server backend that is down or
+    /// restarting): nothing was written. The store reconnects by itself.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(#[source] Cause),
     /// The database failed; the sends of the failed batch are not stored.
     #[error("database error: {0}")]
-    Database(Arc<rusqlite::Error>),
+    Database(#[source] Cause),
     /// The data directory could not be prepared.
     #[error("cannot prepare data directory: {0}")]
     Io(Arc<std::io::Error>),
     /// A worker thread stopped unexpectedly.
     #[error("store worker failed: {0}")]
     Worker(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    /// SQLite's `SQLITE_FULL` becomes [`StoreError::Full`]; the backend
-    /// also reclassifies an I/O error whose cause was a full disk, which
-    /// only its connection can tell.
-    fn from(e: rusqlite::Error) -> Self {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            StoreError::Full(Arc::new(e))
-        } else {
-            StoreError::Database(Arc::new(e))
-        }
-    }
 }
 
 /// Durable danmaku history.
@@ -108,7 +103,7 @@ pub trait ModerationStore: Send + Sync + 'static {
     /// The unexpired mutes and bans, every room's settings and the held
     /// sends. Called once
     /// at start-up, before the server takes requests.
-    fn load_moderation(&self) -> Result<Snapshot, StoreError>;
+    async fn load_moderation(&self) -> Result<Snapshot, StoreError>;
 
     /// Durably holds a send for pre-moderation and numbers it; after the
     /// sends queued before it are stored.

@@ -329,7 +329,7 @@ impl Store for SqliteStore {
 
 #[async_trait]
 impl ModerationStore for SqliteStore {
-    fn load_moderation(&self) -> Result<Snapshot, StoreError> {
+    async fn load_moderation(&self) -> Result<Snapshot, StoreError> {
         let now = now_ms();
         self.readers.with(|c| {
             let mutes = c
@@ -556,6 +556,19 @@ fn spawn_prober(ops: mpsc::WeakSender<Op>, full: Arc<AtomicBool>) -> std::io::Re
         .map(drop)
 }
 
+impl From<rusqlite::Error> for StoreError {
+    /// SQLite's `SQLITE_FULL` becomes [`StoreError::Full`]; [`classify`]
+    /// also reclassifies an I/O error whose cause was a full disk, which
+    /// only its connection can tell.
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::Full(Arc::new(e))
+        } else {
+            StoreError::Database(Arc::new(e))
+        }
+    }
+}
+
 /// `e`, the error of `conn`'s last call, as [`StoreError::Full`] when a
 /// full disk or quota caused it. SQLite says `SQLITE_FULL` when a write
 /// runs out of space, but some paths (growing the shared-memory index, an
@@ -563,7 +576,10 @@ fn spawn_prober(ops: mpsc::WeakSender<Op>, full: Arc<AtomicBool>) -> std::io::Re
 fn classify(conn: &Connection, e: StoreError) -> StoreError {
     match e {
         StoreError::Database(db)
-            if db.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure) =>
+            if db
+                .downcast_ref::<rusqlite::Error>()
+                .and_then(rusqlite::Error::sqlite_error_code)
+                == Some(rusqlite::ErrorCode::SystemIoFailure) =>
         {
             // SAFETY: the handle is valid while `conn` lives, and this only
             // reads the errno the connection recorded for its last failure.
@@ -1042,8 +1058,8 @@ mod tests {
             .unwrap();
     }
 
-    fn held_ids(store: &SqliteStore) -> Vec<u64> {
-        let snapshot = store.load_moderation().unwrap();
+    async fn held_ids(store: &SqliteStore) -> Vec<u64> {
+        let snapshot = store.load_moderation().await.unwrap();
         snapshot.held.iter().map(|h| h.held).collect()
     }
 
@@ -1107,7 +1123,7 @@ mod tests {
             texts(&store, "r").await,
             vec![(1, "live".into()), (2, "second".into())]
         );
-        assert_eq!(held_ids(&store), vec![first.held]);
+        assert_eq!(held_ids(&store).await, vec![first.held]);
         let log = store.audit(10, None).await.unwrap();
         assert_eq!(log.len(), 1);
         assert_eq!(
@@ -1147,7 +1163,7 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![1]);
         let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
         assert_eq!(texts(&store, "r").await, vec![(1, "once".into())]);
-        assert!(held_ids(&store).is_empty());
+        assert!(held_ids(&store).await.is_empty());
         let log = store.audit(10, None).await.unwrap();
         let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, vec!["reject", "approve"]);
@@ -1175,7 +1191,7 @@ mod tests {
         store.close().await;
 
         let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
-        assert_eq!(held_ids(&store), vec![h.held]);
+        assert_eq!(held_ids(&store).await, vec![h.held]);
         assert_eq!(texts(&store, "r").await, vec![(1, "live".into())]);
         assert!(store.audit(10, None).await.unwrap().is_empty());
         // Still held, so it can be approved now.

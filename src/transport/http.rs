@@ -47,8 +47,12 @@ pub fn router(app: App) -> Router {
 /// is degraded (it still serves reads and viewers then), and why.
 async fn healthz(State(app): State<App>) -> Json<serde_json::Value> {
     Json(match app.node.degraded() {
-        None => serde_json::json!({ "status": "ok" }),
-        Some(reason) => serde_json::json!({ "status": "degraded", "reason": reason }),
+        None => serde_json::json!({ "status": "ok", "node_id": app.node.node_id() }),
+        Some(reason) => serde_json::json!({
+            "status": "degraded",
+            "reason": reason,
+            "node_id": app.node.node_id(),
+        }),
     })
 }
 

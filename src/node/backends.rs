@@ -1,0 +1,75 @@
+//! Chooses and opens a node's backends from its configuration: the store
+//! (`store.url`), the bus and presence (`bus.url`).
+
+use std::sync::Arc;
+
+use super::StartError;
+use crate::bus::{Bus, EventSink, MemoryBroker, MemoryBus};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::presence::{MemoryPresence, Presence};
+use crate::store::{CommitListener, ModerationStore, SqliteStore, Store};
+
+/// A store as both of its traits.
+pub struct Stores {
+    /// History.
+    pub store: Arc<dyn Store>,
+    /// Moderation's durable state.
+    pub ledger: Arc<dyn ModerationStore>,
+}
+
+fn both<S: Store + ModerationStore>(store: S) -> Stores {
+    let store = Arc::new(store);
+    Stores {
+        store: store.clone(),
+        ledger: store,
+    }
+}
+
+/// Opens the store `config.store.url` names, or the embedded one.
+pub async fn open_store(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    listener: CommitListener,
+) -> Result<Stores, StartError> {
+    match &config.store.url {
+        None => Ok(both(SqliteStore::open(
+            &config.data,
+            &config.store,
+            metrics,
+            listener,
+        )?)),
+        Some(_url) => Err(StartError::Backend(
+            "store.url: the PostgreSQL store is not built yet".into(),
+        )),
+    }
+}
+
+/// The bus and presence `config.bus.url` names, or the in-process ones.
+pub struct Broker {
+    /// Carries events between nodes.
+    pub bus: Arc<dyn Bus>,
+    /// Counts viewers across nodes.
+    pub presence: Arc<dyn Presence>,
+}
+
+/// Connects to the broker `config.bus.url` names, or makes the in-process
+/// one.
+pub async fn connect_broker(
+    config: &Config,
+    _metrics: Arc<Metrics>,
+    sink: Arc<dyn EventSink>,
+) -> Result<Broker, StartError> {
+    match config.bus.url.as_deref() {
+        None => Ok(Broker {
+            bus: Arc::new(MemoryBus::connect(MemoryBroker::new(), sink)),
+            presence: Arc::new(MemoryPresence::new()),
+        }),
+        Some(url) if url.starts_with("redis://") => Err(StartError::Backend(
+            "bus.url: the Redis bus is not built yet".into(),
+        )),
+        Some(_) => Err(StartError::Backend(
+            "bus.url: the NATS bus is not built yet".into(),
+        )),
+    }
+}

@@ -1,0 +1,261 @@
+//! The relay: between this node's hub and the bus.
+//!
+//! Outbound, it takes every batch the store commits (on the store's
+//! writer), hands it to the local hub at once, and queues it for the bus,
+//! with recalls and moderation changes; one task publishes the queue in
+//! order. The queue is bounded and never waited on: when the broker is slow
+//! or away, the oldest events are dropped and counted, because the store
+//! holds everything and the other nodes fill their gaps from it. So a
+//! wedged broker never holds up a commit, an acknowledgement or a room.
+//!
+//! Inbound, it is the bus's [`EventSink`]: committed batches go to the hub
+//! (which reorders them by id), recalls to the hub, moderation changes to
+//! the guard's state. It is also the hub's [`HubEvents`]: it reads a gap
+//! from the store, and it subscribes to a room's topic while the room has
+//! viewers here and unsubscribes when the hub retires it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::mpsc;
+
+use crate::bus::{Bus, Envelope, Event, EventSink};
+use crate::danmaku::Danmaku;
+use crate::hub::{Hub, HubEvents};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Events waiting for the broker. Past this, new events are dropped (and
+/// counted): the other nodes read what they miss from the store.
+const OUTBOX: usize = 65_536;
+
+/// The most danmaku one gap read takes from the store; a longer gap is
+/// read in several.
+const GAP_READ: usize = 1_000;
+
+/// Applies another node's moderation events to this node's live state.
+pub type ModerationSink = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// This node's side of the bus.
+pub struct Relay {
+    node_id: String,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    outbox: mpsc::Sender<Envelope>,
+    parts: OnceLock<Parts>,
+    /// Rooms whose topic this node wants to hear: those with viewers here
+    /// since the hub last retired them.
+    subscribed: Mutex<HashSet<String>>,
+    /// Rooms whose subscription should change, to `follow_interest`.
+    interest: mpsc::UnboundedSender<String>,
+    runtime: tokio::runtime::Handle,
+    /// Itself, for the tasks it spawns.
+    myself: std::sync::Weak<Relay>,
+}
+
+/// What the relay needs that is made after it.
+struct Parts {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    moderation: ModerationSink,
+}
+
+impl Relay {
+    /// A relay for `hub`, and the receiver of its outbound queue, which
+    /// [`Relay::attach`] hands to the publishing task.
+    pub fn new(node_id: String, hub: Arc<Hub>, metrics: Arc<Metrics>) -> (Arc<Relay>, Outbox) {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let (interest, changes) = mpsc::unbounded_channel();
+        let relay = Arc::new_cyclic(|myself| Relay {
+            interest,
+            myself: myself.clone(),
+            node_id,
+            hub,
+            metrics,
+            outbox: tx,
+            parts: OnceLock::new(),
+            subscribed: Mutex::new(HashSet::new()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let events: Arc<dyn HubEvents> = relay.clone();
+        relay.hub.set_events(Arc::downgrade(&events));
+        relay.runtime.spawn(relay.clone().follow_interest(changes));
+        (relay, Outbox(rx))
+    }
+
+    /// Gives the relay its store and bus, and starts publishing.
+    pub fn attach(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        moderation: ModerationSink,
+        outbox: Outbox,
+    ) {
+        let publisher = bus.clone();
+        let metrics = self.metrics.clone();
+        if self
+            .parts
+            .set(Parts {
+                store,
+                bus,
+                moderation,
+            })
+            .is_err()
+        {
+            return;
+        }
+        self.runtime.spawn(publish(outbox.0, publisher, metrics));
+    }
+
+    /// The store's commit listener: to the local hub now, to the bus soon.
+    pub fn committed(&self, batch: &[Danmaku]) {
+        self.hub.deliver(batch);
+        for run in batch.chunk_by(|a, b| a.room == b.room) {
+            self.announce(Event::Committed {
+                danmaku: run.to_vec(),
+            });
+        }
+    }
+
+    /// Queues `event` for the other nodes; drops it (counted) if the queue
+    /// is full.
+    pub fn announce(&self, event: Event) {
+        let envelope = Envelope {
+            origin: self.node_id.clone(),
+            event,
+        };
+        if self.outbox.try_send(envelope).is_err() {
+            self.metrics.bus_dropped.inc();
+        }
+    }
+
+    /// Makes sure this node hears `room`'s events, for a viewer that just
+    /// joined it. Returns whether the room was new to this node (not heard
+    /// until now): its newest id must then come from the store.
+    ///
+    /// The subscription is made by one task, in order with the
+    /// unsubscriptions of retired rooms, and is followed by a catch-up from
+    /// the store, since what was published before it took effect was not
+    /// heard.
+    pub fn serve(&self, room: &str) -> bool {
+        if !self.lock_subscribed().insert(room.to_owned()) {
+            return false;
+        }
+        let _ = self.interest.send(room.to_owned());
+        true
+    }
+
+    /// Runs the subscription changes in the order they were asked for,
+    /// each against the wanted state at the time it runs.
+    async fn follow_interest(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<String>) {
+        while let Some(room) = changes.recv().await {
+            let Some(parts) = self.parts.get() else {
+                continue;
+            };
+            let wanted = self.lock_subscribed().contains(&room);
+            let result = if wanted {
+                parts.bus.subscribe(&room).await
+            } else {
+                parts.bus.unsubscribe(&room).await
+            };
+            if let Err(e) = result {
+                tracing::warn!(room, wanted, error = %e, "cannot change a subscription; rooms catch up when the broker returns");
+            }
+            if wanted && parts.bus.kind() != "memory" {
+                if let Some(last) = self.hub.stats(&room).and_then(|s| s.last_id) {
+                    self.gap(&room, last);
+                }
+            }
+        }
+    }
+
+    fn lock_subscribed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.subscribed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads `room`'s danmaku after `after` from the store, and hands them
+    /// to the hub, until the store has no more.
+    async fn fill(&self, room: String, mut after: u64) {
+        let Some(parts) = self.parts.get() else {
+            return;
+        };
+        loop {
+            match parts.store.after(&room, after, GAP_READ).await {
+                Ok(items) => {
+                    let Some(upto) = items.last().map(|d| d.id) else {
+                        return;
+                    };
+                    self.metrics.gap_fills.inc();
+                    self.hub.fill(&room, after, upto, &items);
+                    if items.len() < GAP_READ {
+                        return;
+                    }
+                    after = upto;
+                }
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "cannot read a gap from the store");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl HubEvents for Relay {
+    fn gap(&self, room: &str, after: u64) {
+        let Some(relay) = self.myself.upgrade() else {
+            return;
+        };
+        let room = room.to_owned();
+        self.runtime
+            .spawn(async move { relay.fill(room, after).await });
+    }
+
+    fn retired(&self, room: &str) {
+        if self.lock_subscribed().remove(room) {
+            let _ = self.interest.send(room.to_owned());
+        }
+    }
+}
+
+impl EventSink for Relay {
+    fn receive(&self, envelope: Envelope) {
+        if envelope.origin == self.node_id {
+            return;
+        }
+        self.metrics.bus_received.inc();
+        match envelope.event {
+            Event::Committed { danmaku } => self.hub.deliver(&danmaku),
+            Event::Recalled { room, ids } => self.hub.recall(&room, ids),
+            other => {
+                if let Some(parts) = self.parts.get() {
+                    (parts.moderation)(&other);
+                }
+            }
+        }
+    }
+
+    fn reconnected(&self) {
+        self.metrics.bus_reconnects.inc();
+        tracing::info!("broker back: catching every room up from the store");
+        self.hub.catch_up_all();
+    }
+}
+
+/// The receiving end of the relay's outbound queue.
+pub struct Outbox(mpsc::Receiver<Envelope>);
+
+/// Publishes the queue in order until the relay is gone.
+async fn publish(mut queue: mpsc::Receiver<Envelope>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) {
+    while let Some(envelope) = queue.recv().await {
+        match bus.publish(&envelope).await {
+            Ok(()) => {
+                metrics.bus_published.inc();
+            }
+            Err(e) => {
+                metrics.bus_publish_failures.inc();
+                tracing::debug!(error = %e, "publish failed; other nodes read it from the store");
+            }
+        }
+    }
+}
