@@ -99,12 +99,25 @@ impl Default for StoreConfig {
 }
 
 /// The broker that carries events between nodes.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// `redis://host:port` or `nats://host:port`. Unset: the in-process
     /// bus of a single node.
     pub url: Option<String>,
+    /// The prefix of every channel, subject, key and bucket the cluster
+    /// uses on the broker, so that several clusters (staging and
+    /// production, say) can share one broker without hearing each other.
+    pub namespace: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: None,
+            namespace: "danmaku".to_owned(),
+        }
+    }
 }
 
 /// This node among the others.
@@ -594,6 +607,15 @@ impl Config {
                     .as_deref()
                     .is_none_or(|u| u.starts_with("redis://") || u.starts_with("nats://")),
                 "bus.url must be a redis:// or nats:// URL (or unset for one node)",
+            ),
+            (
+                (1..=32).contains(&self.bus.namespace.len())
+                    && self
+                        .bus
+                        .namespace
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+                "bus.namespace must be 1 to 32 characters of A-Z a-z 0-9 _ -",
             ),
             (
                 self.cluster.node_id.as_deref().is_none_or(|id| {

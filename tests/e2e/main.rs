@@ -1,9 +1,11 @@
 //! End-to-end tests: the real server binary, real clients, real disk.
 
 mod server;
+mod services;
 
 mod bad_input;
 mod bench;
+mod cluster;
 mod cli;
 mod connection;
 mod crash;

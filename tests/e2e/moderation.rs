@@ -40,7 +40,7 @@ pub(crate) fn admin() -> String {
     token("mod", Role::Admin)
 }
 
-fn user(name: &str) -> String {
+pub(crate) fn user(name: &str) -> String {
     token(name, Role::Viewer)
 }
 
