@@ -15,6 +15,7 @@
 //! viewers here and unsubscribes when the hub retires it.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
@@ -42,6 +43,9 @@ pub struct Relay {
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     outbox: mpsc::Sender<Envelope>,
+    /// Events queued or being published: 0 once the bus has had a go at
+    /// everything announced.
+    unpublished: Arc<AtomicUsize>,
     parts: OnceLock<Parts>,
     /// Rooms whose topic this node wants to hear: those with viewers here
     /// since the hub last retired them.
@@ -73,6 +77,7 @@ impl Relay {
             hub,
             metrics,
             outbox: tx,
+            unpublished: Arc::new(AtomicUsize::new(0)),
             parts: OnceLock::new(),
             subscribed: Mutex::new(HashSet::new()),
             runtime: tokio::runtime::Handle::current(),
@@ -93,6 +98,7 @@ impl Relay {
     ) {
         let publisher = bus.clone();
         let metrics = self.metrics.clone();
+        let unpublished = self.unpublished.clone();
         if self
             .parts
             .set(Parts {
@@ -104,7 +110,8 @@ impl Relay {
         {
             return;
         }
-        self.runtime.spawn(publish(outbox.0, publisher, metrics));
+        self.runtime
+            .spawn(publish(outbox.0, publisher, metrics, unpublished));
     }
 
     /// The store's commit listener: to the local hub now, to the bus soon.
@@ -124,8 +131,20 @@ impl Relay {
             origin: self.node_id.clone(),
             event,
         };
+        self.unpublished.fetch_add(1, Ordering::SeqCst);
         if self.outbox.try_send(envelope).is_err() {
+            self.unpublished.fetch_sub(1, Ordering::SeqCst);
             self.metrics.bus_dropped.inc();
+        }
+    }
+
+    /// Waits until every event announced so far has been offered to the
+    /// broker, or `deadline` passes: at shutdown, so that the other nodes
+    /// hear of the last sends now rather than at their next gap.
+    pub async fn flush(&self, deadline: tokio::time::Instant) {
+        while self.unpublished.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
@@ -246,9 +265,16 @@ impl EventSink for Relay {
 pub struct Outbox(mpsc::Receiver<Envelope>);
 
 /// Publishes the queue in order until the relay is gone.
-async fn publish(mut queue: mpsc::Receiver<Envelope>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) {
+async fn publish(
+    mut queue: mpsc::Receiver<Envelope>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    unpublished: Arc<AtomicUsize>,
+) {
     while let Some(envelope) = queue.recv().await {
-        match bus.publish(&envelope).await {
+        let result = bus.publish(&envelope).await;
+        unpublished.fetch_sub(1, Ordering::SeqCst);
+        match result {
             Ok(()) => {
                 metrics.bus_published.inc();
             }
