@@ -10,7 +10,8 @@
 //! Layout: `send.rs` is what a send must be (pure checks), `auth.rs` who is
 //! asking, `limits.rs` how often, `filter/` what the text may say. The
 //! moderators' rules (bans, mutes, room settings, held sends) live in
-//! [`crate::moderation`]; the guard holds that state and applies it.
+//! [`crate::moderation`]: the guard asks the node's [`Moderator`], which
+//! owns that state.
 
 pub mod auth;
 mod connections;
@@ -29,7 +30,7 @@ use ipnet::IpNet;
 use crate::config::{Config, Limits};
 use crate::danmaku::NewDanmaku;
 use crate::error::{ApiError, ErrorCode};
-use crate::moderation::{HeldQueues, Moderation, Snapshot, Verdict};
+use crate::moderation::{Moderator, Verdict};
 use auth::{Authenticator, Identity, SetupError};
 use filter::{FilterError, FilterHandle, FloodGuard};
 use limits::RateLimits;
@@ -111,14 +112,15 @@ pub struct Guard {
     connections: Arc<Connections>,
     proxies: TrustedProxies,
     allowed_origins: Vec<String>,
-    moderation: Moderation,
-    held: HeldQueues,
+    /// Bans, mutes and room settings: asked, not owned.
+    moderator: Arc<Moderator>,
 }
 
 impl Guard {
     /// Builds the guard: loads the token keys and the word list, which must
-    /// be readable at start-up, and takes the stored moderation state.
-    pub fn new(config: &Config, mut moderation: Snapshot) -> Result<Guard, GuardSetupError> {
+    /// be readable at start-up. It asks `moderator` about bans, mutes and
+    /// room settings.
+    pub fn new(config: &Config, moderator: Arc<Moderator>) -> Result<Guard, GuardSetupError> {
         let words = match &config.filter.words_file {
             Some(path) => Some(FilterHandle::load(path, config.filter.action)?),
             None => None,
@@ -138,19 +140,8 @@ impl Guard {
             )),
             proxies: TrustedProxies::new(config.connection.trusted_proxies.clone()),
             allowed_origins: config.connection.allowed_origins.clone(),
-            held: HeldQueues::new(std::mem::take(&mut moderation.held)),
-            moderation: Moderation::new(moderation, config.limits.max_limiter_keys),
+            moderator,
         })
-    }
-
-    /// The live moderation state (mutes, bans, room settings).
-    pub fn moderation(&self) -> &Moderation {
-        &self.moderation
-    }
-
-    /// The sends held for pre-moderation.
-    pub fn held(&self) -> &HeldQueues {
-        &self.held
     }
 
     /// Starts the guard's background work on the current runtime: following
@@ -170,7 +161,6 @@ impl Guard {
                 // O(keys): off the runtime's worker threads.
                 let _ = tokio::task::spawn_blocking(move || {
                     guard.limits.sweep();
-                    guard.moderation.sweep();
                     if let Some(f) = &guard.flood {
                         f.sweep();
                     }
@@ -269,7 +259,7 @@ impl Guard {
     /// Takes a token from its address's connection bucket.
     pub fn admit_viewer(&self, sender: &Sender, room: &str) -> Result<(), ApiError> {
         check_room(room)?;
-        self.moderation.check_ip(sender.ip)?;
+        self.moderator.live().check_ip(sender.ip)?;
         if sender.identity.is_guest() && !self.anonymous_watch {
             return Err(ApiError::new(
                 ErrorCode::Unauthorized,
@@ -314,8 +304,9 @@ impl Guard {
         }
         self.may_enter(sender, room)?;
         let admin = sender.identity.is_admin();
-        self.moderation.check_ip(sender.ip)?;
-        self.moderation.check_sender(room, sender.user(), admin)?;
+        let moderation = self.moderator.live();
+        moderation.check_ip(sender.ip)?;
+        moderation.check_sender(room, sender.user(), admin)?;
         let mut new = check_send(&self.text, room, &sender.identity, req)?;
         if let Some(words) = &self.words {
             if let Cow::Owned(masked) = words.apply(&new.text)? {
@@ -328,13 +319,13 @@ impl Guard {
         // Slow mode is the room's rule, not a server limit: exempt
         // addresses obey it, only admins skip it.
         if !admin {
-            self.moderation.check_slow_mode(room, sender.user())?;
+            moderation.check_slow_mode(room, sender.user())?;
         }
         if !self.privileged(sender) {
             if let Some(flood) = &self.flood {
                 flood.check(sender.user(), &new.text)?;
             }
         }
-        Ok((new, self.moderation.verdict(room, admin)))
+        Ok((new, moderation.verdict(room, admin)))
     }
 }

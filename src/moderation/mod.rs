@@ -1,20 +1,25 @@
 //! Moderation: mutes, address bans, room settings (closed, slow mode,
 //! pre-moderation), held sends and the audit log.
 //!
-//! The types here are what the store persists and the admin API shows.
-//! [`Moderation`] (`state.rs`) is the live state the guard consults on every
-//! send and stream; [`HeldQueues`] (`held.rs`) keeps the sends pre-moderation
-//! holds back. The node changes both, and records each change with its audit
-//! entry in one store transaction, so the log never misses an action.
+//! The types here are what the store persists, the admin API shows and
+//! the bus carries. [`Moderator`] (`service.rs`) is the service that owns
+//! the moderation of a node: the live state the guard consults on every
+//! send and stream ([`Moderation`], `state.rs`), the sends pre-moderation
+//! holds back (`held.rs`) and the durable ledger. It records each change
+//! with its audit entry in one store transaction, so the log never misses
+//! an action, then makes it take effect and announces it to the other
+//! nodes.
 
 mod held;
+mod service;
 mod state;
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-pub use held::{Held, HeldQueues, MAX_HELD_PER_ROOM};
+pub use held::{Held, MAX_HELD_PER_ROOM};
+pub use service::{no_danmaku, Announce, Moderator, RELOAD_EVERY, SELF_RECALL_MS};
 pub use state::{Moderation, Verdict};
 
 /// A user who may not send: in one room, or everywhere.

@@ -2,6 +2,8 @@
 //!
 //! Reads dominate (every send checks a ban, two mute keys and its room's
 //! settings), so the maps sit behind `RwLock`s; admin changes are rare.
+//! Only the [`Moderator`](super::Moderator) changes it, so that every
+//! change is durable first and reaches the other nodes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,27 +38,33 @@ pub struct Moderation {
 }
 
 impl Moderation {
-    /// The state as loaded from the store.
-    pub fn new(snapshot: Snapshot, max_keys: usize) -> Moderation {
-        Moderation {
-            mutes: RwLock::new(
-                snapshot
-                    .mutes
-                    .into_iter()
-                    .map(|m| ((m.room, m.user), m.until))
-                    .collect(),
-            ),
-            bans: RwLock::new(snapshot.bans.into_iter().map(|b| (b.ip, b.until)).collect()),
-            rooms: RwLock::new(
-                snapshot
-                    .rooms
-                    .into_iter()
-                    .map(|r| (r.room.clone(), r))
-                    .collect(),
-            ),
+    /// The state as loaded from the store (its held sends aside).
+    pub(super) fn new(snapshot: Snapshot, max_keys: usize) -> Moderation {
+        let state = Moderation {
+            mutes: RwLock::default(),
+            bans: RwLock::default(),
+            rooms: RwLock::default(),
             last_send: Mutex::new(HashMap::new()),
             max_keys,
-        }
+        };
+        state.replace(snapshot);
+        state
+    }
+
+    /// Replaces the mutes, bans and room settings with `snapshot`'s (a
+    /// reload). The slow-mode clock stays: it is this node's own.
+    pub(super) fn replace(&self, snapshot: Snapshot) {
+        *write(&self.mutes) = snapshot
+            .mutes
+            .into_iter()
+            .map(|m| ((m.room, m.user), m.until))
+            .collect();
+        *write(&self.bans) = snapshot.bans.into_iter().map(|b| (b.ip, b.until)).collect();
+        *write(&self.rooms) = snapshot
+            .rooms
+            .into_iter()
+            .map(|r| (r.room.clone(), r))
+            .collect();
     }
 
     /// Refuses a banned address (sends and streams alike).
@@ -146,17 +154,17 @@ impl Moderation {
     }
 
     /// Replaces a room's settings.
-    pub fn set_room(&self, settings: RoomSettings) {
+    pub(super) fn set_room(&self, settings: RoomSettings) {
         write(&self.rooms).insert(settings.room.clone(), settings);
     }
 
     /// Adds or replaces a mute.
-    pub fn mute(&self, mute: Mute) {
+    pub(super) fn mute(&self, mute: Mute) {
         write(&self.mutes).insert((mute.room, mute.user), mute.until);
     }
 
     /// Lifts a mute.
-    pub fn unmute(&self, room: Option<&str>, user: &str) {
+    pub(super) fn unmute(&self, room: Option<&str>, user: &str) {
         write(&self.mutes).remove(&(room.map(str::to_owned), user.to_owned()));
     }
 
@@ -177,12 +185,12 @@ impl Moderation {
     }
 
     /// Adds or replaces a ban.
-    pub fn ban(&self, ban: Ban) {
+    pub(super) fn ban(&self, ban: Ban) {
         write(&self.bans).insert(ban.ip, ban.until);
     }
 
     /// Lifts a ban.
-    pub fn unban(&self, ip: IpAddr) {
+    pub(super) fn unban(&self, ip: IpAddr) {
         write(&self.bans).remove(&ip);
     }
 
@@ -203,7 +211,7 @@ impl Moderation {
 
     /// Forgets expired mutes and bans, and slow-mode times that no longer
     /// hold anyone back. O(entries): run off the runtime's workers.
-    pub fn sweep(&self) {
+    pub(super) fn sweep(&self) {
         let now = now_ms();
         write(&self.mutes).retain(|_, until| *until > now);
         write(&self.bans).retain(|_, until| until.is_none_or(|u| u > now));

@@ -23,9 +23,9 @@ use crate::error::{ApiError, ErrorCode};
 use crate::guard::{self, Guard, GuardSetupError, SendRequest, Sender};
 use crate::hub::{Hub, RoomOrder, RoomStats};
 use crate::metrics::Metrics;
-use crate::moderation::{Held, Verdict};
+use crate::moderation::{Held, Moderator, Verdict};
 use crate::presence::Presence;
-use crate::store::{ModerationStore, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 pub use memory::limit_arenas;
@@ -40,8 +40,8 @@ pub struct Node {
     pub guard: Arc<Guard>,
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
-    /// Mutes, bans, room settings and the audit log, durably.
-    ledger: Arc<dyn ModerationStore>,
+    /// Mutes, bans, room settings, held sends and the audit log.
+    moderator: Arc<Moderator>,
     /// This node's id in the cluster (`cluster.node_id`).
     node_id: String,
     /// Between the hub and the other nodes.
@@ -132,8 +132,9 @@ pub enum StartError {
 impl Node {
     /// Opens the backends the configuration names (the embedded store and
     /// the in-process bus by default), wires store → relay → hub, loads the
-    /// guard with the stored moderation state and starts reporting
-    /// presence. Must be called inside a Tokio runtime.
+    /// moderation service from the store (and relays its changes), builds
+    /// the guard on it and starts reporting presence. Must be called inside
+    /// a Tokio runtime.
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let node_id = node_id(&config);
         let metrics = Arc::new(Metrics::for_node(&node_id));
@@ -147,15 +148,38 @@ impl Node {
         )
         .await?;
         let broker = backends::connect_broker(&config, metrics.clone(), relay.clone()).await?;
-        let guard = Arc::new(Guard::new(&config, stores.ledger.load_moderation().await?)?);
+        let announcer = relay.clone();
+        let moderator = Arc::new(
+            Moderator::load(
+                stores.ledger,
+                config.limits.max_limiter_keys,
+                Box::new(move |event| announcer.announce(event)),
+            )
+            .await?,
+        );
+        moderator.start_background();
+        let guard = Arc::new(Guard::new(&config, moderator.clone())?);
         guard.start_background(std::time::Duration::from_millis(
             config.filter.reload_interval_ms,
         ));
-        let moderated = guard.clone();
+        // Weak: the relay may outlive the node, and the service (with its
+        // reload task) should end with the node.
+        let (applier, reloader) = (Arc::downgrade(&moderator), Arc::downgrade(&moderator));
         relay.attach(
             stores.store.clone(),
             broker.bus.clone(),
-            Box::new(move |event| moderate::apply_remote(&moderated, event)),
+            relay::ModerationSink {
+                apply: Box::new(move |event| {
+                    if let Some(moderator) = applier.upgrade() {
+                        moderator.apply(event);
+                    }
+                }),
+                reconnected: Box::new(move || {
+                    if let Some(moderator) = reloader.upgrade() {
+                        moderator.reload_soon();
+                    }
+                }),
+            },
             outbox,
         );
         let elsewhere = Arc::new(presence::Elsewhere::default());
@@ -184,7 +208,7 @@ impl Node {
             guard,
             hub,
             store: stores.store,
-            ledger: stores.ledger,
+            moderator,
             node_id,
             relay,
             bus: broker.bus,
@@ -228,7 +252,7 @@ impl Node {
                 .await
                 .map(Sent::Stored)
                 .map_err(ApiError::from),
-            Ok((new, Verdict::Hold)) => self.hold(new).await.map(Sent::Held),
+            Ok((new, Verdict::Hold)) => self.moderator.hold(new).await.map(Sent::Held),
             Err(e) => Err(e),
         };
         match &result {
@@ -240,14 +264,6 @@ impl Node {
             Err(e) => self.metrics.reject(e.code),
         }
         result
-    }
-
-    /// Holds a send for a moderator, durably, if its room has space.
-    async fn hold(&self, new: crate::danmaku::NewDanmaku) -> Result<Held, ApiError> {
-        self.guard.held().check_room(&new.room)?;
-        let held = self.ledger.hold(new).await?;
-        self.guard.held().insert(held.clone());
-        Ok(held)
     }
 
     /// Admits `sender` to `room` as a viewer; with `since`, the feed first

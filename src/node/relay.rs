@@ -10,9 +10,10 @@
 //!
 //! Inbound, it is the bus's [`EventSink`]: committed batches go to the hub
 //! (which reorders them by id), recalls to the hub, moderation changes to
-//! the guard's state. It is also the hub's [`HubEvents`]: it reads a gap
-//! from the store, and it subscribes to a room's topic while the room has
-//! viewers here and unsubscribes when the hub retires it.
+//! the moderation service (which also reloads when the broker returns).
+//! It is also the hub's [`HubEvents`]: it reads a gap from the store, and
+//! it subscribes to a room's topic while the room has viewers here and
+//! unsubscribes when the hub retires it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +35,14 @@ const OUTBOX: usize = 65_536;
 /// read in several.
 const GAP_READ: usize = 1_000;
 
-/// Applies another node's moderation events to this node's live state.
-pub type ModerationSink = Box<dyn Fn(&Event) + Send + Sync>;
+/// Where the relay hands moderation: this node's moderation service.
+pub struct ModerationSink {
+    /// Applies another node's moderation event to this node's live state.
+    pub apply: Box<dyn Fn(&Event) + Send + Sync>,
+    /// The broker came back: moderation events may have been lost
+    /// meanwhile, so the durable state is read again. Must not block.
+    pub reconnected: Box<dyn Fn() + Send + Sync>,
+}
 
 /// This node's side of the bus.
 pub struct Relay {
@@ -248,7 +255,7 @@ impl EventSink for Relay {
             Event::Recalled { room, ids } => self.hub.recall(&room, ids),
             other => {
                 if let Some(parts) = self.parts.get() {
-                    (parts.moderation)(&other);
+                    (parts.moderation.apply)(&other);
                 }
             }
         }
@@ -258,6 +265,9 @@ impl EventSink for Relay {
         self.metrics.bus_reconnects.inc();
         tracing::info!("broker back: catching every room up from the store");
         self.hub.catch_up_all();
+        if let Some(parts) = self.parts.get() {
+            (parts.moderation.reconnected)();
+        }
     }
 }
 

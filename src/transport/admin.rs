@@ -157,8 +157,8 @@ async fn global_mutes(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers, client)?;
-    let items = app.node.guard.moderation().mutes(None);
+    let admin = admin(&app, &headers, client)?;
+    let items = app.node.mutes(&admin, None);
     Ok(Json(json!({ "items": items })).into_response())
 }
 
@@ -168,8 +168,8 @@ async fn room_mutes(
     headers: HeaderMap,
     RoomName(room): RoomName,
 ) -> Answer {
-    admin(&app, &headers, client)?;
-    let items = app.node.guard.moderation().mutes(Some(&room));
+    let admin = admin(&app, &headers, client)?;
+    let items = app.node.mutes(&admin, Some(&room));
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
 
@@ -217,8 +217,8 @@ async fn bans(
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Answer {
-    admin(&app, &headers, client)?;
-    let items = app.node.guard.moderation().bans();
+    let admin = admin(&app, &headers, client)?;
+    let items = app.node.bans(&admin);
     Ok(Json(json!({ "items": items })).into_response())
 }
 
@@ -228,8 +228,8 @@ async fn room(
     headers: HeaderMap,
     RoomName(room): RoomName,
 ) -> Answer {
-    admin(&app, &headers, client)?;
-    Ok(Json(app.node.guard.moderation().room(&room)).into_response())
+    let admin = admin(&app, &headers, client)?;
+    Ok(Json(app.node.room_settings(&admin, &room)).into_response())
 }
 
 async fn patch_room(
