@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusError, Event};
+use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::danmaku::Danmaku;
 use crate::error::{ApiError, ErrorCode};
@@ -221,12 +221,6 @@ impl Node {
     /// This node's id in the cluster.
     pub fn node_id(&self) -> &str {
         &self.node_id
-    }
-
-    /// Tells the other nodes about `event` (a recall, a moderation change),
-    /// soon and without waiting.
-    pub fn announce(&self, event: Event) {
-        self.relay.announce(event);
     }
 
     /// The sender behind a request's token (or a guest without one).

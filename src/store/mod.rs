@@ -101,8 +101,9 @@ pub trait Store: Send + Sync + 'static {
 #[async_trait]
 pub trait ModerationStore: Send + Sync + 'static {
     /// The unexpired mutes and bans, every room's settings and the held
-    /// sends. Called once
-    /// at start-up, before the server takes requests.
+    /// sends: at start-up, before the server takes requests, and whenever
+    /// the moderation service reloads (after a broker outage, and every
+    /// 30 s).
     async fn load_moderation(&self) -> Result<Snapshot, StoreError>;
 
     /// Durably holds a send for pre-moderation and numbers it; after the

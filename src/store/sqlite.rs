@@ -331,7 +331,9 @@ impl Store for SqliteStore {
 impl ModerationStore for SqliteStore {
     async fn load_moderation(&self) -> Result<Snapshot, StoreError> {
         let now = now_ms();
-        self.readers.with(|c| {
+        // On a reader (a blocking thread): the moderation service reloads
+        // this every 30 s, on the runtime.
+        self.read(move |c| {
             let mutes = c
                 .prepare("SELECT room, user, until FROM mutes WHERE until > ?1")?
                 .query_map([now], |r| {
@@ -394,6 +396,7 @@ impl ModerationStore for SqliteStore {
                 held,
             })
         })
+        .await
     }
 
     async fn hold(&self, new: NewDanmaku) -> Result<Held, StoreError> {

@@ -134,7 +134,11 @@ async fn one_room_many_nodes(kind: BrokerKind) {
     }
     let nodes: Vec<&Server> = (0..3).map(|i| cluster.node(i)).collect();
     let acked = spread_sends(&nodes, &room, 300, 30).await;
-    assert_eq!(acked, (1..=300).collect::<Vec<u64>>(), "ids contiguous from 1");
+    assert_eq!(
+        acked,
+        (1..=300).collect::<Vec<u64>>(),
+        "ids contiguous from 1"
+    );
     for (v, ws) in viewers.iter_mut().enumerate() {
         let got = ids(&collect_danmaku(ws, 300).await);
         assert_eq!(got, acked, "viewer {v} (node {})", v / 2);
@@ -200,12 +204,16 @@ async fn online_counts_the_whole_cluster_and_forgets_a_dead_node() {
     viewers.retain(|(i, _)| *i != 2);
     for i in 0..2 {
         let node = cluster.node(i);
-        eventually(Duration::from_secs(15), "dead node leaves the count", || async {
-            match online(node, &room).await {
-                (5, _) => Ok(()),
-                other => Err(format!("node {i}: {other:?}")),
-            }
-        })
+        eventually(
+            Duration::from_secs(15),
+            "dead node leaves the count",
+            || async {
+                match online(node, &room).await {
+                    (5, _) => Ok(()),
+                    other => Err(format!("node {i}: {other:?}")),
+                }
+            },
+        )
         .await;
     }
     assert!(killed.elapsed() < Duration::from_secs(15));
@@ -322,7 +330,11 @@ async fn broker_restart(kind: BrokerKind) {
 
     broker.halt();
     let during = spread_sends(&[a, b], &room, 40, 5).await;
-    assert_eq!(during, (21..=60).collect::<Vec<u64>>(), "stored and acknowledged");
+    assert_eq!(
+        during,
+        (21..=60).collect::<Vec<u64>>(),
+        "stored and acknowledged"
+    );
     eventually(Duration::from_secs(5), "degraded while away", || async {
         let h = health(a).await;
         match h["status"].as_str() {
@@ -397,7 +409,10 @@ async fn a_postgres_restart_refuses_sends_then_recovers_losing_nothing() {
             other => panic!("status {other}"),
         }
     }
-    assert!(refused > 0, "PostgreSQL was down: some send must be refused");
+    assert!(
+        refused > 0,
+        "PostgreSQL was down: some send must be refused"
+    );
 
     pg.resume();
     eventually(Duration::from_secs(15), "sends taken again", || async {
@@ -410,10 +425,17 @@ async fn a_postgres_restart_refuses_sends_then_recovers_losing_nothing() {
         }
     })
     .await;
-    let (_, hist) = crate::server::get_json(a, &format!("/api/v1/rooms/{room}/danmaku?after=0&limit=1000")).await;
+    let (_, hist) = crate::server::get_json(
+        a,
+        &format!("/api/v1/rooms/{room}/danmaku?after=0&limit=1000"),
+    )
+    .await;
     let stored = ids(hist["items"].as_array().unwrap());
     for id in &acked {
-        assert!(stored.contains(id), "acknowledged id {id} is missing from {stored:?}");
+        assert!(
+            stored.contains(id),
+            "acknowledged id {id} is missing from {stored:?}"
+        );
     }
     // The viewer on B, connected throughout, got every stored danmaku.
     let got = ids(&collect_danmaku(&mut on_b, stored.len()).await);

@@ -5,8 +5,8 @@ mod services;
 
 mod bad_input;
 mod bench;
-mod cluster;
 mod cli;
+mod cluster;
 mod connection;
 mod crash;
 mod deadlines;

@@ -94,7 +94,10 @@ impl Drop for Database {
     fn drop(&mut self) {
         let _ = Command::new("psql")
             .arg(format!("{}/postgres", self.server))
-            .args(["-qAtc", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)])
+            .args([
+                "-qAtc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
             .output();
     }
 }
@@ -140,7 +143,11 @@ impl Postgres {
             .prefix("danmaku-pg-")
             .tempdir()
             .unwrap();
-        as_postgres(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()));
+        as_postgres(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path()),
+        );
         let data = dir.path().join("data");
         as_postgres(
             Command::new("runuser")
@@ -287,9 +294,18 @@ impl Broker {
         let mut cmd = match self.kind {
             BrokerKind::Redis => {
                 let mut c = Command::new("redis-server");
-                c.args(["--bind", "127.0.0.1", "--port", &port, "--save", "", "--appendonly", "no"])
-                    .arg("--dir")
-                    .arg(self.dir.path());
+                c.args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(self.dir.path());
                 c
             }
             BrokerKind::Nats => {
