@@ -133,20 +133,20 @@ impl Reorder {
         let (Some(first), Some(last)) = (items.first(), items.last()) else {
             return;
         };
-        let next = self.released.map_or(first.id, |r| r.saturating_add(1));
+        let before = self.released;
+        let next = before.map_or(first.id, |r| r.saturating_add(1));
         // The store's path: the run is the very next ids, in order.
         if first.id == next && last.id.wrapping_sub(first.id) == items.len() as u64 - 1 {
-            if self.released.is_none() {
+            if before.is_none() {
                 out.after = first.id.saturating_sub(1);
             }
             out.extend(items, at);
             self.released = Some(last.id);
             if self.gap.is_some() {
-                self.moved_on(Some(next - 1), out);
+                self.moved_on(before, out);
             }
             return;
         }
-        let before = self.released;
         for d in items {
             self.take(d, at, out);
         }
