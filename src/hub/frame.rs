@@ -48,11 +48,20 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A frame for the ids `first..=last`, of which `items` were kept
-    /// (all of them unless density control thinned the frame).
-    pub fn danmaku(items: Vec<Danmaku>, (first, last): (u64, u64), committed_at: Instant) -> Frame {
+    /// A frame for the ids `first..=last`, of which `items` were kept (all
+    /// of them unless density control thinned the frame) and `recalled`
+    /// are no longer stored (the room stepped over them): neither is
+    /// counted as thinned.
+    pub fn danmaku(
+        items: Vec<Danmaku>,
+        (first, last): (u64, u64),
+        recalled: u64,
+        committed_at: Instant,
+    ) -> Frame {
         debug_assert!(items.iter().all(|d| (first..=last).contains(&d.id)));
-        let thinned = (last - first + 1).saturating_sub(items.len() as u64);
+        let thinned = (last - first + 1)
+            .saturating_sub(items.len() as u64)
+            .saturating_sub(recalled);
         let ws = encode_ws(&ServerMessage::Danmaku {
             thinned,
             last: (thinned > 0).then_some(last),

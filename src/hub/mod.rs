@@ -1,7 +1,10 @@
 //! The hub: the room registry and the fan-out to viewers.
 //!
-//! The hub receives committed batches from the bus, coalesces each room's
-//! danmaku for a short window, encodes them once per room per flush, and
+//! The hub receives committed batches from this node's store and from the
+//! bus, releases each room's danmaku strictly in id order (holding back
+//! those that come early, and asking its node to read a gap from the store
+//! when one outlives `cluster.reorder_ms`), coalesces them for a short
+//! window, encodes them once per room per flush, and
 //! puts the frame in the room's ring. The room's passes then write the same
 //! bytes straight to every idle viewer's socket, through a sink the
 //! transport provides, and wake the viewers that are busy, which take the
@@ -11,12 +14,13 @@
 
 mod density;
 mod frame;
+mod reorder;
 mod ring;
 mod room;
 mod seat;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::FanoutConfig;
@@ -51,13 +55,20 @@ pub enum RoomOrder {
 /// What the hub asks of its node. The hub never touches storage or the
 /// broker; when it needs either, it says so here.
 pub trait HubEvents: Send + Sync + 'static {
-    /// Room `room` holds danmaku back for a missing id after `after` and
-    /// has waited `cluster.reorder_ms` for it (or the node asked it to
-    /// catch up): read what the store holds after `after` and hand it to
-    /// [`Hub::fill`]. Must not block.
+    /// Room `room` misses ids after `after`, its newest released id: a
+    /// danmaku held back for one has waited `cluster.reorder_ms` (asked
+    /// once; again only if the gap is still there a window later, then
+    /// two, …), its held-back buffer is full, a viewer joined with a newer
+    /// id from the store, or the node asked it to catch up. Read what the
+    /// store holds after `after` and hand it to [`Hub::fill`]. Called from
+    /// the room's flusher (or [`Hub::catch_up_all`]) with no lock held;
+    /// must not block.
     fn gap(&self, room: &str, after: u64);
 
     /// The hub forgot `room` (no viewers, idle): the node stops hearing it.
+    /// Called with the room's shard locked, so that a viewer joining the
+    /// room anew (which makes it again) comes after it. Must not block and
+    /// must not call the hub.
     fn retired(&self, room: &str);
 }
 
@@ -65,23 +76,33 @@ pub trait HubEvents: Send + Sync + 'static {
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Arc<str>, Arc<Room>>>>,
     config: FanoutConfig,
+    /// How long a room holds a danmaku back for the ids before it.
+    reorder: Duration,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     pass_threads: Arc<PassThreads>,
-    events: std::sync::OnceLock<std::sync::Weak<dyn HubEvents>>,
+    events: OnceLock<Weak<dyn HubEvents>>,
 }
 
 impl Hub {
-    /// A hub whose room flushers run on the current Tokio runtime.
-    pub fn new(config: FanoutConfig, metrics: Arc<Metrics>) -> Arc<Hub> {
+    /// A hub whose room flushers run on the current Tokio runtime, and
+    /// whose rooms hold a danmaku back for at most `reorder`
+    /// (`cluster.reorder_ms`) waiting for the ids before it.
+    pub fn new(config: FanoutConfig, reorder: Duration, metrics: Arc<Metrics>) -> Arc<Hub> {
         Arc::new(Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             config,
+            reorder,
             metrics,
             runtime: tokio::runtime::Handle::current(),
             pass_threads: Arc::new(PassThreads::new()),
-            events: std::sync::OnceLock::new(),
+            events: OnceLock::new(),
         })
+    }
+
+    /// What the node asked to be told, while it lives.
+    fn events(&self) -> Option<Arc<dyn HubEvents>> {
+        self.events.get().and_then(Weak::upgrade)
     }
 
     fn shard(&self, room: &str) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Room>>> {
@@ -101,14 +122,19 @@ impl Hub {
         name: &str,
     ) -> &'a Arc<Room> {
         if !shard.contains_key(name) {
-            let room = Arc::new(Room::new(name, self.config.ring_frames));
+            let room = Arc::new(Room::new(name, self.config.ring_frames, self.reorder));
             self.metrics.rooms.inc();
-            let hub = Arc::downgrade(self);
+            let (hub, asker) = (Arc::downgrade(self), Arc::downgrade(self));
             self.runtime.spawn(room.clone().run_flusher(
                 self.config,
                 self.metrics.clone(),
                 self.pass_threads.clone(),
                 move |room| hub.upgrade().is_none_or(|hub| hub.retire(room)),
+                move |room, after| {
+                    if let Some(events) = asker.upgrade().and_then(|hub| hub.events()) {
+                        events.gap(room, after);
+                    }
+                },
             ));
             shard.insert(room.name().into(), room);
         }
@@ -121,7 +147,7 @@ impl Hub {
         if room.retire_if_idle(idle) {
             shard.remove(room.name());
             self.metrics.rooms.dec();
-            if let Some(events) = self.events.get().and_then(std::sync::Weak::upgrade) {
+            if let Some(events) = self.events() {
                 events.retired(room.name());
             }
             true
@@ -130,7 +156,8 @@ impl Hub {
         }
     }
 
-    /// Joins `room` as a viewer.
+    /// Joins `room` as a viewer. Its `hello` takes the room's figures from
+    /// [`Room::greet`].
     pub fn join(self: &Arc<Self>, room: &str) -> Viewer {
         let mut shard = self.shard(room);
         self.room_in(&mut shard, room).join()
@@ -192,32 +219,41 @@ impl Hub {
     /// Tells the hub what to call when a room needs the store or retires.
     /// Set once, right after the hub is made; before it, gaps are not
     /// filled and retirements are not told.
-    pub fn set_events(&self, events: std::sync::Weak<dyn HubEvents>) {
+    pub fn set_events(&self, events: Weak<dyn HubEvents>) {
         let _ = self.events.set(events);
     }
 
     /// Hands `room` what the store holds after `after`, up to and including
-    /// `upto`: `items`, ascending. An id in `(after, upto]` missing from
-    /// `items` was recalled: the room steps over it.
-    pub fn fill(self: &Arc<Self>, room: &str, after: u64, upto: u64, items: &[Danmaku]) {
-        // Stub until the hub reorders: deliver what is new.
-        let _ = (room, after, upto);
-        self.deliver(items);
+    /// `upto`: `items`, ascending (the answer to [`HubEvents::gap`]). An id
+    /// in `(after, upto]` missing from `items` was recalled: the room steps
+    /// over it, and releases what it held back behind it. A room the hub
+    /// no longer holds has nobody to tell.
+    pub fn fill(&self, room: &str, after: u64, upto: u64, items: &[Danmaku]) {
+        // With the shard locked, like `deliver`: a room retired meanwhile
+        // and made anew does not get another room's fill.
+        if let Some(room) = self.shard(room).get(room) {
+            room.fill(after, upto, items);
+        }
     }
 
     /// The other nodes' viewer counts, by room (a room left out has none
-    /// elsewhere). Each room's `online` is its own viewers plus these.
-    pub fn set_remote_online(&self, remote: &std::collections::HashMap<String, u64>) {
-        let _ = remote;
+    /// elsewhere). Each room's `online` is its own viewers plus these; a
+    /// change is announced like a local one. Rooms the hub does not hold
+    /// are not made.
+    pub fn set_remote_online(&self, remote: &HashMap<String, u64>) {
+        for room in self.rooms_where(|_| true) {
+            let count = remote.get(room.name()).copied().unwrap_or(0);
+            room.set_remote(usize::try_from(count).unwrap_or(usize::MAX));
+        }
     }
 
     /// This node's own viewers, by room (rooms without any left out).
-    pub fn local_online(&self) -> std::collections::HashMap<String, u64> {
+    pub fn local_online(&self) -> HashMap<String, u64> {
         self.rooms_where(|_| true)
             .iter()
             .map(|r| r.stats())
-            .filter(|s| s.online > 0)
-            .map(|s| (s.room, s.online as u64))
+            .filter(|s| s.online_local > 0)
+            .map(|s| (s.room, s.online_local as u64))
             .collect()
     }
 
@@ -225,12 +261,12 @@ impl Hub {
     /// after its newest released id): the broker was away, and whatever it
     /// carried meanwhile may be lost.
     pub fn catch_up_all(&self) {
-        let Some(events) = self.events.get().and_then(std::sync::Weak::upgrade) else {
+        let Some(events) = self.events() else {
             return;
         };
         for room in self.rooms_where(|_| true) {
-            if let Some(last) = room.stats().last_id {
-                events.gap(room.name(), last);
+            if let Some(released) = room.stats().last_id {
+                events.gap(room.name(), released);
             }
         }
     }
@@ -264,7 +300,9 @@ impl Hub {
 }
 
 impl Hub {
-    /// Takes a committed batch, ascending by id within each room. Never
+    /// Takes a committed batch, ascending by id within each room, from
+    /// this node's store (in id order) or the broker (in any order,
+    /// repeated or with ids missing: each room releases in id order). Never
     /// blocks: it is called on the store's writer or a broker's reader.
     pub fn deliver(self: &Arc<Self>, batch: &[Danmaku]) {
         let committed_at = Instant::now();
@@ -284,5 +322,287 @@ impl Hub {
                 .push(&batch[start..end], committed_at);
             start = end;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::danmaku::{Color, NewDanmaku};
+
+    /// A node that records what the hub asks of it.
+    #[derive(Default)]
+    struct Recorder {
+        gaps: Mutex<Vec<(String, u64, Instant)>>,
+        retired: Mutex<Vec<String>>,
+    }
+
+    impl HubEvents for Recorder {
+        fn gap(&self, room: &str, after: u64) {
+            let mut gaps = self.gaps.lock().unwrap();
+            gaps.push((room.to_owned(), after, Instant::now()));
+        }
+
+        fn retired(&self, room: &str) {
+            self.retired.lock().unwrap().push(room.to_owned());
+        }
+    }
+
+    impl Recorder {
+        fn gaps(&self) -> Vec<(String, u64)> {
+            let gaps = self.gaps.lock().unwrap();
+            gaps.iter().map(|(r, a, _)| (r.clone(), *a)).collect()
+        }
+    }
+
+    /// A hub whose rooms hold danmaku back for `reorder`, announcing counts
+    /// every 20 ms, and the node it tells.
+    fn hub(reorder: Duration) -> (Arc<Hub>, Arc<Recorder>) {
+        let config = FanoutConfig {
+            online_interval_ms: 20,
+            ..FanoutConfig::default()
+        };
+        let hub = Hub::new(config, reorder, Arc::new(Metrics::new()));
+        let recorder = Arc::new(Recorder::default());
+        let events: Arc<dyn HubEvents> = recorder.clone();
+        hub.set_events(Arc::downgrade(&events));
+        (hub, recorder)
+    }
+
+    fn d(room: &str, id: u64) -> Danmaku {
+        let new = NewDanmaku {
+            room: room.into(),
+            user: "u".into(),
+            name: "n".into(),
+            text: format!("text {id}"),
+            mode: Default::default(),
+            color: Color::WHITE,
+            size: 25,
+            vt: None,
+            priority: false,
+        };
+        Danmaku::stored(new, id, 0)
+    }
+
+    fn batch(room: &str, ids: &[u64]) -> Vec<Danmaku> {
+        ids.iter().map(|&id| d(room, id)).collect()
+    }
+
+    /// The next frame the viewer gets (within 5 s).
+    async fn next_frame(viewer: &mut Viewer) -> Arc<Frame> {
+        match tokio::time::timeout(Duration::from_secs(5), viewer.recv()).await {
+            Ok(Received::Frame(f)) => f,
+            Ok(Received::Lagged(n)) => panic!("lagged {n} frames"),
+            Err(_) => panic!("no frame within 5 s"),
+        }
+    }
+
+    /// The danmaku frames a viewer gets until one stands for `last`,
+    /// checking that each starts right after the one before (so a feed
+    /// level with the room reports no loss).
+    async fn danmaku_until(viewer: &mut Viewer, after: u64, last: u64) -> Vec<Arc<Frame>> {
+        let mut frames = Vec::new();
+        let mut reached = after;
+        while reached < last {
+            let frame = next_frame(viewer).await;
+            if let Some((first, end)) = frame.id_range() {
+                assert_eq!(first, reached + 1, "frames follow on: {frames:?} {frame:?}");
+                reached = end;
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    fn ids(frames: &[Arc<Frame>]) -> Vec<u64> {
+        frames
+            .iter()
+            .flat_map(|f| f.items().iter().map(|d| d.id))
+            .collect()
+    }
+
+    /// The next `online` count the viewer is told (within 5 s).
+    async fn next_online(viewer: &mut Viewer) -> usize {
+        loop {
+            if let FrameKind::Online { count } = next_frame(viewer).await.kind() {
+                return *count;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_out_of_order_are_released_in_id_order_once() {
+        let (hub, recorder) = hub(Duration::from_secs(10));
+        let mut viewer = hub.join("ooo");
+        viewer.room().seed_last_id(0);
+        for run in [&[1][..], &[3, 4], &[2], &[2, 3], &[6], &[5], &[1, 2, 3]] {
+            hub.deliver(&batch("ooo", run));
+        }
+        let frames = danmaku_until(&mut viewer, 0, 6).await;
+        assert_eq!(ids(&frames), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(hub.stats("ooo").unwrap().last_id, Some(6));
+        assert!(recorder.gaps().is_empty(), "nothing was missing long");
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_batch_is_dropped() {
+        let (hub, _) = hub(Duration::from_secs(10));
+        let mut viewer = hub.join("dup");
+        hub.deliver(&batch("dup", &[1, 2]));
+        let frames = danmaku_until(&mut viewer, 0, 2).await;
+        hub.deliver(&batch("dup", &[1, 2]));
+        hub.deliver(&batch("dup", &[2]));
+        hub.deliver(&batch("dup", &[3]));
+        let more = danmaku_until(&mut viewer, 2, 3).await;
+        assert_eq!(ids(&frames), [1, 2]);
+        assert_eq!(ids(&more), [3], "1 and 2 not again");
+    }
+
+    #[tokio::test]
+    async fn a_missing_id_asks_for_the_gap_once_and_a_fill_with_a_recall_releases_the_rest() {
+        let reorder = Duration::from_millis(300);
+        let (hub, recorder) = hub(reorder);
+        let mut viewer = hub.join("gap");
+        hub.deliver(&batch("gap", &[1]));
+        assert_eq!(ids(&danmaku_until(&mut viewer, 0, 1).await), [1]);
+        let held_at = Instant::now();
+        hub.deliver(&batch("gap", &[3]));
+        hub.deliver(&batch("gap", &[4]));
+        tokio::time::sleep(reorder / 3).await;
+        hub.deliver(&batch("gap", &[5]));
+        assert!(recorder.gaps().is_empty(), "asked before the window");
+        while let Some(got) = viewer.try_recv() {
+            assert!(
+                matches!(&got, Received::Frame(f) if f.id_range().is_none()),
+                "3 to 5 wait for 2, got {got:?}"
+            );
+        }
+
+        while recorder.gaps().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let asked_at = recorder.gaps.lock().unwrap()[0].2;
+        assert!(asked_at >= held_at + reorder, "asked after the window");
+        assert_eq!(recorder.gaps(), [("gap".to_owned(), 1)]);
+        // The store holds 3 and 4 after 1: 2 was recalled.
+        hub.fill("gap", 1, 4, &batch("gap", &[3, 4]));
+        let frames = danmaku_until(&mut viewer, 1, 5).await;
+        assert_eq!(ids(&frames), [3, 4, 5]);
+        assert!(
+            frames
+                .iter()
+                .all(|f| !String::from_utf8_lossy(f.ws()).contains("thinned")),
+            "a recalled id is not thinned"
+        );
+        tokio::time::sleep(reorder * 2).await;
+        assert_eq!(recorder.gaps().len(), 1, "the gap is filled: asked once");
+        assert_eq!(hub.stats("gap").unwrap().last_id, Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_seed_starts_an_empty_room_jumps_an_unwatched_one_and_asks_for_a_watched_one() {
+        let (hub, recorder) = hub(Duration::from_secs(10));
+
+        let mut first = hub.join("seed");
+        first.room().seed_last_id(5);
+        assert_eq!(hub.stats("seed").unwrap().last_id, Some(5));
+        hub.deliver(&batch("seed", &[6]));
+        assert_eq!(ids(&danmaku_until(&mut first, 5, 6).await), [6]);
+
+        // A viewer joins a room nobody else watches, with a newer id from
+        // the store: the room starts there.
+        drop(first);
+        let mut first = hub.join("seed");
+        first.room().seed_last_id(9);
+        assert_eq!(hub.stats("seed").unwrap().last_id, Some(9));
+        hub.deliver(&batch("seed", &[10]));
+        let frames = danmaku_until(&mut first, 9, 10).await;
+        assert_eq!(ids(&frames), [10]);
+
+        // Watched by another: no jump, the room asks at once for 11 to 13.
+        let second = hub.join("seed");
+        second.room().seed_last_id(13);
+        assert_eq!(hub.stats("seed").unwrap().last_id, Some(10));
+        let asked = Instant::now();
+        while recorder.gaps().is_empty() {
+            assert!(asked.elapsed() < Duration::from_secs(5), "not asked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(recorder.gaps(), [("seed".to_owned(), 10)]);
+        hub.fill("seed", 10, 13, &batch("seed", &[11, 12, 13]));
+        let frames = danmaku_until(&mut first, 10, 13).await;
+        assert_eq!(ids(&frames), [11, 12, 13], "the first viewer misses none");
+        assert_eq!(hub.stats("seed").unwrap().last_id, Some(13));
+    }
+
+    #[tokio::test]
+    async fn remote_viewers_count_in_the_stats_and_the_online_frames() {
+        let (hub, _) = hub(Duration::from_millis(100));
+        let mut viewer = hub.join("far");
+        assert_eq!(next_online(&mut viewer).await, 1);
+        let remote = HashMap::from([("far".to_owned(), 3), ("elsewhere".to_owned(), 7)]);
+        hub.set_remote_online(&remote);
+        let stats = hub.stats("far").unwrap();
+        assert_eq!((stats.online, stats.online_local), (4, 1));
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(
+            (json["online"].as_u64(), json["online_local"].as_u64()),
+            (Some(4), Some(1))
+        );
+        assert_eq!(next_online(&mut viewer).await, 4);
+        assert_eq!(hub.local_online(), HashMap::from([("far".to_owned(), 1)]));
+        assert!(hub.stats("elsewhere").is_none(), "not made by presence");
+        let (page, _) = hub.page(&RoomOrder::ByOnline { skip: 0 }, 10);
+        assert_eq!(page[0].online, 4);
+
+        // Gone elsewhere: announced too.
+        hub.set_remote_online(&HashMap::new());
+        assert_eq!(next_online(&mut viewer).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_viewer_greeted_with_a_count_that_moved_back_is_told_the_current_one() {
+        let config = FanoutConfig {
+            online_interval_ms: 300,
+            ..FanoutConfig::default()
+        };
+        let hub = Hub::new(config, Duration::from_millis(100), Arc::new(Metrics::new()));
+        let mut six: Vec<Viewer> = (0..6).map(|_| hub.join("greet")).collect();
+        let mut told = 0;
+        while told != 6 {
+            told = next_online(&mut six[0]).await;
+        }
+        // Within one announce interval: 6 → 4, a viewer joins and is
+        // greeted with 5, another joins: 6 again, as announced.
+        six.truncate(4);
+        let mut greeted = hub.join("greet");
+        assert_eq!(greeted.room().greet().online, 5);
+        let _sixth = hub.join("greet");
+        assert_eq!(hub.stats("greet").unwrap().online, 6);
+        assert_eq!(next_online(&mut greeted).await, 6, "told the count now");
+    }
+
+    #[tokio::test]
+    async fn a_retired_room_is_told_to_the_node() {
+        let config = FanoutConfig {
+            room_idle_s: 0,
+            ..FanoutConfig::default()
+        };
+        let hub = Hub::new(config, Duration::from_millis(100), Arc::new(Metrics::new()));
+        let recorder = Arc::new(Recorder::default());
+        let events: Arc<dyn HubEvents> = recorder.clone();
+        hub.set_events(Arc::downgrade(&events));
+        drop(hub.join("bye"));
+        let started = Instant::now();
+        while hub.stats("bye").is_some() {
+            assert!(started.elapsed() < Duration::from_secs(5), "not retired");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*recorder.retired.lock().unwrap(), ["bye"]);
+        // A fill for a room the hub no longer holds makes nothing.
+        hub.fill("bye", 0, 3, &batch("bye", &[1, 2, 3]));
+        assert!(hub.stats("bye").is_none());
     }
 }

@@ -9,14 +9,12 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::density::Density;
 use super::frame::Frame;
+use super::reorder::{count_within, Pending, Reorder, ITEM_OVERHEAD};
 use super::ring::{Ring, Slot, Tail};
 use super::seat::{Seat, Viewer};
 use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
-
-/// Rough JSON size of a danmaku beyond its text, for the frame-size trigger.
-const ITEM_OVERHEAD: usize = 160;
 
 /// A pass over at most this many seats (about a millisecond of writes)
 /// runs on the flusher's task. A bigger one runs on blocking threads, one
@@ -66,7 +64,8 @@ pub struct Room {
     ring_end: AtomicU64,
     seats: Mutex<Seats>,
     state: Mutex<RoomState>,
-    /// Wakes the flusher: danmaku arrived, or the viewer count changed.
+    /// Wakes the flusher: danmaku arrived, a gap opened, or the viewer
+    /// count changed.
     wake: Notify,
 }
 
@@ -78,17 +77,22 @@ struct Seats {
 }
 
 struct RoomState {
-    pending: Vec<Danmaku>,
-    pending_bytes: usize,
-    /// When the oldest pending danmaku was committed.
-    pending_since: Option<Instant>,
+    /// Released danmaku waiting for the next frame.
+    pending: Pending,
+    /// Which ids the room has released, and those it holds back.
+    order: Reorder,
     /// When the pending danmaku were last published; none yet: at once.
     last_flush: Option<Instant>,
+    /// Viewers on this node.
     viewers: usize,
-    /// The viewer count last announced in an `online` frame.
+    /// Viewers on the other nodes, as presence last said.
+    remote: usize,
+    /// The count last announced in an `online` frame.
     announced: usize,
-    /// The newest id this room has seen, if any since the hub made it.
-    last_id: Option<u64>,
+    /// The lowest and highest counts viewers were greeted with (their
+    /// `hello`) since that announcement: every viewer must end up told the
+    /// current count, also one greeted with a count that came back since.
+    greeted: Option<(usize, usize)>,
     rate: RateMeter,
     density: Density,
     last_activity: Instant,
@@ -101,17 +105,38 @@ struct RoomState {
 pub struct RoomStats {
     /// The room name.
     pub room: String,
-    /// Viewers connected to this node.
+    /// Viewers in the cluster: this node's and, as presence last said, the
+    /// other nodes'.
     pub online: usize,
-    /// The newest id, if the hub has seen one.
+    /// Viewers connected to this node.
+    pub online_local: usize,
+    /// The newest id the room has handed to its viewers, if any yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_id: Option<u64>,
     /// Danmaku per second over the last ten seconds.
     pub rate_per_s: f64,
 }
 
+impl RoomState {
+    /// Viewers in the cluster.
+    fn online(&self) -> usize {
+        self.viewers.saturating_add(self.remote)
+    }
+
+    /// Whether some viewer may not know the current count: it differs from
+    /// the last announcement, or from a count a viewer was greeted with
+    /// since (6 announced, then 5 at a viewer's hello, then 6 again: that
+    /// viewer was told 5 and nobody else was told anything).
+    fn online_due(&self) -> bool {
+        let now = self.online();
+        now != self.announced || self.greeted.is_some_and(|(lo, hi)| lo != now || hi != now)
+    }
+}
+
 impl Room {
-    pub(super) fn new(name: &str, ring_frames: usize) -> Room {
+    /// A room of at most `ring_frames` frames that holds a danmaku back for
+    /// at most `reorder` waiting for the ids before it.
+    pub(super) fn new(name: &str, ring_frames: usize, reorder: Duration) -> Room {
         Room {
             name: name.into(),
             ring: Mutex::new(Ring::new(ring_frames)),
@@ -121,13 +146,13 @@ impl Room {
                 snapshot: None,
             }),
             state: Mutex::new(RoomState {
-                pending: Vec::new(),
-                pending_bytes: 0,
-                pending_since: None,
+                pending: Pending::new(),
+                order: Reorder::new(reorder),
                 last_flush: None,
                 viewers: 0,
+                remote: 0,
                 announced: 0,
-                last_id: None,
+                greeted: None,
                 rate: RateMeter::default(),
                 density: Density::default(),
                 last_activity: Instant::now(),
@@ -148,21 +173,31 @@ impl Room {
         &self.name
     }
 
-    /// Queues committed danmaku for the next frame.
+    /// Takes a run of committed danmaku, ascending by id, that reached the
+    /// hub at `committed_at`: those that follow what the room released go
+    /// to the next frame, later ones wait for the ids before them, and ids
+    /// already released are dropped.
     pub(super) fn push(&self, items: &[Danmaku], committed_at: Instant) {
         let mut s = self.state();
-        s.pending.extend_from_slice(items);
-        s.pending_bytes += items
-            .iter()
-            .map(|d| d.text.len() + ITEM_OVERHEAD)
-            .sum::<usize>();
-        s.pending_since.get_or_insert(committed_at);
-        if let Some(last) = items.last() {
-            s.last_id = Some(s.last_id.map_or(last.id, |l| l.max(last.id)));
-        }
-        s.rate.add(items.len() as u32);
+        let s = &mut *s;
+        let before = s.pending.items.len();
+        s.order.push(items, committed_at, &mut s.pending);
+        // Counted as released: a duplicate or a held danmaku is not news.
+        s.rate.add((s.pending.items.len() - before) as u32);
         s.last_activity = Instant::now();
-        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// What the store holds after `after`, up to and including `upto`:
+    /// `items`, ascending. Ids in that range it lacks were recalled: the
+    /// room steps over them, and releases what it held back behind them.
+    pub(super) fn fill(&self, after: u64, upto: u64, items: &[Danmaku]) {
+        let mut s = self.state();
+        let s = &mut *s;
+        let before = s.pending.items.len();
+        s.order
+            .fill(after, upto, items, Instant::now(), &mut s.pending);
+        s.rate.add((s.pending.items.len() - before) as u32);
         self.wake.notify_one();
     }
 
@@ -200,7 +235,8 @@ impl Room {
     }
 
     /// Registers a viewer; called with the hub's shard locked so the room
-    /// cannot be forgotten in between.
+    /// cannot be forgotten in between. Its `hello` takes the room's figures
+    /// from [`Room::greet`].
     pub(super) fn join(self: &Arc<Self>) -> Viewer {
         self.state().viewers += 1;
         let sampled = VIEWERS
@@ -241,27 +277,64 @@ impl Room {
 
     /// The room's figures now.
     pub fn stats(&self) -> RoomStats {
-        let mut s = self.state();
+        Self::figures(&self.name, &mut self.state())
+    }
+
+    fn figures(name: &str, s: &mut RoomState) -> RoomStats {
         RoomStats {
-            room: self.name.to_string(),
-            online: s.viewers,
-            last_id: s.last_id,
+            room: name.to_owned(),
+            online: s.online(),
+            online_local: s.viewers,
+            last_id: s.order.released(),
             rate_per_s: s.rate.per_second(),
         }
     }
 
-    /// Remembers the room's newest id as the store knows it, for a room the
-    /// hub made before any danmaku passed through it.
+    /// The room's figures for a viewer's `hello`. The room remembers the
+    /// count it was greeted with, and announces the current count if that
+    /// one differs (even if the count came back to what it last announced).
+    pub fn greet(&self) -> RoomStats {
+        let mut s = self.state();
+        let online = s.online();
+        s.greeted = Some(s.greeted.map_or((online, online), |(lo, hi)| {
+            (lo.min(online), hi.max(online))
+        }));
+        let stats = Self::figures(&self.name, &mut s);
+        drop(s);
+        self.wake.notify_one();
+        stats
+    }
+
+    /// The room's newest id as the store knows it, read for a viewer that
+    /// just joined (and is counted). A room that has released nothing yet
+    /// starts there. Past what it released, a room that others watch asks
+    /// its node for the ids between (they must not miss them); one that
+    /// only this viewer watches starts there.
     pub fn seed_last_id(&self, id: u64) {
         let mut s = self.state();
-        s.last_id = Some(s.last_id.map_or(id, |l| l.max(id)));
+        let s = &mut *s;
+        let watched = s.viewers > 1;
+        s.order.seed(id, watched, Instant::now(), &mut s.pending);
+        self.wake.notify_one();
+    }
+
+    /// The viewers of this room on the other nodes. A change is announced
+    /// like a local one.
+    pub(super) fn set_remote(&self, remote: usize) {
+        let mut s = self.state();
+        if s.remote != remote {
+            s.remote = remote;
+            drop(s);
+            self.wake.notify_one();
+        }
     }
 
     /// Forgets the room if nobody watches it and nothing happened for
     /// `idle`. Called with the hub's shard locked.
     pub(super) fn retire_if_idle(&self, idle: Duration) -> bool {
         let mut s = self.state();
-        let retire = s.viewers == 0 && s.pending.is_empty() && s.last_activity.elapsed() >= idle;
+        let retire =
+            s.viewers == 0 && s.pending.items.is_empty() && s.last_activity.elapsed() >= idle;
         s.removed |= retire;
         retire
     }
@@ -275,16 +348,20 @@ impl Room {
     pub(super) fn flush(&self, config: &FanoutConfig, metrics: &Metrics) -> bool {
         let max_frame_bytes = config.max_frame_bytes;
         let mut s = self.state();
-        let Some(committed_at) = s.pending_since.take() else {
+        let Some(committed_at) = s.pending.since.take() else {
             return false;
         };
-        let mut items = std::mem::take(&mut s.pending);
-        s.pending_bytes = 0;
-        // Pending danmaku are contiguous: the frames cover this whole range.
+        let mut items = std::mem::take(&mut s.pending.items);
+        s.pending.bytes = 0;
+        let recalled = std::mem::take(&mut s.pending.recalled);
+        // The frames stand for every id after the last frame's up to the
+        // newest released: those released, and those stepped over.
         let (Some(first), Some(last)) = (items.first(), items.last()) else {
             return false;
         };
-        let (first, last) = (first.id, last.id);
+        let first = s.pending.after.saturating_add(1).min(first.id);
+        let last = s.order.released().unwrap_or(last.id).max(last.id);
+        s.pending.after = last;
         if config.density_control {
             let (kept, thinned) = s.density.thin(items, config.density_max_per_s);
             metrics.thinned.inc_by(thinned);
@@ -305,7 +382,13 @@ impl Room {
             // The last frame stands for the rest of the range, kept or not.
             let end = rest.first().map_or(last, |d| d.id - 1);
             metrics.frames.inc();
-            frames.push(Arc::new(Frame::danmaku(items, (next, end), committed_at)));
+            let gone = count_within(&recalled, next, end);
+            frames.push(Arc::new(Frame::danmaku(
+                items,
+                (next, end),
+                gone,
+                committed_at,
+            )));
             next = end + 1;
             items = rest;
             if items.is_empty() {
@@ -327,12 +410,12 @@ impl Room {
         metrics: &Metrics,
     ) -> Option<Instant> {
         let mut s = self.state();
-        s.pending_since?;
+        s.pending.since?;
         let now = Instant::now();
         let due = s
             .last_flush
             .map_or(now, |last| last + config.window(s.viewers));
-        if now < due && s.pending_bytes < config.max_frame_bytes {
+        if now < due && s.pending.bytes < config.max_frame_bytes {
             return Some(due);
         }
         s.last_flush = Some(now);
@@ -341,14 +424,16 @@ impl Room {
         None
     }
 
-    /// Puts an `online` frame in the ring if the count changed.
+    /// Puts an `online` frame in the ring if some viewer may not know the
+    /// count ([`RoomState::online_due`]).
     fn announce(&self) -> bool {
         let mut s = self.state();
-        if s.viewers == s.announced {
+        if !s.online_due() {
             return false;
         }
-        s.announced = s.viewers;
-        self.publish(vec![Arc::new(Frame::online(s.viewers))]);
+        s.announced = s.online();
+        s.greeted = None;
+        self.publish(vec![Arc::new(Frame::online(s.announced))]);
         true
     }
 
@@ -428,8 +513,10 @@ impl Room {
 
     /// Runs until the room is forgotten: waits for danmaku, coalesces them
     /// for at most the window, and publishes; announces the viewer count at
-    /// most once per `online_interval_ms`; and keeps one pass running while
-    /// the ring holds frames some seat has not been offered.
+    /// most once per `online_interval_ms`; asks `gap(room, released)` when
+    /// a danmaku held back for a missing id has waited `cluster.reorder_ms`;
+    /// and keeps one pass running while the ring holds frames some seat has
+    /// not been offered.
     ///
     /// Flushes do not wait for the pass: a pass over 10,000 viewers takes
     /// tens of milliseconds, and a frame published meanwhile reaches the
@@ -441,6 +528,7 @@ impl Room {
         metrics: Arc<Metrics>,
         threads: Arc<PassThreads>,
         retire: impl Fn(&Arc<Room>) -> bool,
+        gap: impl Fn(&str, u64),
     ) {
         let online_every = Duration::from_millis(config.online_interval_ms);
         let idle = Duration::from_secs(config.room_idle_s);
@@ -454,12 +542,15 @@ impl Room {
         let mut pass: Option<tokio::task::JoinHandle<()>> = None;
         let mut passed_to = self.ring_end();
         loop {
-            let (online_due, removed) = {
-                let s = self.state();
-                (s.viewers != s.announced, s.removed)
+            let (online_due, removed, (ask, gap_wake)) = {
+                let mut s = self.state();
+                (s.online_due(), s.removed, s.order.poll_gap(Instant::now()))
             };
             if removed {
                 return;
+            }
+            if let Some(after) = ask {
+                gap(&self.name, after);
             }
             let mut next_wake = self.flush_when_due(&config, &metrics);
             let now = Instant::now();
@@ -481,7 +572,13 @@ impl Room {
                     threads.clone(),
                 )));
             }
-            let deadline = next_wake.unwrap_or(now + idle.max(Duration::from_secs(1)));
+            // A gap's next ask wakes the flusher too, but does not keep an
+            // unwatched room from retiring: nobody here needs those ids.
+            let deadline = [next_wake, gap_wake]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now + idle.max(Duration::from_secs(1)));
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = async { pass.as_mut().expect("checked").await }, if pass.is_some() => {

@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn a_parked_viewer_is_written_to_and_handed_back_with_the_rest_in_order() {
-        let room = Arc::new(Room::new("r", 8));
+        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
         let mut viewer = room.join();
         let socket = Socket::open();
         viewer.attach(socket.clone());
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_viewer_told_of_a_pending_danmaku_parks_only_once_its_frame_has_gone_by() {
-        let room = Arc::new(Room::new("r", 8));
+        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
         let metrics = Metrics::new();
         let config = FanoutConfig::default();
         // Danmaku 1 is committed and pending, its frame not made yet: a
@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_frame_published_during_a_pass_reaches_the_seats_it_has_yet_to_visit() {
-        let room = Arc::new(Room::new("r", 8));
+        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
         let metrics = Arc::new(Metrics::new());
         let config = FanoutConfig::default();
         let (mut first, mut second) = (room.join(), room.join());
@@ -488,7 +488,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_pass_the_ring_keeps_only_what_a_viewer_still_needs() {
-        let room = Arc::new(Room::new("r", 8));
+        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
         let metrics = Arc::new(Metrics::new());
         let config = FanoutConfig::default();
         let threads = Arc::new(crate::hub::room::PassThreads::new());

@@ -415,7 +415,7 @@ mod tests {
     async fn resuming_steps_over_recalled_ids_without_a_lag() {
         let fanout = FanoutConfig::default();
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(fanout, metrics.clone());
+        let hub = Hub::new(fanout, Duration::from_millis(100), metrics.clone());
         let viewer = hub.join("r");
         // Resumes after 1; 2 and 3 were recalled, and so was 4 by the time
         // the feed asks the store about the live frame that carries it.

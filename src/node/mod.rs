@@ -138,7 +138,11 @@ impl Node {
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let node_id = node_id(&config);
         let metrics = Arc::new(Metrics::for_node(&node_id));
-        let hub = Hub::new(config.fanout, metrics.clone());
+        let hub = Hub::new(
+            config.fanout,
+            std::time::Duration::from_millis(config.cluster.reorder_ms),
+            metrics.clone(),
+        );
         let (relay, outbox) = relay::Relay::new(node_id.clone(), hub.clone(), metrics.clone());
         let committed = relay.clone();
         let stores = backends::open_store(
@@ -276,7 +280,7 @@ impl Node {
         // A room new to this node may have a stale newest id (from this
         // node's own sends only): the store then says what is newest.
         let fresh = self.relay.serve(room) && self.bus.kind() != "memory";
-        let stats = viewer.room().stats();
+        let stats = viewer.room().greet();
         // The store is the authority on the newest id; the hub hears of a
         // commit just after it. Ask the store when the hub does not know,
         // and whenever a client resumes, so that an id the client read from
@@ -332,6 +336,7 @@ impl Node {
         let mut stats = self.hub.stats(room).unwrap_or_else(|| RoomStats {
             room: room.to_owned(),
             online: usize::try_from(self.elsewhere.remote(room)).unwrap_or(usize::MAX),
+            online_local: 0,
             last_id: None,
             rate_per_s: 0.0,
         });
