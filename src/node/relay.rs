@@ -206,20 +206,31 @@ impl Relay {
             return;
         };
         loop {
-            match parts.store.after(&room, after, GAP_READ).await {
-                Ok(items) => {
-                    let Some(upto) = items.last().map(|d| d.id) else {
+            // The newest id first: every id up to it is committed, so one
+            // the page then lacks was recalled, and the hub may step over
+            // it (a gap of recalled ids only would otherwise never close).
+            let read = async {
+                let newest = parts.store.last_id(&room).await?;
+                let page = parts.store.after(&room, after, GAP_READ).await?;
+                Ok::<_, crate::store::StoreError>((newest, page))
+            };
+            match read.await {
+                Ok((newest, items)) => {
+                    let full = items.len() == GAP_READ;
+                    let last = items.last().map_or(after, |d| d.id);
+                    let upto = if full { last } else { last.max(newest) };
+                    if upto <= after {
                         return;
-                    };
+                    }
                     self.metrics.gap_fills.inc();
                     self.hub.fill(&room, after, upto, &items);
-                    if items.len() < GAP_READ {
+                    if !full {
                         return;
                     }
                     after = upto;
                 }
                 Err(e) => {
-                    tracing::warn!(room, error = %e, "cannot read a gap from the store");
+                    tracing::debug!(room, error = %e, "cannot read a gap from the store; the room asks again");
                     return;
                 }
             }

@@ -221,7 +221,7 @@ async fn online_counts_the_whole_cluster_and_forgets_a_dead_node() {
     for (i, ws) in &mut viewers {
         let mut last = 0;
         while last != 5 {
-            last = next_of(ws, "online").await["online"].as_u64().unwrap();
+            last = next_of(ws, "online").await["count"].as_u64().unwrap();
         }
         assert_eq!(last, 5, "viewer on node {i}");
     }
