@@ -147,7 +147,17 @@ impl Node {
         )
         .await?;
         let broker = backends::connect_broker(&config, metrics.clone(), relay.clone()).await?;
-        let guard = Arc::new(Guard::new(&config, stores.ledger.load_moderation().await?)?);
+        let shared_limits = guard::limits::shared::SharedLimits::from_config(
+            &config,
+            metrics.limits_fallbacks.clone(),
+        )
+        .await
+        .map_err(GuardSetupError::from)?;
+        let guard = Arc::new(Guard::new(
+            &config,
+            stores.ledger.load_moderation().await?,
+            shared_limits,
+        )?);
         guard.start_background(std::time::Duration::from_millis(
             config.filter.reload_interval_ms,
         ));
@@ -221,7 +231,7 @@ impl Node {
         req: SendRequest,
     ) -> Result<Sent, ApiError> {
         let started = Instant::now();
-        let result = match self.guard.check_send(room, sender, req) {
+        let result = match self.guard.check_send(room, sender, req).await {
             Ok((new, Verdict::Publish)) => self
                 .store
                 .append(new)
