@@ -95,6 +95,9 @@ pub struct Metrics {
     pub bus_reconnects: Counter,
     /// Reads of missing ids from the store (gaps the broker left).
     pub gap_fills: Counter,
+    /// Sends whose rate limits were checked by this node's own buckets
+    /// because the shared ones in Redis did not answer in time.
+    pub limits_fallbacks: Counter,
 }
 
 fn latency_buckets() -> Histogram {
@@ -149,6 +152,7 @@ impl Metrics {
             bus_received: Counter::default(),
             bus_reconnects: Counter::default(),
             gap_fills: Counter::default(),
+            limits_fallbacks: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -268,6 +272,11 @@ impl Metrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "limits_fallbacks",
+            "Sends rate-limited by this node's own buckets because Redis did not answer in time",
+            m.limits_fallbacks.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -16,7 +16,12 @@
 //! denial of service the limits are there to prevent; failing open costs
 //! only the per-key limit for keys an attacker could replace at will
 //! anyway, and the room limit still caps what reaches viewers.
+//!
+//! These buckets are the node's own. When the bus is Redis, the send
+//! buckets are kept there instead, shared by the cluster
+//! ([`shared::SharedLimits`]), and these serve while Redis is unreachable.
 
+pub mod shared;
 pub(crate) mod store;
 
 use std::hash::BuildHasher;
@@ -69,8 +74,7 @@ struct Keyed<K: std::hash::Hash + Eq + Clone, C: Clock> {
 
 impl<K: std::hash::Hash + Eq + Clone, C: Clock> Keyed<K, C> {
     /// A limiter of `burst` at once refilled at `per_second`, or none when
-    /// `per_second` is 0 (that limit is off). Out-of-range values, which
-    /// `Config::validate` refuses, are clamped rather than panicking.
+    /// `per_second` is 0 (that limit is off; see [`period`]).
     fn new(
         name: &'static str,
         burst: u32,
@@ -78,11 +82,8 @@ impl<K: std::hash::Hash + Eq + Clone, C: Clock> Keyed<K, C> {
         max_keys: usize,
         clock: C,
     ) -> Option<Self> {
-        if per_second.is_nan() || per_second <= 0.0 {
-            return None;
-        }
-        let period = Duration::from_secs_f64(1.0 / per_second.clamp(0.001, 1_000_000.0));
-        let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?);
+        let quota =
+            Quota::with_period(period(per_second)?)?.allow_burst(NonZeroU32::new(burst.max(1))?);
         let budget = Arc::new(KeyBudget::new(max_keys));
         let limiter = RateLimiter::new(quota, BoundedStore::new(budget.clone()), clock);
         Some(Keyed {
@@ -115,6 +116,18 @@ impl<K: std::hash::Hash + Eq + Clone, C: Clock> Keyed<K, C> {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
+}
+
+/// The time per token at `per_second`, or none when it is 0 (that limit is
+/// off). Out-of-range rates, which `Config::validate` refuses, are clamped
+/// rather than panicking.
+fn period(per_second: f64) -> Option<Duration> {
+    if per_second.is_nan() || per_second <= 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(
+        1.0 / per_second.clamp(0.001, 1_000_000.0),
+    ))
 }
 
 /// Checks `limit` if it is on.

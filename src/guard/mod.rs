@@ -33,6 +33,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::moderation::{Moderator, Verdict};
 use auth::{Authenticator, Identity, SetupError};
 use filter::{FilterError, FilterHandle, FloodGuard};
+use limits::shared::{SharedLimits, SharedLimitsError};
 use limits::RateLimits;
 
 pub use connections::{Admitted, Connections};
@@ -95,6 +96,9 @@ pub enum GuardSetupError {
     /// The word list could not be loaded.
     #[error("filter: {0}")]
     Words(#[from] FilterError),
+    /// The shared send limits' Redis could not be reached.
+    #[error("limits: {0}")]
+    Limits(#[from] SharedLimitsError),
 }
 
 /// The node's gatekeeper: identity, rate limits and content rules.
@@ -105,7 +109,11 @@ pub struct Guard {
     /// Addresses whose clients skip every per-user, per-address and per-room
     /// limit (`limits.exempt_ips`), like admins and services.
     exempt: Vec<IpNet>,
+    /// The node's own buckets: connections always, sends when there are
+    /// no shared limits or while their Redis is unreachable.
     limits: RateLimits,
+    /// The cluster's send buckets, when the bus is Redis.
+    shared: Option<SharedLimits>,
     words: Option<FilterHandle>,
     flood: Option<FloodGuard>,
     text: Limits,
@@ -119,8 +127,13 @@ pub struct Guard {
 impl Guard {
     /// Builds the guard: loads the token keys and the word list, which must
     /// be readable at start-up. It asks `moderator` about bans, mutes and
-    /// room settings.
-    pub fn new(config: &Config, moderator: Arc<Moderator>) -> Result<Guard, GuardSetupError> {
+    /// room settings, and `shared` (the cluster's shared send limits, if
+    /// any: [`SharedLimits::from_config`]) about send rates.
+    pub fn new(
+        config: &Config,
+        moderator: Arc<Moderator>,
+        shared: Option<SharedLimits>,
+    ) -> Result<Guard, GuardSetupError> {
         let words = match &config.filter.words_file {
             Some(path) => Some(FilterHandle::load(path, config.filter.action)?),
             None => None,
@@ -131,6 +144,7 @@ impl Guard {
             anonymous_watch: config.auth.anonymous_watch,
             exempt: config.limits.exempt_ips.clone(),
             limits: RateLimits::new(&config.limits),
+            shared,
             words,
             flood: FloodGuard::new(&config.filter, config.limits.max_limiter_keys),
             text: config.limits.clone(),
@@ -290,7 +304,13 @@ impl Guard {
     /// word list, the rate limits, slow mode, the flood guard. The flood
     /// guard goes last because it remembers every text it passes: a send
     /// refused after it would make the client's retry look like a repeat.
-    pub fn check_send(
+    ///
+    /// The send limits are the cluster's when the bus is Redis, so this
+    /// may wait on Redis, for [`limits::shared::CALL_TIMEOUT`] at most.
+    /// Connection limits ([`Guard::admit_viewer`]) stay the node's own: a
+    /// connection is made to one node, and the per-address connection cap
+    /// it goes with is per node too.
+    pub async fn check_send(
         &self,
         room: &str,
         sender: &Sender,
@@ -314,7 +334,11 @@ impl Guard {
             }
         }
         if !self.privileged(sender) {
-            self.limits.check_send(sender.user(), sender.ip, room)?;
+            let (user, ip) = (sender.user(), sender.ip);
+            match &self.shared {
+                Some(shared) => shared.check_send(user, ip, room, &self.limits).await?,
+                None => self.limits.check_send(user, ip, room)?,
+            }
         }
         // Slow mode is the room's rule, not a server limit: exempt
         // addresses obey it, only admins skip it.

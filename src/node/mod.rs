@@ -162,7 +162,13 @@ impl Node {
             .await?,
         );
         moderator.start_background();
-        let guard = Arc::new(Guard::new(&config, moderator.clone())?);
+        let shared_limits = guard::limits::shared::SharedLimits::from_config(
+            &config,
+            metrics.limits_fallbacks.clone(),
+        )
+        .await
+        .map_err(GuardSetupError::from)?;
+        let guard = Arc::new(Guard::new(&config, moderator.clone(), shared_limits)?);
         guard.start_background(std::time::Duration::from_millis(
             config.filter.reload_interval_ms,
         ));
@@ -243,7 +249,7 @@ impl Node {
         req: SendRequest,
     ) -> Result<Sent, ApiError> {
         let started = Instant::now();
-        let result = match self.guard.check_send(room, sender, req) {
+        let result = match self.guard.check_send(room, sender, req).await {
             Ok((new, Verdict::Publish)) => self
                 .store
                 .append(new)
