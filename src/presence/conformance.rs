@@ -53,6 +53,11 @@ macro_rules! suite {
         }
 
         #[tokio::test]
+        async fn conformance_a_report_s_ttl_replaces_the_last() {
+            $crate::presence::conformance::a_report_s_ttl_replaces_the_last(&$backend).await;
+        }
+
+        #[tokio::test]
         async fn conformance_many_rooms_read_back_exactly() {
             $crate::presence::conformance::many_rooms_read_back_exactly(&$backend).await;
         }
@@ -183,6 +188,26 @@ pub(crate) async fn a_silent_node_drops_out_after_its_ttl(backend: &impl Backend
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     finish(backend, &ns, &*b, &["alive"]).await;
+}
+
+/// A report's TTL replaces the last one's: a node reported for long, then
+/// for a short TTL (its configuration changed), drops out after the short
+/// one.
+pub(crate) async fn a_report_s_ttl_replaces_the_last(backend: &impl Backend) {
+    let ns = namespace("new-ttl");
+    let (a, b) = (backend.open(&ns).await, backend.open(&ns).await);
+    report(&*a, "a", &counts(&[("r", 1)]), TTL).await;
+    let reported = Instant::now();
+    report(&*a, "a", &counts(&[("r", 1)]), SHORT_TTL).await;
+    while nodes(&*b).await.contains_key("a") {
+        assert!(
+            reported.elapsed() < SHORT_TTL + Duration::from_secs(2),
+            "the node is still there {:?} after a report with a {SHORT_TTL:?} TTL",
+            reported.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    finish(backend, &ns, &*a, &[]).await;
 }
 
 /// Three nodes with 2,000 rooms each read back exactly, and every room's

@@ -75,6 +75,7 @@ impl NatsPresence {
         let client = tokio::time::timeout(
             CONNECT_TIMEOUT,
             ConnectOptions::new()
+                .name("danmaku presence")
                 .connection_timeout(CONNECT_TIMEOUT)
                 .request_timeout(Some(CALL_TIMEOUT))
                 .connect(addr),

@@ -8,7 +8,9 @@
 //! A member of the set whose key is gone has expired: a read removes it.
 //! The read is one Lua script, so it runs atomically: a node reporting
 //! again at the same instant is either read or not yet expired, and is
-//! never removed from the set while its key exists.
+//! never removed from the set while its key exists. The script reads keys
+//! it is not passed (one per node), which a single Redis (with or without
+//! replicas) allows and Redis Cluster does not.
 
 use std::collections::HashMap;
 use std::time::Duration;
