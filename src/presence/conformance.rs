@@ -1,0 +1,410 @@
+//! The one suite every presence backend passes: `suite!(backend)` in a
+//! backend's tests makes one test per check. Each check works in a
+//! namespace of its own (a Redis key prefix, a NATS bucket), so that tests
+//! running at once on one broker never see each other's nodes.
+//!
+//! Also the broker-restart check and the throwaway broker it needs, for the
+//! backends that talk to a server.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use super::{Counts, MemoryPresence, Presence, PresenceError};
+
+/// A backend under test.
+#[async_trait]
+pub(crate) trait Backend: Sync {
+    /// A node's handle on the cluster `namespace`: handles opened with one
+    /// namespace see the same reports, as nodes of one cluster do.
+    async fn open(&self, namespace: &str) -> Arc<dyn Presence>;
+
+    /// Removes what a check left on the broker beyond its nodes' reports
+    /// (which every check removes with `leave`).
+    async fn clean(&self, _namespace: &str) {}
+}
+
+/// One test per check of the suite for `$backend`, an expression giving a
+/// [`Backend`].
+macro_rules! suite {
+    ($backend:expr) => {
+        #[tokio::test]
+        async fn conformance_two_nodes_read_both() {
+            $crate::presence::conformance::two_nodes_read_both(&$backend).await;
+        }
+
+        #[tokio::test]
+        async fn conformance_a_report_replaces_the_last() {
+            $crate::presence::conformance::a_report_replaces_the_last(&$backend).await;
+        }
+
+        #[tokio::test]
+        async fn conformance_leave_removes_a_node_at_once() {
+            $crate::presence::conformance::leave_removes_a_node_at_once(&$backend).await;
+        }
+
+        #[tokio::test]
+        async fn conformance_a_silent_node_drops_out_after_its_ttl() {
+            $crate::presence::conformance::a_silent_node_drops_out_after_its_ttl(&$backend).await;
+        }
+
+        #[tokio::test]
+        async fn conformance_a_report_s_ttl_replaces_the_last() {
+            $crate::presence::conformance::a_report_s_ttl_replaces_the_last(&$backend).await;
+        }
+
+        #[tokio::test]
+        async fn conformance_many_rooms_read_back_exactly() {
+            $crate::presence::conformance::many_rooms_read_back_exactly(&$backend).await;
+        }
+    };
+}
+pub(crate) use suite;
+
+/// A TTL no check waits out.
+const TTL: Duration = Duration::from_secs(30);
+
+/// The TTL of the expiry check: short, to keep the test short.
+const SHORT_TTL: Duration = Duration::from_secs(2);
+
+fn counts(pairs: &[(&str, u64)]) -> Counts {
+    pairs
+        .iter()
+        .map(|&(room, n)| (room.to_owned(), n))
+        .collect()
+}
+
+/// A namespace no other check or test run uses: letters, digits and `-`,
+/// as a NATS bucket name allows.
+fn namespace(check: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!(
+        "t{}-{millis}-{}-{check}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn nodes(presence: &dyn Presence) -> HashMap<String, Counts> {
+    presence.nodes().await.expect("nodes")
+}
+
+async fn report(presence: &dyn Presence, node: &str, counts: &Counts, ttl: Duration) {
+    presence.report(node, counts, ttl).await.expect("report");
+}
+
+/// Leaves every node in `nodes` and cleans the namespace.
+async fn finish(backend: &impl Backend, ns: &str, presence: &dyn Presence, nodes: &[&str]) {
+    for node in nodes {
+        presence.leave(node).await.expect("leave");
+    }
+    backend.clean(ns).await;
+}
+
+/// Two nodes report; each reads both reports, and a cluster in another
+/// namespace reads neither.
+pub(crate) async fn two_nodes_read_both(backend: &impl Backend) {
+    let ns = namespace("both");
+    let (a, b) = (backend.open(&ns).await, backend.open(&ns).await);
+    let of_a = counts(&[("lobby", 2), ("弹幕 \"quoted\"", 1)]);
+    let of_b = counts(&[("lobby", 3)]);
+    report(&*a, "a:7100", &of_a, TTL).await;
+    report(&*b, "b:7100", &of_b, TTL).await;
+    let want: HashMap<String, Counts> = [("a:7100".to_owned(), of_a), ("b:7100".to_owned(), of_b)]
+        .into_iter()
+        .collect();
+    assert_eq!(nodes(&*a).await, want);
+    assert_eq!(nodes(&*b).await, want);
+
+    let elsewhere = namespace("elsewhere");
+    assert_eq!(
+        nodes(&*backend.open(&elsewhere).await).await,
+        HashMap::new()
+    );
+    backend.clean(&elsewhere).await;
+    finish(backend, &ns, &*a, &["a:7100", "b:7100"]).await;
+}
+
+/// A report replaces the node's previous one whole: a room that went to no
+/// viewers is gone, and a node with no viewers at all is still listed.
+pub(crate) async fn a_report_replaces_the_last(backend: &impl Backend) {
+    let ns = namespace("replace");
+    let (a, b) = (backend.open(&ns).await, backend.open(&ns).await);
+    report(&*a, "a", &counts(&[("r", 2), ("s", 1)]), TTL).await;
+    report(&*a, "a", &counts(&[("r", 5)]), TTL).await;
+    assert_eq!(nodes(&*b).await["a"], counts(&[("r", 5)]));
+    report(&*a, "a", &Counts::new(), TTL).await;
+    assert_eq!(nodes(&*b).await["a"], Counts::new());
+    finish(backend, &ns, &*a, &["a"]).await;
+}
+
+/// `leave` removes a node at once, for every reader; leaving again, or
+/// leaving a node that never reported, is not an error.
+pub(crate) async fn leave_removes_a_node_at_once(backend: &impl Backend) {
+    let ns = namespace("leave");
+    let (a, b) = (backend.open(&ns).await, backend.open(&ns).await);
+    report(&*a, "a", &counts(&[("r", 1)]), TTL).await;
+    report(&*b, "b", &counts(&[("r", 2)]), TTL).await;
+    a.leave("a").await.expect("leave");
+    let left = nodes(&*b).await;
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["b"]);
+    a.leave("a").await.expect("leave twice");
+    a.leave("never-reported").await.expect("leave a stranger");
+    finish(backend, &ns, &*b, &["b"]).await;
+}
+
+/// A node that stops reporting drops out once its TTL has passed (not
+/// before), while a node that keeps reporting stays.
+pub(crate) async fn a_silent_node_drops_out_after_its_ttl(backend: &impl Backend) {
+    let ns = namespace("expiry");
+    let (a, b) = (backend.open(&ns).await, backend.open(&ns).await);
+    let reported = Instant::now();
+    report(&*a, "silent", &counts(&[("r", 1)]), SHORT_TTL).await;
+    loop {
+        report(&*b, "alive", &counts(&[("r", 2)]), SHORT_TTL).await;
+        let now = nodes(&*b).await;
+        let elapsed = reported.elapsed();
+        assert!(now.contains_key("alive"), "the reporting node is missing");
+        if !now.contains_key("silent") {
+            // The broker timed the report from when it stored it, a little
+            // after `reported`.
+            assert!(
+                elapsed >= SHORT_TTL - Duration::from_millis(200),
+                "the silent node dropped out after {elapsed:?}, before its TTL ({SHORT_TTL:?})"
+            );
+            break;
+        }
+        assert!(
+            elapsed < SHORT_TTL + Duration::from_secs(2),
+            "the silent node is still there {elapsed:?} after its report ({SHORT_TTL:?} TTL)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    finish(backend, &ns, &*b, &["alive"]).await;
+}
+
+/// A report's TTL replaces the last one's: a node reported for long, then
+/// for a short TTL (its configuration changed), drops out after the short
+/// one.
+pub(crate) async fn a_report_s_ttl_replaces_the_last(backend: &impl Backend) {
+    let ns = namespace("new-ttl");
+    let (a, b) = (backend.open(&ns).await, backend.open(&ns).await);
+    report(&*a, "a", &counts(&[("r", 1)]), TTL).await;
+    let reported = Instant::now();
+    report(&*a, "a", &counts(&[("r", 1)]), SHORT_TTL).await;
+    while nodes(&*b).await.contains_key("a") {
+        assert!(
+            reported.elapsed() < SHORT_TTL + Duration::from_secs(2),
+            "the node is still there {:?} after a report with a {SHORT_TTL:?} TTL",
+            reported.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    finish(backend, &ns, &*a, &[]).await;
+}
+
+/// Three nodes with 2,000 rooms each read back exactly, and every room's
+/// viewers sum right across them.
+pub(crate) async fn many_rooms_read_back_exactly(backend: &impl Backend) {
+    const NODES: u64 = 3;
+    const ROOMS: u64 = 2_000;
+    let ns = namespace("many");
+    let mut handles = Vec::new();
+    let mut want = HashMap::new();
+    for i in 0..NODES {
+        let node = format!("node-{i}:7100");
+        let of_node: Counts = (0..ROOMS)
+            .map(|k| (format!("room-{k}"), k % 97 + i + 1))
+            .collect();
+        want.insert(node.clone(), of_node);
+        handles.push((node, backend.open(&ns).await));
+    }
+    futures_util::future::join_all(
+        handles
+            .iter()
+            .map(|(node, presence)| presence.report(node, &want[node], TTL)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<(), _>>()
+    .expect("report");
+    for (_, presence) in &handles {
+        let read = nodes(&**presence).await;
+        assert!(read == want, "a node read other reports than were made");
+        let mut sums = Counts::new();
+        for (room, n) in read.values().flatten() {
+            *sums.entry(room.clone()).or_default() += n;
+        }
+        assert_eq!(sums.len() as u64, ROOMS);
+        for k in 0..ROOMS {
+            assert_eq!(sums[&format!("room-{k}")], NODES * (k % 97 + 1) + 3);
+        }
+    }
+    let names: Vec<&str> = handles.iter().map(|(node, _)| node.as_str()).collect();
+    finish(backend, &ns, &*handles[0].1, &names).await;
+}
+
+/// With `server` killed, `presence` fails fast, as unavailable; once the
+/// server is back on the same port, it works again by itself.
+pub(crate) async fn recovers_after_broker_restart(server: &mut Throwaway, presence: &dyn Presence) {
+    let of_node = counts(&[("r", 4)]);
+    report(presence, "n:1", &of_node, TTL).await;
+    assert_eq!(nodes(presence).await["n:1"], of_node);
+
+    server.kill();
+    let fast = Duration::from_secs(3);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let result = presence.report("n:1", &of_node, TTL).await;
+        assert!(
+            matches!(result, Err(PresenceError::Unavailable(_))),
+            "report with the broker down: {result:?}"
+        );
+        assert!(
+            started.elapsed() < fast,
+            "report took {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let result = presence.nodes().await;
+        assert!(
+            matches!(result, Err(PresenceError::Unavailable(_))),
+            "nodes with the broker down: {result:?}"
+        );
+        assert!(
+            started.elapsed() < fast,
+            "nodes took {:?}",
+            started.elapsed()
+        );
+    }
+
+    server.restart().await;
+    let restarted = Instant::now();
+    loop {
+        let result = match presence.report("n:1", &of_node, TTL).await {
+            Ok(()) => presence.nodes().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(now) if now.get("n:1") == Some(&of_node) => break,
+            other if restarted.elapsed() > Duration::from_secs(12) => {
+                panic!("still failing 12 s after the broker came back: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// A port nothing listens on (nothing did a moment ago).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// A broker server of a test's own, on a free port, that the test may kill
+/// and start again; killed when dropped.
+pub(crate) struct Throwaway {
+    program: &'static str,
+    args: Vec<String>,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Throwaway {
+    /// Starts `program` with the arguments `args` gives for a free port,
+    /// and waits until it listens.
+    pub(crate) async fn start(
+        program: &'static str,
+        args: impl FnOnce(u16) -> Vec<String>,
+    ) -> Throwaway {
+        let port = free_port();
+        let mut server = Throwaway {
+            program,
+            args: args(port),
+            port,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills it (SIGKILL: no goodbye to its clients).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub(crate) async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(self.program)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} cannot start ({e}): the broker restart tests need it installed",
+                    self.program
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on port {} within 10 s",
+                self.program,
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The in-process backend: one map per namespace.
+#[derive(Default)]
+struct Memory(Mutex<HashMap<String, Arc<MemoryPresence>>>);
+
+#[async_trait]
+impl Backend for Memory {
+    async fn open(&self, namespace: &str) -> Arc<dyn Presence> {
+        let mut clusters = self.0.lock().expect("not poisoned");
+        clusters.entry(namespace.to_owned()).or_default().clone()
+    }
+}
+
+mod memory {
+    use super::Memory;
+
+    suite!(Memory::default());
+}
