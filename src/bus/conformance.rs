@@ -190,7 +190,7 @@ fn danmaku(room: &str, id: u64) -> Danmaku {
         color: Color(0x12_34_56),
         size: 25,
         ts: 1_700_000_000_000 + i64::try_from(id).unwrap_or(0),
-        vt: (id % 2 == 0).then_some(12.5),
+        vt: id.is_multiple_of(2).then_some(12.5),
         priority: false,
     }
 }
@@ -309,7 +309,7 @@ async fn global_reaches_every_node(cluster: &impl Cluster) {
         change: Change::Unban(IpAddr::from([198, 51, 100, 1])),
     };
     a.publish(event.clone()).await;
-    assert_eq!(b.hears(&a, 1).await, [event.clone()]);
+    assert_eq!(b.hears(&a, 1).await, std::slice::from_ref(&event));
     assert_eq!(c.hears(&a, 1).await, [event]);
 }
 
@@ -450,6 +450,22 @@ impl Throwaway {
         .await;
     }
 
+    /// Stops (`true`) or resumes it: a broker that hangs without closing
+    /// its connections.
+    pub(crate) fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("the server runs");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child's pid, which it still is: the
+        // child is not reaped before `kill` below.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "cannot signal {}",
+            self.program
+        );
+    }
+
     /// Kills it at once, as a crash would.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -534,6 +550,72 @@ pub(crate) async fn survives_restart(cluster: &impl Cluster, server: &mut Throwa
     }
     eprintln!(
         "{}: degraded {noticed:?} after the kill, publish refused in {took:?}, whole {back:?} after the restart, test {:?}",
+        server.program,
+        started.elapsed()
+    );
+}
+
+/// The broker of `server` hangs and wakes up: the nodes notice without the
+/// socket closing (within a few seconds), publish fails fast meanwhile,
+/// and they are whole again, each told once, with their subscriptions.
+pub(crate) async fn survives_a_hang(cluster: &impl Cluster, server: &mut Throwaway) {
+    let started = Instant::now();
+    let a = Node::join(cluster, "hang-a").await;
+    let b = Node::join(cluster, "hang-b").await;
+    let room = "hang-room";
+    a.subscribe(room).await;
+    b.publish(committed(room, 1)).await;
+    a.hears(&b, 1).await;
+
+    server.freeze(true);
+    let frozen = Instant::now();
+    eventually(
+        "both nodes are degraded while the broker hangs",
+        Duration::from_secs(6),
+        || a.bus.degraded().is_some() && b.bus.degraded().is_some(),
+    )
+    .await;
+    let noticed = frozen.elapsed();
+    let publishing = Instant::now();
+    let refused = b.try_publish(committed(room, 2)).await;
+    let took = publishing.elapsed();
+    assert!(refused.is_err(), "publish succeeded with the broker hung");
+    assert!(
+        took < Duration::from_secs(3),
+        "publish took {took:?} to fail"
+    );
+
+    server.freeze(false);
+    let thawed = Instant::now();
+    eventually(
+        "both nodes are back after the broker woke up",
+        PATIENCE,
+        || {
+            a.bus.degraded().is_none()
+                && b.bus.degraded().is_none()
+                && !a.heard.reconnects().is_empty()
+                && !b.heard.reconnects().is_empty()
+        },
+    )
+    .await;
+    let back = thawed.elapsed();
+    tokio::time::sleep(SETTLE).await;
+    for node in [&a, &b] {
+        assert_eq!(
+            node.heard.reconnects(),
+            [None],
+            "{} must be told once",
+            node.name
+        );
+    }
+    b.publish(committed(room, 3)).await;
+    let heard = a.hears(&b, 2).await;
+    assert!(
+        heard.contains(&committed(room, 3)),
+        "after the hang a heard {heard:?}"
+    );
+    eprintln!(
+        "{}: degraded {noticed:?} into a hang, publish refused in {took:?}, whole {back:?} after it, test {:?}",
         server.program,
         started.elapsed()
     );

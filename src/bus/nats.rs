@@ -8,12 +8,15 @@
 //! `danmaku.room.a~b`, and no two rooms share a subject. Payloads are
 //! [`Envelope`]s as JSON.
 //!
-//! One client connection carries everything. The client reconnects by
+//! One client connection carries everything, in plain TCP: TLS is not
+//! built in (a `tls://` URL or a server that demands TLS is refused). The client reconnects by
 //! itself (100 ms doubling to 2 s, forever) and subscribes again to what it
 //! was subscribed to; its events tell this bus when it was disconnected
-//! and when it is back. After a reconnection the bus makes a round trip
-//! (`flush`), so that the server has the subscriptions again, before it
-//! clears the degradation and tells the sink [`EventSink::reconnected`].
+//! and when it is back. After a subscription change, and after a
+//! reconnection before the bus clears the degradation and tells the sink
+//! [`EventSink::reconnected`], the bus makes a round trip to the server, so
+//! that the server has the subscriptions when the node reads what it
+//! missed from the store.
 //! One task reads every subscription, so the events of a topic reach the
 //! sink in the order the server sent them.
 
@@ -23,10 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_nats::client::PublishErrorKind;
+use async_nats::client::{PublishErrorKind, RequestErrorKind};
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subscriber};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -123,19 +127,29 @@ impl NatsBus {
                 shared.address
             ))
         };
+        if server.tls_required() {
+            return Err(BusError::Setup(format!(
+                "bus.url {}: TLS to NATS is not built in (use nats://)",
+                shown(url)
+            )));
+        }
         let started = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let client = options
-                .connect(server)
+            // Built without a TLS crypto provider, the client panics when a
+            // server demands TLS: on its own task, that is an error.
+            let client = tokio::spawn(options.connect(server))
                 .await
+                .map_err(|_| {
+                    BusError::Setup(format!(
+                        "NATS at {} demands TLS, which is not built in",
+                        shared.address
+                    ))
+                })?
                 .map_err(|e| unreachable(e.to_string()))?;
             let global = client
                 .subscribe(shared.subject(&Topic::Global))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
-            client
-                .flush()
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
+            round_trip(&client, &shared).await?;
             Ok((client, global))
         })
         .await;
@@ -163,16 +177,6 @@ impl NatsBus {
     /// How many received messages were not envelopes (and were dropped).
     pub fn undecodable(&self) -> u64 {
         self.shared.undecodable.load(Ordering::Relaxed)
-    }
-
-    /// Waits for the server to have seen everything sent before: after it,
-    /// a subscription change is in effect.
-    async fn round_trip(&self) -> Result<(), BusError> {
-        match tokio::time::timeout(BROKER_TIMEOUT, self.client.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.shared.unavailable(&e.to_string())),
-            Err(_) => Err(self.shared.unavailable("no answer within 2 s")),
-        }
     }
 
     /// The subject of a room, or why the room cannot have one.
@@ -246,7 +250,7 @@ impl Bus for NatsBus {
                 "{reason}; {room} is subscribed when it returns"
             )));
         }
-        self.round_trip().await
+        round_trip(&self.client, &self.shared).await
     }
 
     async fn unsubscribe(&self, room: &str) -> Result<(), BusError> {
@@ -266,7 +270,7 @@ impl Bus for NatsBus {
             // A dropped subscription is not sent again on reconnection.
             return Ok(());
         }
-        self.round_trip().await
+        round_trip(&self.client, &self.shared).await
     }
 
     fn degraded(&self) -> Option<String> {
@@ -292,6 +296,21 @@ impl Shared {
 
     fn unavailable(&self, why: &str) -> BusError {
         BusError::Unavailable(format!("NATS at {}: {why}", self.address))
+    }
+}
+
+/// Waits until the server has handled everything `client` sent before,
+/// so that a subscription change is in effect. `flush` is not enough: it
+/// only writes the client's buffer to the socket. A request that no one
+/// answers is: the server refuses it ("no responders") after it handled
+/// what came before it on the connection.
+async fn round_trip(client: &Client, shared: &Shared) -> Result<(), BusError> {
+    let probe = client.request(format!("{}.probe", shared.namespace), Bytes::new());
+    match tokio::time::timeout(BROKER_TIMEOUT, probe).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => Err(shared.unavailable(&e.to_string())),
+        Err(_) => Err(shared.unavailable("no answer within 2 s")),
     }
 }
 
@@ -348,8 +367,8 @@ async fn watch(shared: Arc<Shared>, client: Client, mut events: mpsc::UnboundedR
                 // The client has queued the subscriptions again; a round
                 // trip makes sure the server has them before the node
                 // catches up, so nothing falls between the two.
-                match tokio::time::timeout(BROKER_TIMEOUT, client.flush()).await {
-                    Ok(Ok(())) => {
+                match round_trip(&client, &shared).await {
+                    Ok(()) => {
                         lost = false;
                         *shared.degraded() = None;
                         tracing::info!(broker = %shared.address, "the NATS bus is back");
@@ -377,6 +396,210 @@ async fn watch(shared: Arc<Shared>, client: Client, mut events: mpsc::UnboundedR
                 tracing::warn!(broker = %shared.address, error = %e, "NATS server error");
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::NatsBus;
+    use crate::bus::conformance::{self, eventually, Cluster, Recorder, Throwaway};
+    use crate::bus::{Bus, BusError, Event};
+
+    /// Nodes on one NATS server, in a namespace of their own.
+    struct Nats {
+        url: String,
+        namespace: String,
+    }
+
+    impl Nats {
+        fn shared(test: &str) -> Nats {
+            Nats {
+                url: "nats://127.0.0.1:4222".to_owned(),
+                namespace: conformance::namespace(test),
+            }
+        }
+
+        async fn connect(&self, sink: Arc<Recorder>) -> NatsBus {
+            NatsBus::connect(&self.url, &self.namespace, sink)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "NATS at {} is not reachable: start nats-server ({e})",
+                        self.url
+                    )
+                })
+        }
+    }
+
+    impl Cluster for Nats {
+        async fn bus(&self, sink: Arc<Recorder>) -> Arc<dyn Bus> {
+            Arc::new(self.connect(sink).await)
+        }
+    }
+
+    #[tokio::test]
+    async fn nats_bus_conforms() {
+        conformance::run(&Nats::shared("nats")).await;
+    }
+
+    /// A server of the test's own, and nodes on it.
+    async fn throwaway(test: &str) -> (Throwaway, Nats) {
+        let server = Throwaway::start("nats-server", |port| {
+            ["-a", "127.0.0.1", "-p", &port.to_string()]
+                .map(String::from)
+                .to_vec()
+        })
+        .await;
+        let cluster = Nats {
+            url: format!("nats://127.0.0.1:{}", server.port()),
+            namespace: conformance::namespace(test),
+        };
+        (server, cluster)
+    }
+
+    #[tokio::test]
+    async fn nats_bus_survives_a_restart() {
+        let (mut server, cluster) = throwaway("nats-restart").await;
+        conformance::survives_restart(&cluster, &mut server).await;
+    }
+
+    #[tokio::test]
+    async fn nats_bus_survives_a_hang() {
+        let (mut server, cluster) = throwaway("nats-hang").await;
+        conformance::survives_a_hang(&cluster, &mut server).await;
+    }
+
+    #[tokio::test]
+    async fn bad_nats_urls_and_namespaces_fail_clearly_and_quickly() {
+        let sink = || Arc::new(Recorder::default());
+        let e = NatsBus::connect("nats://127.0.0.1:notaport", "t", sink())
+            .await
+            .err();
+        assert!(matches!(e, Some(BusError::Setup(_))), "{e:?}");
+        for namespace in ["", "a..b", "a.*", "with space"] {
+            let e = NatsBus::connect("nats://127.0.0.1:4222", namespace, sink())
+                .await
+                .err();
+            assert!(
+                matches!(e, Some(BusError::Setup(_))),
+                "{namespace:?}: {e:?}"
+            );
+        }
+        let e = NatsBus::connect("nats://user:secret@127.0.0.1:1", "t", sink())
+            .await
+            .err();
+        assert!(
+            !format!("{e:?}").contains("secret"),
+            "{e:?} shows the password"
+        );
+        conformance::refused(
+            "127.0.0.1:1",
+            NatsBus::connect("nats://127.0.0.1:1", "t", sink()),
+        )
+        .await;
+        let (_silent, address) = conformance::silent_server().await;
+        let e = conformance::refused(
+            &address,
+            NatsBus::connect(&format!("nats://{address}"), "t", sink()),
+        )
+        .await;
+        assert!(matches!(e, BusError::Unavailable(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn nats_drops_what_is_not_an_event() {
+        let cluster = Nats::shared("nats-junk");
+        let heard = Arc::new(Recorder::default());
+        let bus = cluster.connect(heard.clone()).await;
+        let raw = async_nats::connect(cluster.url.as_str())
+            .await
+            .expect("NATS at 127.0.0.1:4222 is reachable");
+        for junk in [&b"not json"[..], b"{\"origin\":\"x\"}", b"\xff\xfe"] {
+            raw.publish(format!("{}.global", cluster.namespace), junk.into())
+                .await
+                .expect("raw publish");
+        }
+        raw.flush().await.expect("flush");
+        let other = cluster.connect(Arc::new(Recorder::default())).await;
+        let event = Event::Settled {
+            room: "r".into(),
+            held: 1,
+        };
+        other
+            .publish(&conformance::envelope("other", event.clone()))
+            .await
+            .expect("publish");
+        eventually(
+            "the event after the junk arrives",
+            std::time::Duration::from_secs(5),
+            || heard.from("other") == [event.clone()],
+        )
+        .await;
+        assert_eq!(bus.undecodable(), 3);
+        assert_eq!(bus.degraded(), None);
+    }
+
+    #[tokio::test]
+    async fn nats_refuses_tls_clearly() {
+        let sink = || Arc::new(Recorder::default());
+        let e = NatsBus::connect("tls://127.0.0.1:4222", "t", sink())
+            .await
+            .err();
+        assert!(matches!(e, Some(BusError::Setup(_))), "{e:?}");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl makes the test server's certificate: install openssl");
+        assert!(made.status.success(), "openssl: {made:?}");
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let server = Throwaway::start("nats-server", |port| {
+            let port = port.to_string();
+            [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--tls",
+                "--tlscert",
+                &cert,
+                "--tlskey",
+                &key,
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+        .await;
+        let address = format!("127.0.0.1:{}", server.port());
+        let e = conformance::refused(
+            &address,
+            NatsBus::connect(&format!("nats://{address}"), "t", sink()),
+        )
+        .await;
+        assert!(
+            matches!(e, BusError::Setup(_)) && e.to_string().contains("TLS"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nats_refuses_a_room_that_is_not_a_room() {
+        let bus = Nats::shared("nats-rooms")
+            .connect(Arc::new(Recorder::default()))
+            .await;
+        for room in ["", "a b", "a.*", "a.>", "...", "x~y"] {
+            let e = bus.subscribe(room).await.err();
+            assert!(matches!(e, Some(BusError::Setup(_))), "{room:?}: {e:?}");
         }
     }
 }

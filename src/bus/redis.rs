@@ -499,9 +499,9 @@ mod tests {
         conformance::run(&Redis::shared("redis")).await;
     }
 
-    #[tokio::test]
-    async fn redis_bus_survives_a_restart() {
-        let mut server = Throwaway::start("redis-server", |port| {
+    /// A server of the test's own, and nodes on it.
+    async fn throwaway(test: &str) -> (Throwaway, Redis) {
+        let server = Throwaway::start("redis-server", |port| {
             [
                 "--port",
                 &port.to_string(),
@@ -518,9 +518,21 @@ mod tests {
         .await;
         let cluster = Redis {
             url: format!("redis://127.0.0.1:{}", server.port()),
-            namespace: conformance::namespace("redis-fault"),
+            namespace: conformance::namespace(test),
         };
+        (server, cluster)
+    }
+
+    #[tokio::test]
+    async fn redis_bus_survives_a_restart() {
+        let (mut server, cluster) = throwaway("redis-restart").await;
         conformance::survives_restart(&cluster, &mut server).await;
+    }
+
+    #[tokio::test]
+    async fn redis_bus_survives_a_hang() {
+        let (mut server, cluster) = throwaway("redis-hang").await;
+        conformance::survives_a_hang(&cluster, &mut server).await;
     }
 
     #[tokio::test]
