@@ -90,6 +90,12 @@ impl NatsBus {
                 shown(url)
             ))
         })?;
+        if server.tls_required() {
+            return Err(BusError::Setup(format!(
+                "bus.url {}: TLS to NATS is not built in (use nats://)",
+                shown(url)
+            )));
+        }
         let subject_safe = namespace.split('.').all(|token| {
             !token.is_empty()
                 && token
@@ -127,12 +133,6 @@ impl NatsBus {
                 shared.address
             ))
         };
-        if server.tls_required() {
-            return Err(BusError::Setup(format!(
-                "bus.url {}: TLS to NATS is not built in (use nats://)",
-                shown(url)
-            )));
-        }
         let started = tokio::time::timeout(CONNECT_TIMEOUT, async {
             // Built without a TLS crypto provider, the client panics when a
             // server demands TLS: on its own task, that is an error.

@@ -176,7 +176,8 @@ impl RedisBus {
 
 impl Drop for RedisBus {
     fn drop(&mut self) {
-        // The task owns the pub/sub connection: ending it closes both.
+        // The task owns the pub/sub connection: ending it closes that one;
+        // the publishing one goes with `shared`.
         self.reader.abort();
     }
 }
@@ -187,7 +188,8 @@ impl Bus for RedisBus {
         let payload = serde_json::to_vec(envelope)
             .map_err(|e| BusError::Setup(format!("cannot encode an event: {e}")))?;
         let channel = self.shared.channel(&envelope.event.topic());
-        let Some(mut publisher) = self.shared.link().publisher.clone() else {
+        let publisher = self.shared.link().publisher.clone();
+        let Some(mut publisher) = publisher else {
             return Err(BusError::Unavailable(self.degraded().unwrap_or_default()));
         };
         let mut command = redis::cmd("PUBLISH");
