@@ -16,9 +16,14 @@
 //! (Redis pub/sub) and `nats.rs` (NATS). The bus never assigns or rewrites
 //! ids.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod memory;
+pub mod nats;
+pub mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -27,6 +32,8 @@ use crate::danmaku::Danmaku;
 use crate::moderation::{Change, Held};
 
 pub use memory::{MemoryBroker, MemoryBus};
+pub use nats::NatsBus;
+pub use redis::RedisBus;
 
 /// Where an event is published.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -138,3 +145,35 @@ pub trait Bus: Send + Sync + 'static {
 
 /// A shared bus.
 pub type SharedBus = Arc<dyn Bus>;
+
+/// How long a broker backend waits before its `attempt`th reconnection
+/// (1-based): 100 ms, doubling, at most 2 s, so that a broker restart is
+/// noticed within about 2 s without hammering a broker that stays away.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.saturating_sub(1).min(5)))
+        .min(MAX_BACKOFF)
+}
+
+/// The longest wait between two reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The longest a publish, a subscription change or a reconnection attempt
+/// waits for the broker before it is an error.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest `connect` waits for the broker at start-up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `url` as it may appear in logs and errors: without a user or password.
+fn shown(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_owned(),
+        },
+        None => url
+            .rsplit_once('@')
+            .map_or(url, |(_, host)| host)
+            .to_owned(),
+    }
+}
