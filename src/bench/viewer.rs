@@ -44,9 +44,27 @@ pub fn source_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, (n / 250) as u8, 2 + (n % 250) as u8)
 }
 
+/// How long a connection and its WebSocket handshake may take: a node
+/// that accepts but never answers must not hold a run forever.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a TCP connection from `source` and completes the WebSocket
 /// handshake; returns the stream and whatever followed the response.
 pub async fn handshake(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    room: &str,
+    small_buffer: bool,
+) -> io::Result<(TcpStream, BytesMut)> {
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_untimed(addr, source, room, small_buffer),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out"))?
+}
+
+async fn handshake_untimed(
     addr: SocketAddr,
     source: Ipv4Addr,
     room: &str,
