@@ -71,7 +71,7 @@ impl Crowd {
     /// The node of viewer `i`: it is its room's `i / rooms`-th viewer.
     fn node(&self, i: usize) -> SocketAddr {
         self.layout
-            .node(&self.rooms[self.room(i)], i / self.rooms.len())
+            .viewer(&self.rooms[self.room(i)], i / self.rooms.len())
     }
 }
 

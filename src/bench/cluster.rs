@@ -18,14 +18,14 @@ use super::database::Database;
 use super::report::{NodeFigures, Report};
 use super::target::{self, Launch, NodeCounters, Target};
 
-/// How connections are spread over the nodes.
+/// How viewers are spread over the nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Place {
-    /// Each room's connections are dealt over the nodes in turn, as a
-    /// load balancer spreading connections does.
+    /// Each room's viewers are dealt over the nodes in turn, as a load
+    /// balancer spreading connections does.
     #[default]
     RoundRobin,
-    /// All of a room's connections go to one node, picked by hashing the
+    /// All of a room's viewers go to one node, picked by hashing the
     /// room's name, as a load balancer hashing on the room does.
     Room,
 }
@@ -41,8 +41,8 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The node of the `k`-th connection (viewer or sender) to `room`.
-    pub fn node(&self, room: &str, k: usize) -> SocketAddr {
+    /// The node of the `k`-th viewer of `room`.
+    pub fn viewer(&self, room: &str, k: usize) -> SocketAddr {
         let n = self.addrs.len() as u64;
         let home = fnv1a(room.as_bytes()) % n;
         let i = match self.place {
@@ -50,6 +50,14 @@ impl Layout {
             Place::Room => home,
         };
         self.addrs[i as usize]
+    }
+
+    /// The node of the `k`-th sender (or request): senders are dealt over
+    /// the nodes in turn whatever the placement, so that with `room` the
+    /// danmaku of a room mostly reach its viewers' node over the broker,
+    /// which is what that placement is there to measure.
+    pub fn sender(&self, k: usize) -> SocketAddr {
+        self.addrs[k % self.addrs.len()]
     }
 }
 
@@ -343,12 +351,12 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_deals_each_rooms_connections_over_every_node() {
+    fn round_robin_deals_each_rooms_viewers_over_every_node() {
         let l = layout(Place::RoundRobin, 3);
         for room in ["a", "b", "bench-17"] {
             let mut counts = std::collections::HashMap::new();
             for k in 0..30 {
-                *counts.entry(l.node(room, k)).or_insert(0) += 1;
+                *counts.entry(l.viewer(room, k)).or_insert(0) += 1;
             }
             assert_eq!(counts.len(), 3, "{room}: {counts:?}");
             assert!(counts.values().all(|&c| c == 10), "{room}: {counts:?}");
@@ -361,12 +369,16 @@ mod tests {
         let homes: std::collections::HashSet<_> = (0..40)
             .map(|r| {
                 let room = format!("bench-{r}");
-                let home = l.node(&room, 0);
-                assert!((1..50).all(|k| l.node(&room, k) == home), "{room}");
+                let home = l.viewer(&room, 0);
+                assert!((1..50).all(|k| l.viewer(&room, k) == home), "{room}");
                 home
             })
             .collect();
         assert_eq!(homes.len(), 4, "40 rooms land on every node");
+        // Senders are dealt over the nodes in turn all the same.
+        let senders: Vec<_> = (0..8).map(|k| l.sender(k)).collect();
+        assert_eq!(senders[..4], l.addrs[..]);
+        assert_eq!(senders[4..], l.addrs[..]);
         // Stable across processes and builds (a child generator agrees):
         // FNV-1a's published test vectors.
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);

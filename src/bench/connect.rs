@@ -172,8 +172,8 @@ struct Trickle {
     seconds: f64,
 }
 
-/// Sends `rate × duration` danmaku over HTTP to the rooms in turn, each
-/// to the node its room's next connection would go to.
+/// Sends `rate × duration` danmaku over HTTP to the rooms in turn, and to
+/// the nodes in turn.
 async fn send_trickle(
     layout: &Layout,
     http: &reqwest::Client,
@@ -190,7 +190,7 @@ async fn send_trickle(
         for n in 0..planned {
             tick.tick().await;
             let room = n % rooms.len();
-            let node = layout.node(&rooms[room], n / rooms.len());
+            let node = layout.sender(n);
             let url = format!("http://{node}/api/v1/rooms/{}/danmaku", rooms[room]);
             let (http, last_ids, counters) = (http.clone(), last_ids.clone(), counters.clone());
             // Each send on its own, so that a slow answer does not hold

@@ -86,8 +86,7 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let mut sender_tasks = Vec::with_capacity(senders);
     for s in 0..senders {
         let room = s % rooms;
-        // The room's (s / rooms)-th sender, placed like its viewers.
-        let node = cluster.layout().node(&plan.rooms[room], s / rooms);
+        let node = cluster.layout().sender(s);
         let url = format!(
             "ws://{node}/ws?room={}{}",
             plan.rooms[room],

@@ -33,7 +33,7 @@ pub async fn run(cluster: &Cluster, concurrency: usize, duration: f64) -> anyhow
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             let counters = counters.clone();
-            let addr = cluster.layout().node(ROOM, i);
+            let addr = cluster.layout().sender(i);
             tokio::spawn(async move {
                 let mut latency = latency_histogram();
                 let (mut ok, mut errors) = (0u64, 0u64);

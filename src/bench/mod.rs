@@ -46,9 +46,10 @@ pub struct BenchArgs {
     /// --url each.
     #[arg(long, global = true, value_delimiter = ',')]
     cluster: Vec<String>,
-    /// How connections are spread over the nodes: each room's dealt over
-    /// them in turn, or all of a room's on one node picked by hashing its
-    /// name (as a load balancer hashing on the room).
+    /// How viewers are spread over the nodes: each room's dealt over them
+    /// in turn, or all of a room's on one node picked by hashing its name
+    /// (as a load balancer hashing on the room). Senders are always dealt
+    /// over the nodes in turn.
     #[arg(long, global = true, value_enum, default_value_t)]
     place: cluster::Place,
     /// Nodes the bench starts (without --url), ids bench-1…bench-N.

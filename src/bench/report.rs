@@ -79,9 +79,8 @@ pub struct Report {
     pub bus: Option<String>,
     /// Each node's broker messages received during the run, in node order.
     pub broker_received_per_node: Option<Vec<u64>>,
-    /// The busiest node's share of all broker messages received: 1/nodes
-    /// when every node hears every room, lower the less a node hears
-    /// beyond the rooms it serves.
+    /// The busiest node's share of all broker messages received (1/nodes
+    /// when every node hears as much; null when none were received).
     pub broker_share_max: Option<f64>,
     /// PostgreSQL commits (group commits of every node) per second of
     /// `elapsed_s`, or of the whole run when the scenario has none.

@@ -127,7 +127,7 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     for chunk in indices.chunks(CONNECT_CONCURRENCY) {
         let attempts = chunk.iter().map(|&i| {
             let sample = i % SAMPLE_EVERY_NTH == 0;
-            Viewer::connect(layout.node(HOT, i), source_ip(i), HOT, sample, false)
+            Viewer::connect(layout.viewer(HOT, i), source_ip(i), HOT, sample, false)
         });
         for result in futures_util::future::join_all(attempts).await {
             match result {
@@ -163,7 +163,7 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let senders: Vec<_> = (0..plan.senders)
         .map(|s| {
             let period = Duration::from_secs_f64(plan.senders as f64 / plan.rate);
-            let node = layout.node(HOT, s);
+            let node = layout.sender(s);
             let (http, url) = (
                 http.clone(),
                 format!("http://{node}/api/v1/rooms/{HOT}/danmaku"),
@@ -292,8 +292,7 @@ fn mib(bytes: u64) -> f64 {
 /// One churning client: one connection or request after another, of a
 /// kind and length picked at random, until the load ends.
 struct Churner {
-    /// The nodes: each connection or request goes where a load balancer
-    /// would send this client's next one to its room.
+    /// The nodes, and where this client's viewers and requests go.
     layout: Layout,
     slot: usize,
     http: reqwest::Client,
@@ -324,7 +323,10 @@ impl Churner {
         let mut failed = 0u64;
         while tokio::time::Instant::now() < until {
             let room = format!("soak-{}", self.next(self.rooms as u64));
-            let node = self.layout.node(&room, self.slot);
+            // Viewers go where the placement puts the room's; sends and
+            // reads are dealt over the nodes like the other senders'.
+            let viewer_node = self.layout.viewer(&room, self.slot);
+            let node = self.layout.sender(self.slot);
             // Between 0.2 and 3 s, cut short by the end of the load.
             let stay = Duration::from_millis(200 + self.next(2800));
             let stay = stay.min(until.saturating_duration_since(tokio::time::Instant::now()));
@@ -338,13 +340,13 @@ impl Churner {
                 // is, so it carries `since` too.
                 0..=9 => {
                     let (node, query) = match self.next(40) {
-                        0..=3 => (self.layout.node(HOT, self.slot), HOT.to_owned()),
-                        4..=12 => (node, format!("{room}&since={}", self.next(50))),
-                        _ => (node, room),
+                        0..=3 => (self.layout.viewer(HOT, self.slot), HOT.to_owned()),
+                        4..=12 => (viewer_node, format!("{room}&since={}", self.next(50))),
+                        _ => (viewer_node, room),
                     };
                     self.websocket(node, &query, stay, abrupt, &counters).await
                 }
-                10..=14 => self.sse(node, &room, stay, abrupt, &counters).await,
+                10..=14 => self.sse(viewer_node, &room, stay, abrupt, &counters).await,
                 15..=17 => {
                     let url = format!("http://{node}/api/v1/rooms/{room}/danmaku");
                     post(&self.http, &url, "churn").await.is_some()
