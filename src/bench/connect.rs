@@ -113,7 +113,9 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
 /// Counts the rooms whose `online`, as the nodes report it, does not come
 /// to the connections the bench holds in them within `ONLINE_WAIT`. Nodes
 /// that share their counts (a cluster) each report the room's total;
-/// nodes that do not each report their own, and those add up to it.
+/// nodes that do not each report their own, and those add up to it. Where
+/// nodes also report `online_local` (their own viewers), those must add up
+/// to it too.
 async fn check_online(cluster: &Cluster, rooms: &[String], connected: &[u64]) -> u64 {
     let deadline = Instant::now() + ONLINE_WAIT;
     let mut pending: Vec<usize> = (0..rooms.len()).collect();
@@ -127,10 +129,14 @@ async fn check_online(cluster: &Cluster, rooms: &[String], connected: &[u64]) ->
                     .map(|addr| online(cluster.http(), *addr, &rooms[r])),
             )
             .await;
-            let counts: Option<Vec<u64>> = counts.into_iter().collect();
+            let counts: Option<Vec<Online>> = counts.into_iter().collect();
             let want = connected[r];
-            let ok = counts
-                .is_some_and(|c| c.iter().all(|&n| n == want) || c.iter().sum::<u64>() == want);
+            let ok = counts.is_some_and(|c| {
+                let shared = c.iter().all(|n| n.online == want);
+                let summed = c.iter().map(|n| n.online).sum::<u64>() == want;
+                let locals: Option<u64> = c.iter().map(|n| n.local).sum();
+                (shared || summed) && locals.is_none_or(|l| l == want)
+            });
             (r, ok)
         }))
         .buffer_unordered(READS_IN_FLIGHT)
@@ -150,14 +156,25 @@ async fn check_online(cluster: &Cluster, rooms: &[String], connected: &[u64]) ->
     }
 }
 
-/// A room's `online` as one node reports it.
-async fn online(http: &reqwest::Client, addr: std::net::SocketAddr, room: &str) -> Option<u64> {
+/// A room's viewer counts as one node reports them.
+struct Online {
+    /// `online`: the cluster's (or, alone, the node's).
+    online: u64,
+    /// `online_local`: the node's own, where it says.
+    local: Option<u64>,
+}
+
+/// Reads a room's counts from one node.
+async fn online(http: &reqwest::Client, addr: std::net::SocketAddr, room: &str) -> Option<Online> {
     let mut req = http.get(format!("http://{addr}/api/v1/rooms/{room}"));
     if let Some(token) = super::TOKEN.get() {
         req = req.bearer_auth(token);
     }
     let body: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
-    body["online"].as_u64()
+    Some(Online {
+        online: body["online"].as_u64()?,
+        local: body["online_local"].as_u64(),
+    })
 }
 
 /// What the trickle did.

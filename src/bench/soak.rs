@@ -294,6 +294,7 @@ fn mib(bytes: u64) -> f64 {
 struct Churner {
     /// The nodes, and where this client's viewers and requests go.
     layout: Layout,
+    /// This client's number: its turn among the nodes.
     slot: usize,
     http: reqwest::Client,
     source: std::net::Ipv4Addr,
