@@ -126,7 +126,9 @@ impl Cluster {
     /// Resolves the running nodes, or starts `spec.nodes` of this binary
     /// (ids `bench-1`…, with a fresh database when the store is PostgreSQL).
     pub async fn start(spec: Spec<'_>) -> anyhow::Result<Cluster> {
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder()
+            .timeout(super::HTTP_TIMEOUT)
+            .build()?;
         if !spec.urls.is_empty() {
             let mut nodes = spec
                 .urls

@@ -106,9 +106,16 @@ fn token_query() -> String {
         .map_or_else(String::new, |t| format!("&token={t}"))
 }
 
+/// How long one of the bench's HTTP requests may take: a node that never
+/// answers must not hold a run forever.
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// POSTs a danmaku over HTTP; returns its id, or none if it was not accepted.
 async fn post_danmaku(http: &reqwest::Client, url: &str, text: &str) -> Option<u64> {
-    let mut req = http.post(url).json(&serde_json::json!({ "text": text }));
+    let mut req = http
+        .post(url)
+        .timeout(HTTP_TIMEOUT)
+        .json(&serde_json::json!({ "text": text }));
     if let Some(token) = TOKEN.get() {
         req = req.bearer_auth(token);
     }

@@ -158,7 +158,9 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let cpu_before = cluster.cpu_seconds();
     let started = Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_secs_f64(plan.duration);
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(super::HTTP_TIMEOUT)
+        .build()?;
     let hot_last = Arc::new(AtomicU64::new(0));
     let senders: Vec<_> = (0..plan.senders)
         .map(|s| {
