@@ -1,28 +1,22 @@
 //! `fanout` and `rooms`: viewers in rooms, senders over WebSocket, and what
 //! every viewer received: throughput, latency, losses and duplicates.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::audience::{Audience, Crowd, DRAIN};
+use super::cluster::Cluster;
 use super::progress::{Counters, Progress};
 use super::report::Report;
-use super::target::Target;
-use super::viewer::{now_micros, source_ip, Viewer, STAMP};
+use super::viewer::{now_micros, STAMP};
 
-/// Viewers whose every danmaku's latency is measured (the others only
-/// check ids): enough for stable percentiles, few enough to stay cheap.
-const SAMPLED_VIEWERS: usize = 200;
 /// Connections opened at once while connecting viewers.
 const CONNECT_CONCURRENCY: usize = 256;
-/// How long viewers may take to receive the last danmaku after sending ends.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// What to run.
 pub struct Plan {
@@ -34,6 +28,8 @@ pub struct Plan {
     duration: Duration,
     /// Viewers that read too slowly on purpose (they should show up as lagged).
     pub slow_viewers: usize,
+    /// Load generator processes holding the viewers (1: this one).
+    pub procs: usize,
 }
 
 impl Plan {
@@ -55,12 +51,13 @@ impl Plan {
             total_rate,
             duration: Duration::from_secs_f64(duration),
             slow_viewers: 0,
+            procs: 1,
         }
     }
 }
 
 /// Runs the plan and reports.
-pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Result<Report> {
+pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let counters = Arc::new(Counters::default());
     let _progress = Progress::start(plan.scenario, counters.clone());
     let rooms = plan.rooms.len();
@@ -68,49 +65,18 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
 
     // Viewers first, so that every danmaku sent has all its viewers.
     let connect_started = Instant::now();
-    let mut connected = Vec::with_capacity(viewers);
-    let mut errors = 0u64;
-    for chunk in (0..viewers).collect::<Vec<_>>().chunks(CONNECT_CONCURRENCY) {
-        let attempts = chunk.iter().map(|&i| {
-            let room = plan.rooms[i % rooms].clone();
-            let slow = i < plan.slow_viewers;
-            // Latency is sampled on viewers that keep up.
-            let sample = !slow && i % viewers.div_ceil(SAMPLED_VIEWERS).max(1) == 0;
-            async move {
-                let viewer = Viewer::connect(addr, source_ip(i), &room, sample, slow).await;
-                (i % rooms, viewer)
-            }
-        });
-        for (room, result) in futures_util::future::join_all(attempts).await {
-            match result {
-                Ok(v) => {
-                    counters.connected.fetch_add(1, Ordering::Relaxed);
-                    connected.push((room, v));
-                }
-                Err(e) => {
-                    errors += 1;
-                    tracing::warn!(error = %e, "viewer failed to connect");
-                }
-            }
-        }
-    }
+    let crowd = Crowd {
+        layout: cluster.layout().clone(),
+        rooms: plan.rooms.clone(),
+        viewers,
+        slow_viewers: plan.slow_viewers,
+        concurrency: CONNECT_CONCURRENCY,
+    };
+    let audience = Audience::gather(&crowd, plan.procs, &counters).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
+    let mut errors = audience.errors;
 
-    let last_delivery = Arc::new(AtomicU64::new(0));
-    let finals: Vec<watch::Sender<Option<u64>>> =
-        (0..rooms).map(|_| watch::channel(None).0).collect();
-    let viewer_tasks: Vec<_> = connected
-        .into_iter()
-        .map(|(room, v)| {
-            tokio::spawn(v.run(
-                counters.clone(),
-                last_delivery.clone(),
-                finals[room].subscribe(),
-            ))
-        })
-        .collect();
-
-    let cpu_before = target.cpu_seconds();
+    let cpu_before = cluster.cpu_seconds();
     // Time for every sender to connect before the first send.
     let sending_starts = tokio::time::Instant::now() + Duration::from_secs(1);
     let send_started = sending_starts.into_std();
@@ -120,8 +86,9 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     let mut sender_tasks = Vec::with_capacity(senders);
     for s in 0..senders {
         let room = s % rooms;
+        let node = cluster.layout().sender(s);
         let url = format!(
-            "ws://{addr}/ws?room={}{}",
+            "ws://{node}/ws?room={}{}",
             plan.rooms[room],
             super::token_query()
         );
@@ -154,14 +121,14 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     }
     // The planned window, or longer if a sender fell behind it.
     let sending_s = (plan.duration + late).as_secs_f64();
-    // Tell each room's viewers the last id to wait for.
-    for (room, fin) in finals.iter().enumerate() {
-        let _ = fin.send(Some(last_ids[room].load(Ordering::Relaxed)));
-    }
-    let drained = tokio::time::timeout(DRAIN, futures_util::future::join_all(viewer_tasks)).await;
-    drop(finals);
-    let cpu_after = target.cpu_seconds();
+    // Tell each room's viewers the last id to wait for: ids are the
+    // room's across the cluster, so it holds whichever node a viewer is on.
+    let last_ids: Vec<u64> = last_ids.iter().map(|l| l.load(Ordering::Relaxed)).collect();
+    let seen = audience.finish(&last_ids, &counters).await?;
+    let cpu_after = cluster.cpu_seconds();
 
+    let start = now_micros() - send_started.elapsed().as_micros() as u64;
+    let elapsed = (seen.last_delivery_us.saturating_sub(start) as f64 / 1e6).max(sending_s);
     let mut report = Report {
         scenario: plan.scenario,
         viewers: Some(viewers),
@@ -169,36 +136,22 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
         offered_per_s: Some(plan.total_rate),
         sent: Some(sent),
         connect_s: Some(connect_s),
-        server_rss_bytes: target.rss_bytes(),
+        server_rss_bytes: cluster.rss_bytes(),
         server_cpu_s: cpu_after.zip(cpu_before).map(|(a, b)| a - b),
+        // Per second of the window the load was offered in: the rate the
+        // server kept up with. How late the receipts came is the latency's
+        // to tell, and `sending_s` shows whether the senders kept their pace.
+        delivered_per_s: Some(seen.received as f64 / plan.duration.as_secs_f64()),
+        sending_s: Some(sending_s),
+        elapsed_s: Some(elapsed),
+        lost: Some(seen.lost),
+        duplicated: Some(seen.duplicated),
+        lagged: Some(seen.lagged),
+        thinned: Some(seen.thinned),
+        errors: Some(errors),
+        procs: Some(plan.procs),
         ..Report::default()
     };
-    let Ok(results) = drained else {
-        anyhow::bail!("viewers did not receive everything within {DRAIN:?} after sending ended");
-    };
-    let (mut delivered, mut lost, mut dup, mut lagged, mut thinned) = (0, 0, 0, 0, 0);
-    for seen in results {
-        let seen = seen?;
-        delivered += seen.received;
-        lost += seen.lost;
-        dup += seen.duplicated;
-        lagged += seen.lagged;
-        thinned += seen.thinned;
-    }
-    let end = last_delivery.load(Ordering::Relaxed);
-    let start = now_micros() - send_started.elapsed().as_micros() as u64;
-    let elapsed = (end.saturating_sub(start) as f64 / 1e6).max(sending_s);
-    // Per second of the window the load was offered in: the rate the
-    // server kept up with. How late the receipts came is the latency's to
-    // tell, and `sending_s` shows whether the senders kept their pace.
-    report.delivered_per_s = Some(delivered as f64 / plan.duration.as_secs_f64());
-    report.sending_s = Some(sending_s);
-    report.elapsed_s = Some(elapsed);
-    report.lost = Some(lost);
-    report.duplicated = Some(dup);
-    report.lagged = Some(lagged);
-    report.thinned = Some(thinned);
-    report.errors = Some(errors);
     if let Some(h) = counters.latency.lock().expect("latency lock").as_ref() {
         report.set_latency(h);
     }

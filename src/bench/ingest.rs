@@ -16,31 +16,30 @@ use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::cluster::Cluster;
 use super::progress::{Counters, Progress};
 use super::report::{latency_histogram, Report};
-use super::target::Target;
+
+/// The room every sender posts to.
+const ROOM: &str = "ingest";
 
 /// Runs `concurrency` closed-loop senders for `duration` seconds.
-pub async fn run(
-    target: &Target,
-    addr: SocketAddr,
-    concurrency: usize,
-    duration: f64,
-) -> anyhow::Result<Report> {
+pub async fn run(cluster: &Cluster, concurrency: usize, duration: f64) -> anyhow::Result<Report> {
     let counters = Arc::new(Counters::default());
     let _progress = Progress::start("ingest", counters.clone());
-    let cpu_before = target.cpu_seconds();
+    let cpu_before = cluster.cpu_seconds();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(duration);
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             let counters = counters.clone();
+            let addr = cluster.layout().sender(i);
             tokio::spawn(async move {
                 let mut latency = latency_histogram();
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let body = format!(r#"{{"text":"ingest {i}"}}"#);
                 let request = format!(
-                    "POST /api/v1/rooms/ingest/danmaku HTTP/1.1\r\nHost: {addr}\r\n{}\
+                    "POST /api/v1/rooms/{ROOM}/danmaku HTTP/1.1\r\nHost: {addr}\r\n{}\
                      Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                     super::token_header(),
                     body.len()
@@ -85,8 +84,8 @@ pub async fn run(
         acked_per_s: Some(ok as f64 / elapsed),
         errors: Some(errors),
         elapsed_s: Some(elapsed),
-        server_rss_bytes: target.rss_bytes(),
-        server_cpu_s: target.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b),
+        server_rss_bytes: cluster.rss_bytes(),
+        server_cpu_s: cluster.cpu_seconds().zip(cpu_before).map(|(a, b)| a - b),
         ..Report::default()
     };
     if let Some(h) = counters.latency.lock().expect("latency lock").as_ref() {

@@ -1,13 +1,20 @@
 //! `danmaku bench`: the load generator and benchmark scenarios.
 //!
-//! Each scenario starts a fresh release server of its own (this same
-//! binary, a temporary data directory, its PID known so that RSS and CPU
-//! can be read from /proc) unless `--url` names a running one. Viewers are
-//! lean hand-written WebSocket readers ([`viewer`]): they scan frames for
-//! ids and send times instead of parsing JSON, so that on a 2-core machine
-//! the generator is not what limits the figures.
+//! Each scenario starts fresh release nodes of its own (this same binary,
+//! each with a temporary data directory, their PIDs known so that RSS and
+//! CPU can be read from /proc; one node unless `--nodes`), or loads running
+//! ones named by `--url` / `--cluster`, and spreads its connections over
+//! them (`--place`). Viewers are lean hand-written WebSocket readers
+//! ([`viewer`]): they scan frames for ids and send times instead of parsing
+//! JSON, so that on a 2-core machine the generator is not what limits the
+//! figures; with `--procs` they are spread over child processes
+//! ([`audience`]). The bench speaks only the public protocol, so it loads a
+//! cluster exactly as clients would.
 
+mod audience;
+mod cluster;
 mod connect;
+mod database;
 mod fanout;
 mod ingest;
 mod progress;
@@ -16,7 +23,6 @@ mod soak;
 mod target;
 mod viewer;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,15 +36,38 @@ pub struct BenchArgs {
     #[command(subcommand)]
     scenario: Scenario,
     /// Benchmark a running server at this URL instead of starting one
-    /// (then server RSS and CPU are reported as null). It limits the bench
-    /// like any client unless given a `service` token (--token).
+    /// (then server RSS and CPU are reported as null). Give it once per
+    /// node of a cluster: connections are spread over them (--place). It
+    /// limits the bench like any client unless given a `service` token
+    /// (--token).
     #[arg(long, global = true)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// The nodes of a running cluster, comma-separated: the same as one
+    /// --url each.
+    #[arg(long, global = true, value_delimiter = ',')]
+    cluster: Vec<String>,
+    /// How viewers are spread over the nodes: each room's dealt over them
+    /// in turn, or all of a room's on one node picked by hashing its name
+    /// (as a load balancer hashing on the room). Senders are always dealt
+    /// over the nodes in turn.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    place: cluster::Place,
+    /// Nodes the bench starts (without --url), ids bench-1…bench-N.
+    #[arg(long, global = true, conflicts_with_all = ["url", "cluster"])]
+    nodes: Option<usize>,
+    /// PostgreSQL URL for the nodes the bench starts: it creates a database
+    /// of the run's own on that server (danmaku_bench_PID, with `psql`),
+    /// and drops it at the end.
+    #[arg(long, global = true, conflicts_with_all = ["url", "cluster"])]
+    store_url: Option<String>,
+    /// Redis or NATS URL for the nodes the bench starts, passed as is.
+    #[arg(long, global = true, conflicts_with_all = ["url", "cluster"])]
+    bus_url: Option<String>,
     /// Print one JSON object on stdout at the end instead of a summary.
     #[arg(long, global = true)]
     json: bool,
-    /// Config file for the server the bench starts, used as is. Without
-    /// it, that server exempts loopback from its limits
+    /// Config file for the nodes the bench starts, used as is. Without
+    /// it, those nodes exempt loopback from their limits
     /// (`limits.exempt_ips`); with it, exempt the bench there or pass a
     /// `service` token (--token), or the limits, not the server, are what
     /// is measured.
@@ -61,6 +90,11 @@ fn note_rate_limited() {
     RATE_LIMITED.store(true, Ordering::Relaxed);
 }
 
+/// Whether the server refused the bench for its limits.
+fn rate_limited() -> bool {
+    RATE_LIMITED.load(Ordering::Relaxed)
+}
+
 /// The token from `--token`, set once before a scenario starts; every
 /// connection the bench opens reads it.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -70,6 +104,30 @@ fn token_query() -> String {
     TOKEN
         .get()
         .map_or_else(String::new, |t| format!("&token={t}"))
+}
+
+/// How long one of the bench's HTTP requests may take: a node that never
+/// answers must not hold a run forever.
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// POSTs a danmaku over HTTP; returns its id, or none if it was not accepted.
+async fn post_danmaku(http: &reqwest::Client, url: &str, text: &str) -> Option<u64> {
+    let mut req = http
+        .post(url)
+        .timeout(HTTP_TIMEOUT)
+        .json(&serde_json::json!({ "text": text }));
+    if let Some(token) = TOKEN.get() {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.ok()?;
+    if res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        note_rate_limited();
+    }
+    if !res.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = res.json().await.ok()?;
+    body["id"].as_u64()
 }
 
 /// An `Authorization` header line (with its CRLF), or nothing.
@@ -102,6 +160,9 @@ enum Scenario {
         /// be reported as lagged (and their losses counted), never silently.
         #[arg(long, default_value_t = 0)]
         slow_viewers: usize,
+        /// Load generator processes sharing the viewers.
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
     },
     /// Many rooms with a few viewers each, each room receiving its own rate.
     Rooms {
@@ -117,6 +178,9 @@ enum Scenario {
         /// Seconds of sending.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Load generator processes sharing the viewers.
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
     },
     /// HTTP POST sends, acknowledged only when durable.
     Ingest {
@@ -131,12 +195,13 @@ enum Scenario {
     /// resumes, SSE reconnects and history reads around them, with the
     /// server's RSS and open files sampled as it goes.
     Soak(soak::Plan),
-    /// N idle WebSocket connections: connect rate and server memory per connection.
-    Connect {
-        /// Connections (at most about 19,000 within a 20,000 open-files limit).
-        #[arg(long, default_value_t = 10_000)]
-        connections: usize,
-    },
+    /// N WebSocket connections held open over rooms: connect rate, server
+    /// memory per connection, the nodes' online counts, and with --rate a
+    /// trickle of danmaku every viewer must receive.
+    Connect(connect::Plan),
+    /// A child load generator process of the bench (internal).
+    #[command(hide = true)]
+    Shard,
 }
 
 /// Runs a scenario and prints its report.
@@ -144,9 +209,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(token) = args.token {
         let _ = TOKEN.set(token);
     }
-    let target = target::Target::start(args.url.as_deref(), args.server_config.as_deref()).await?;
-    let addr: SocketAddr = target.addr;
-    let report = match args.scenario {
+    if let Scenario::Shard = args.scenario {
+        return audience::serve_shard().await;
+    }
+    let urls: Vec<String> = args.url.iter().chain(&args.cluster).cloned().collect();
+    let cluster = cluster::Cluster::start(cluster::Spec {
+        urls: &urls,
+        nodes: args.nodes.unwrap_or(1),
+        config: args.server_config.as_deref(),
+        store_url: args.store_url.as_deref(),
+        bus_url: args.bus_url.as_deref(),
+        place: args.place,
+    })
+    .await?;
+    let run = cluster.begin().await;
+    let mut report = match args.scenario {
         Scenario::Fanout {
             viewers,
             senders,
@@ -154,21 +231,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration,
             room,
             slow_viewers,
+            procs,
         } => {
             let mut plan =
                 fanout::Plan::new("fanout", vec![room], viewers, senders, rate, duration);
             plan.slow_viewers = slow_viewers;
-            fanout::run(&target, addr, plan).await?
+            plan.procs = procs;
+            fanout::run(&cluster, plan).await?
         }
         Scenario::Rooms {
             rooms,
             viewers_per_room,
             rate_per_room,
             duration,
+            procs,
         } => {
             let names = (0..rooms).map(|i| format!("bench-{i}")).collect();
             let senders = rooms.clamp(1, 16);
-            let plan = fanout::Plan::new(
+            let mut plan = fanout::Plan::new(
                 "rooms",
                 names,
                 viewers_per_room,
@@ -176,25 +256,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 rate_per_room * rooms as f64,
                 duration,
             );
-            fanout::run(&target, addr, plan).await?
+            plan.procs = procs;
+            fanout::run(&cluster, plan).await?
         }
         Scenario::Ingest {
             concurrency,
             duration,
-        } => ingest::run(&target, addr, concurrency, duration).await?,
-        Scenario::Connect { connections } => connect::run(&target, addr, connections).await?,
-        Scenario::Soak(plan) => soak::run(&target, addr, plan).await?,
+        } => ingest::run(&cluster, concurrency, duration).await?,
+        Scenario::Connect(plan) => connect::run(&cluster, plan).await?,
+        Scenario::Soak(plan) => soak::run(&cluster, plan).await?,
+        Scenario::Shard => unreachable!("a shard returned above"),
     };
-    target.stop().await;
+    cluster.finish(run, &mut report).await;
+    cluster.stop().await;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.summary());
     }
-    if RATE_LIMITED.load(Ordering::Relaxed) {
+    if rate_limited() {
         // Only a --server-config can take the bench's exemption away from
-        // a server it starts.
-        let who = if args.url.is_none() && args.server_config.is_some() {
+        // nodes it starts.
+        let who = if urls.is_empty() && args.server_config.is_some() {
             "list 127.0.0.0/8 in that config's limits.exempt_ips, or pass a `service` token with --token"
         } else {
             "pass a `service` token with --token"

@@ -10,7 +10,7 @@ use super::soak::SoakFigures;
 /// Every figure a scenario reports; a figure it could not measure is null.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    /// `fanout`, `rooms`, `ingest` or `connect`.
+    /// `fanout`, `rooms`, `ingest`, `soak` or `connect`.
     pub scenario: &'static str,
     /// Viewers in total.
     pub viewers: Option<usize>,
@@ -66,9 +66,60 @@ pub struct Report {
     /// Wall-clock seconds of the measured phase: for fanout and rooms, from
     /// the first send to the last receipt.
     pub elapsed_s: Option<f64>,
+    /// Load generator processes (fanout, rooms, connect with `--procs`).
+    pub procs: Option<usize>,
+    /// Rooms whose `online` count the nodes did not bring to the room's
+    /// connections in time (connect).
+    pub online_mismatches: Option<u64>,
+    /// Nodes under test.
+    pub nodes: Option<usize>,
+    /// The nodes' store, `sqlite` or `postgres` (null for nodes at `--url`).
+    pub store: Option<String>,
+    /// The nodes' bus, `memory`, `redis` or `nats` (null for nodes at `--url`).
+    pub bus: Option<String>,
+    /// Each node's broker messages received during the run, in node order.
+    pub broker_received_per_node: Option<Vec<u64>>,
+    /// The busiest node's share of all broker messages received (1/nodes
+    /// when every node hears as much; null when none were received).
+    pub broker_share_max: Option<f64>,
+    /// PostgreSQL commits (group commits of every node) per second of
+    /// `elapsed_s`, or of the whole run when the scenario has none.
+    pub pg_commits_per_s: Option<f64>,
+    /// What each node did during the run.
+    pub per_node: Option<Vec<NodeFigures>>,
     /// A soak's memory and open-file readings (soak only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakFigures>,
+}
+
+/// What one node did during a run: readings of `/proc` for a node the
+/// bench started (null otherwise), and rises of its `/metrics` counters.
+#[derive(Debug, Default, Serialize)]
+pub struct NodeFigures {
+    /// Its id, as the bench gave it or its `/healthz` says.
+    pub node_id: Option<String>,
+    /// Its address.
+    pub addr: String,
+    /// Resident memory at the end, bytes.
+    pub rss_bytes: Option<u64>,
+    /// The highest resident memory sampled (every second), bytes.
+    pub rss_peak_bytes: Option<u64>,
+    /// CPU time used during the run, seconds.
+    pub cpu_s: Option<f64>,
+    /// Open files at the end.
+    pub open_files: Option<u64>,
+    /// The most open files sampled.
+    pub open_files_peak: Option<u64>,
+    /// Broker messages it received (`danmaku_bus_received_total`).
+    pub bus_received: Option<u64>,
+    /// Broker messages it published (`danmaku_bus_published_total`).
+    pub bus_published: Option<u64>,
+    /// Its store's group commits (`danmaku_store_batch_size_count`).
+    pub commits: Option<u64>,
+    /// Danmaku it accepted and stored (`danmaku_received_total`).
+    pub received: Option<u64>,
+    /// Danmaku it wrote to viewers (`danmaku_deliveries_total`).
+    pub deliveries: Option<u64>,
 }
 
 /// Microseconds in a histogram value.
@@ -97,9 +148,26 @@ impl Report {
         // A soak's figures read like the others; its series is for --json.
         let soak = json["soak"].as_object().into_iter().flatten();
         for (key, value) in top.chain(soak) {
-            if !["scenario", "soak", "samples"].contains(&key.as_str()) && !value.is_null() {
+            if !["scenario", "soak", "samples", "per_node"].contains(&key.as_str())
+                && !value.is_null()
+            {
                 let _ = writeln!(out, "  {key:<30} {value}");
             }
+        }
+        // One line per node, its known figures only.
+        for node in json["per_node"].as_array().into_iter().flatten() {
+            let node = node.as_object().expect("an object");
+            let id = node["node_id"].as_str().unwrap_or("?");
+            let _ = write!(out, "  node {id}");
+            let known = node.iter().filter(|(k, v)| *k != "node_id" && !v.is_null());
+            for (key, value) in known {
+                let _ = write!(
+                    out,
+                    " {key}={}",
+                    value.as_str().map_or(value.to_string(), str::to_owned)
+                );
+            }
+            let _ = writeln!(out);
         }
         out
     }

@@ -21,9 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::cluster::{Cluster, Layout};
+use super::post_danmaku as post;
 use super::progress::{Counters, Progress};
 use super::report::Report;
-use super::target::Target;
 use super::viewer::{handshake, now_micros, source_ip, Seen, Viewer, STAMP};
 
 /// The hot room.
@@ -107,13 +108,14 @@ pub struct SoakFigures {
 }
 
 /// Runs the plan and reports.
-pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Result<Report> {
+pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let counters = Arc::new(Counters::default());
     let _progress = Progress::start("soak", counters.clone());
+    let layout = cluster.layout();
     let read = |t_s: f64, counters: &Counters| Sample {
         t_s,
-        rss_bytes: target.rss_bytes(),
-        fds: target.open_fds(),
+        rss_bytes: cluster.rss_bytes(),
+        fds: cluster.open_fds(),
         connections: counters.connected.load(Ordering::Relaxed),
     };
     let before = read(0.0, &counters);
@@ -125,7 +127,7 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     for chunk in indices.chunks(CONNECT_CONCURRENCY) {
         let attempts = chunk.iter().map(|&i| {
             let sample = i % SAMPLE_EVERY_NTH == 0;
-            Viewer::connect(addr, source_ip(i), HOT, sample, false)
+            Viewer::connect(layout.viewer(HOT, i), source_ip(i), HOT, sample, false)
         });
         for result in futures_util::future::join_all(attempts).await {
             match result {
@@ -153,16 +155,21 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
         })
         .collect();
 
-    let cpu_before = target.cpu_seconds();
+    let cpu_before = cluster.cpu_seconds();
     let started = Instant::now();
     let until = tokio::time::Instant::now() + Duration::from_secs_f64(plan.duration);
-    let http = reqwest::Client::new();
-    let base = format!("http://{addr}");
+    let http = reqwest::Client::builder()
+        .timeout(super::HTTP_TIMEOUT)
+        .build()?;
     let hot_last = Arc::new(AtomicU64::new(0));
     let senders: Vec<_> = (0..plan.senders)
         .map(|s| {
             let period = Duration::from_secs_f64(plan.senders as f64 / plan.rate);
-            let (http, url) = (http.clone(), format!("{base}/api/v1/rooms/{HOT}/danmaku"));
+            let node = layout.sender(s);
+            let (http, url) = (
+                http.clone(),
+                format!("http://{node}/api/v1/rooms/{HOT}/danmaku"),
+            );
             let (counters, hot_last) = (counters.clone(), hot_last.clone());
             // Out of phase with one another, as real senders are.
             let first =
@@ -188,8 +195,8 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     let churners: Vec<_> = (0..plan.churn)
         .map(|slot| {
             let churner = Churner {
-                addr,
-                base: base.clone(),
+                layout: layout.clone(),
+                slot,
                 http: http.clone(),
                 source: source_ip(plan.viewers + slot),
                 rooms: plan.rooms.max(1),
@@ -222,7 +229,7 @@ pub async fn run(target: &Target, addr: SocketAddr, plan: Plan) -> anyhow::Resul
     for c in churners {
         errors += c.await?;
     }
-    let cpu_after = target.cpu_seconds();
+    let cpu_after = cluster.cpu_seconds();
 
     // The hot viewers wait for the last acknowledged id, then leave.
     final_id.send_replace(Some(hot_last.load(Ordering::Relaxed)));
@@ -284,25 +291,13 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// POSTs a danmaku; returns its id, or none if it was not accepted.
-async fn post(http: &reqwest::Client, url: &str, text: &str) -> Option<u64> {
-    let mut req = http.post(url).json(&serde_json::json!({ "text": text }));
-    if let Some(token) = super::TOKEN.get() {
-        req = req.bearer_auth(token);
-    }
-    let res = req.send().await.ok()?;
-    if !res.status().is_success() {
-        return None;
-    }
-    let body: serde_json::Value = res.json().await.ok()?;
-    body["id"].as_u64()
-}
-
 /// One churning client: one connection or request after another, of a
 /// kind and length picked at random, until the load ends.
 struct Churner {
-    addr: SocketAddr,
-    base: String,
+    /// The nodes, and where this client's viewers and requests go.
+    layout: Layout,
+    /// This client's number: its turn among the nodes.
+    slot: usize,
     http: reqwest::Client,
     source: std::net::Ipv4Addr,
     rooms: usize,
@@ -331,6 +326,10 @@ impl Churner {
         let mut failed = 0u64;
         while tokio::time::Instant::now() < until {
             let room = format!("soak-{}", self.next(self.rooms as u64));
+            // Viewers go where the placement puts the room's; sends and
+            // reads are dealt over the nodes like the other senders'.
+            let viewer_node = self.layout.viewer(&room, self.slot);
+            let node = self.layout.sender(self.slot);
             // Between 0.2 and 3 s, cut short by the end of the load.
             let stay = Duration::from_millis(200 + self.next(2800));
             let stay = stay.min(until.saturating_duration_since(tokio::time::Instant::now()));
@@ -343,21 +342,21 @@ impl Churner {
                 // for them). `handshake` puts the room into the query as it
                 // is, so it carries `since` too.
                 0..=9 => {
-                    let query = match self.next(40) {
-                        0..=3 => HOT.to_owned(),
-                        4..=12 => format!("{room}&since={}", self.next(50)),
-                        _ => room,
+                    let (node, query) = match self.next(40) {
+                        0..=3 => (self.layout.viewer(HOT, self.slot), HOT.to_owned()),
+                        4..=12 => (viewer_node, format!("{room}&since={}", self.next(50))),
+                        _ => (viewer_node, room),
                     };
-                    self.websocket(&query, stay, abrupt, &counters).await
+                    self.websocket(node, &query, stay, abrupt, &counters).await
                 }
-                10..=14 => self.sse(&room, stay, abrupt, &counters).await,
+                10..=14 => self.sse(viewer_node, &room, stay, abrupt, &counters).await,
                 15..=17 => {
-                    let url = format!("{}/api/v1/rooms/{room}/danmaku", self.base);
+                    let url = format!("http://{node}/api/v1/rooms/{room}/danmaku");
                     post(&self.http, &url, "churn").await.is_some()
                 }
                 _ => {
                     let after = self.next(100);
-                    let url = format!("{}/api/v1/rooms/{room}/danmaku?after={after}", self.base);
+                    let url = format!("http://{node}/api/v1/rooms/{room}/danmaku?after={after}");
                     self.http
                         .get(url)
                         .send()
@@ -371,8 +370,15 @@ impl Churner {
     }
 
     /// A WebSocket viewer of `query` for `stay`, then a close or a reset.
-    async fn websocket(&mut self, query: &str, stay: Duration, abrupt: bool, c: &Counters) -> bool {
-        let Ok((mut stream, _)) = handshake(self.addr, self.source, query, false).await else {
+    async fn websocket(
+        &mut self,
+        node: SocketAddr,
+        query: &str,
+        stay: Duration,
+        abrupt: bool,
+        c: &Counters,
+    ) -> bool {
+        let Ok((mut stream, _)) = handshake(node, self.source, query, false).await else {
             return false;
         };
         c.connected.fetch_add(1, Ordering::Relaxed);
@@ -389,14 +395,21 @@ impl Churner {
     }
 
     /// An SSE stream of `room` from the last event id this client saw.
-    async fn sse(&mut self, room: &str, stay: Duration, abrupt: bool, c: &Counters) -> bool {
+    async fn sse(
+        &mut self,
+        node: SocketAddr,
+        room: &str,
+        stay: Duration,
+        abrupt: bool,
+        c: &Counters,
+    ) -> bool {
         let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
             return false;
         };
         if socket.bind(SocketAddr::from((self.source, 0))).is_err() {
             return false;
         }
-        let Ok(mut stream) = socket.connect(self.addr).await else {
+        let Ok(mut stream) = socket.connect(node).await else {
             return false;
         };
         // A reconnect resumes where the last stream of this client ended.
@@ -407,7 +420,7 @@ impl Churner {
         let request = format!(
             "GET /api/v1/rooms/{room}/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\
              {resume}{}\r\n",
-            self.addr,
+            node,
             super::token_header()
         );
         if stream.write_all(request.as_bytes()).await.is_err() {

@@ -1,4 +1,4 @@
-//! The server under test: one the bench starts, or one at `--url`.
+//! One server under test: a node the bench starts, or one at `--url`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -11,10 +11,12 @@ use tokio::process::{Child, Command};
 /// Linux reports CPU time in clock ticks of 1/100 s (USER_HZ).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// The server a scenario runs against.
+/// One node a scenario runs against.
 pub struct Target {
     /// Its address.
     pub addr: SocketAddr,
+    /// The id the bench gave it (a node at `--url` says its own in `/healthz`).
+    pub node_id: Option<String>,
     child: Option<Child>,
     /// Keeps the temporary directory (data, and the bench's config) until
     /// the server stops.
@@ -27,26 +29,40 @@ pub struct Target {
 /// figures measure the server.
 const EXEMPT_LOOPBACK: &str = "[limits]\nexempt_ips = [\"127.0.0.0/8\", \"::1/128\"]\n";
 
+/// How the bench starts a node of its own.
+pub struct Launch<'a> {
+    /// `--server-config`, used as is; without it, one that exempts loopback.
+    pub config: Option<&'a Path>,
+    /// `--store-url`, passed through (already naming the run's database).
+    pub store_url: Option<&'a str>,
+    /// `--bus-url`, passed through.
+    pub bus_url: Option<&'a str>,
+    /// The node's id.
+    pub node_id: String,
+}
+
 impl Target {
-    /// Starts a server (this binary) on an ephemeral port with a temporary
-    /// data directory and `config` (as is), or else one that exempts
-    /// loopback from its limits; or resolves `url`.
-    pub async fn start(url: Option<&str>, config: Option<&Path>) -> anyhow::Result<Target> {
-        if let Some(url) = url {
-            let host = url.trim_start_matches("http://").trim_end_matches('/');
-            let addr = host
-                .to_socket_addrs()
-                .with_context(|| format!("cannot resolve {host}"))?
-                .next()
-                .context("no address")?;
-            return Ok(Target {
-                addr,
-                child: None,
-                _data: None,
-            });
-        }
+    /// A running server at `url` (`http://HOST:PORT`).
+    pub fn at(url: &str) -> anyhow::Result<Target> {
+        let host = url.trim_start_matches("http://").trim_end_matches('/');
+        let addr = host
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        Ok(Target {
+            addr,
+            node_id: None,
+            child: None,
+            _data: None,
+        })
+    }
+
+    /// Starts a server (this binary) on an ephemeral port of 127.0.0.1
+    /// with a temporary data directory.
+    pub async fn launch(launch: Launch<'_>) -> anyhow::Result<Target> {
         let data = tempfile::tempdir()?;
-        let config = match config {
+        let config = match launch.config {
             Some(config) => config.to_owned(),
             None => {
                 let own = data.path().join("bench.toml");
@@ -59,52 +75,58 @@ impl Target {
             .arg(data.path().join("data"))
             .arg("--config")
             .arg(config)
+            .args(["--node-id", &launch.node_id])
+            // The bench's flags, not its environment, say what its nodes
+            // use: the report names the store and the bus from them.
+            .env_remove("DANMAKU_STORE_URL")
+            .env_remove("DANMAKU_BUS_URL")
+            .env_remove("DANMAKU_NODE_ID")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        let mut child = cmd.spawn().context("cannot start the server")?;
+        if let Some(url) = launch.store_url {
+            cmd.args(["--store-url", url]);
+        }
+        if let Some(url) = launch.bus_url {
+            cmd.args(["--bus-url", url]);
+        }
+        let id = &launch.node_id;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start node {id}"))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next_line()
-            .await?
-            .context("the server printed nothing")?;
+        let Some(first) = lines.next_line().await? else {
+            bail!("node {id} did not start (its error is above)");
+        };
         let Some(addr) = first.strip_prefix("danmaku listening on http://") else {
-            bail!("unexpected server output: {first}");
+            bail!("node {id}: unexpected server output: {first}");
         };
         let addr = addr.parse()?;
         // Drain the rest of its stdout so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Target {
             addr,
+            node_id: Some(launch.node_id),
             child: Some(child),
             _data: Some(data),
         })
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// The process id of a server the bench started.
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref()?.id()
     }
 
     /// The server's resident memory, bytes (null for a server at `--url`).
     pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        rss_bytes(self.pid()?)
     }
 
     /// The server's open file descriptors (null for a server at `--url`).
     pub fn open_fds(&self) -> Option<u64> {
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()?)).ok()?;
-        Some(fds.count() as u64)
+        open_fds(self.pid()?)
     }
 
     /// The server's CPU time so far (user + system), seconds.
@@ -119,6 +141,23 @@ impl Target {
         Some(ticks as f64 / TICKS_PER_SECOND)
     }
 
+    /// The node's id as its `/healthz` says.
+    pub async fn healthz_node_id(&self, http: &reqwest::Client) -> Option<String> {
+        let url = format!("http://{}/healthz", self.addr);
+        let body: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+        body["node_id"].as_str().map(str::to_owned)
+    }
+
+    /// The node's counters from `/metrics`; none if it does not answer.
+    pub async fn counters(&self, http: &reqwest::Client) -> Option<NodeCounters> {
+        let url = format!("http://{}/metrics", self.addr);
+        let res = http.get(url).send().await.ok()?;
+        if !res.status().is_success() {
+            return None;
+        }
+        Some(NodeCounters::parse(&res.text().await.ok()?))
+    }
+
     /// Stops a server the bench started (SIGTERM, then waits).
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
@@ -130,5 +169,115 @@ impl Target {
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
         }
+    }
+}
+
+/// Resident memory of process `pid`, bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.count() as u64)
+}
+
+/// The counters of a node's `/metrics` the bench reports; a counter the
+/// node does not export is none.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct NodeCounters {
+    /// `danmaku_bus_received_total`: events heard from other nodes.
+    pub bus_received: Option<u64>,
+    /// `danmaku_bus_published_total`: events published to the broker.
+    pub bus_published: Option<u64>,
+    /// `danmaku_store_batch_size_count`: group commits.
+    pub commits: Option<u64>,
+    /// `danmaku_received_total`: danmaku accepted and stored.
+    pub received: Option<u64>,
+    /// `danmaku_deliveries_total`: danmaku written to viewers.
+    pub deliveries: Option<u64>,
+}
+
+impl NodeCounters {
+    /// Reads the counters from Prometheus text.
+    fn parse(text: &str) -> NodeCounters {
+        let mut c = NodeCounters::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.split_once(' ') else {
+                continue;
+            };
+            let slot = match name {
+                "danmaku_bus_received_total" => &mut c.bus_received,
+                "danmaku_bus_published_total" => &mut c.bus_published,
+                "danmaku_store_batch_size_count" => &mut c.commits,
+                "danmaku_received_total" => &mut c.received,
+                "danmaku_deliveries_total" => &mut c.deliveries,
+                _ => continue,
+            };
+            // Counters are integers, though the text format allows floats.
+            *slot = value.trim().parse::<f64>().ok().map(|v| v as u64);
+        }
+        c
+    }
+
+    /// What each counter rose by since `before` (none where either is unknown).
+    pub fn since(&self, before: &NodeCounters) -> NodeCounters {
+        let d = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a.saturating_sub(b));
+        NodeCounters {
+            bus_received: d(self.bus_received, before.bus_received),
+            bus_published: d(self.bus_published, before.bus_published),
+            commits: d(self.commits, before.commits),
+            received: d(self.received, before.received),
+            deliveries: d(self.deliveries, before.deliveries),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_counters_it_reports_from_prometheus_text() {
+        let text = "# HELP danmaku_received Danmaku accepted and stored.\n\
+                    # TYPE danmaku_received counter\n\
+                    danmaku_received_total 12\n\
+                    danmaku_deliveries_total 3400\n\
+                    danmaku_store_batch_size_sum 12.0\n\
+                    danmaku_store_batch_size_count 5\n\
+                    danmaku_store_batch_size_bucket{le=\"1.0\"} 2\n\
+                    danmaku_bus_published_total 5\n\
+                    danmaku_bus_received_total 7\n";
+        let c = NodeCounters::parse(text);
+        assert_eq!(
+            c,
+            NodeCounters {
+                bus_received: Some(7),
+                bus_published: Some(5),
+                commits: Some(5),
+                received: Some(12),
+                deliveries: Some(3400),
+            }
+        );
+        let later = NodeCounters {
+            received: Some(20),
+            ..c
+        };
+        let d = later.since(&c);
+        assert_eq!((d.received, d.commits), (Some(8), Some(0)));
+        // A node without a bus exports no bus counters: unknown, not zero.
+        let old = NodeCounters::parse("danmaku_received_total 1\n");
+        assert_eq!(old.bus_received, None);
+        assert_eq!(later.since(&old).bus_received, None);
     }
 }

@@ -44,9 +44,27 @@ pub fn source_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, (n / 250) as u8, 2 + (n % 250) as u8)
 }
 
+/// How long a connection and its WebSocket handshake may take: a node
+/// that accepts but never answers must not hold a run forever.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens a TCP connection from `source` and completes the WebSocket
 /// handshake; returns the stream and whatever followed the response.
 pub async fn handshake(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    room: &str,
+    small_buffer: bool,
+) -> io::Result<(TcpStream, BytesMut)> {
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_untimed(addr, source, room, small_buffer),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out"))?
+}
+
+async fn handshake_untimed(
     addr: SocketAddr,
     source: Ipv4Addr,
     room: &str,
@@ -112,7 +130,18 @@ pub struct Viewer {
     seen: Seen,
     /// Pause between reads, to play a viewer that cannot keep up.
     pause: Option<std::time::Duration>,
+    /// Bytes the next read may take: small while frames are small (an
+    /// idle viewer of a 130,000-connection run holds only this), doubled
+    /// up to `MAX_READ` whenever a read fills it.
+    read_size: usize,
 }
+
+/// The first read size of a viewer that keeps up, and of a slow one.
+const FIRST_READ: usize = 4096;
+/// A slow viewer's reads stay this small.
+const SLOW_READ: usize = 2048;
+/// The largest read size.
+const MAX_READ: usize = 64 * 1024;
 
 /// The searchers of the keys scanned for in every frame, built once:
 /// building one per lookup showed in the generator's profile.
@@ -211,6 +240,7 @@ impl Viewer {
             stream,
             buf,
             pause,
+            read_size: if slow { SLOW_READ } else { FIRST_READ },
             seen: Seen {
                 latency: sample.then(latency_histogram),
                 ..Seen::default()
@@ -236,11 +266,7 @@ impl Viewer {
             if let Some(pause) = self.pause {
                 tokio::time::sleep(pause).await;
             }
-            let chunk = if self.pause.is_some() {
-                2048
-            } else {
-                64 * 1024
-            };
+            let chunk = self.read_size;
             self.buf.reserve(chunk);
             let mut limited = (&mut self.stream).take(chunk as u64);
             let read = tokio::select! {
@@ -254,6 +280,9 @@ impl Viewer {
             };
             match read {
                 Ok(0) | Err(_) => break,
+                Ok(n) if n == chunk && self.pause.is_none() => {
+                    self.read_size = (chunk * 2).min(MAX_READ);
+                }
                 Ok(_) => {}
             }
             let before = self.seen.received;

@@ -167,3 +167,104 @@ async fn a_short_soak_samples_the_servers_memory_and_files_and_loses_nothing() {
     assert!(peak >= before + 20, "{soak}");
     assert!(after <= before + 8, "{soak}");
 }
+
+#[tokio::test]
+async fn a_fanout_over_two_nodes_reports_each_node_and_keeps_a_room_on_its_node() {
+    // Two nodes without a store or bus URL are two independent servers,
+    // not a cluster. Room "hot" hashes to the first node (`--place room`),
+    // where the one sender goes too (senders are dealt over the nodes in
+    // turn from the first), so the run is still exact, and it shows the
+    // bench driving and reading each node.
+    let report = run_cli_json(&[
+        "bench",
+        "--json",
+        "--nodes",
+        "2",
+        "--place",
+        "room",
+        "fanout",
+        "--viewers",
+        "10",
+        "--senders",
+        "1",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--room",
+        "hot",
+    ]);
+    assert_eq!(report["nodes"], 2, "{report}");
+    assert_eq!(report["store"], "sqlite");
+    assert_eq!(report["bus"], "memory");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert_eq!(report["sent"], 50, "{report}");
+    let nodes = report["per_node"].as_array().unwrap();
+    let ids: Vec<&str> = nodes
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["bench-1", "bench-2"]);
+    for n in nodes {
+        assert!(n["rss_bytes"].as_u64().unwrap() > 1 << 20, "{n}");
+        assert!(n["cpu_s"].as_f64().is_some(), "{n}");
+        assert!(n["open_files"].as_u64().unwrap() > 0, "{n}");
+        assert_eq!(n["bus_received"], 0, "no broker: {n}");
+    }
+    // The room's node stored and delivered everything, the other nothing.
+    let (home, other) = (&nodes[0], &nodes[1]);
+    assert_eq!(home["received"], 50, "{home}");
+    assert!(home["commits"].as_u64().unwrap() >= 1, "{home}");
+    assert!(home["deliveries"].as_u64().unwrap() >= 500, "{home}");
+    assert!(home["open_files_peak"].as_u64().unwrap() >= 10, "{home}");
+    assert_eq!(other["received"], 0, "{other}");
+    assert_eq!(other["deliveries"], 0, "{other}");
+    assert_eq!(report["broker_received_per_node"], json!([0, 0]));
+    // Nothing heard over a broker: no share to speak of, and no PostgreSQL.
+    assert!(report["broker_share_max"].is_null(), "{report}");
+    assert!(report["pg_commits_per_s"].is_null(), "{report}");
+}
+
+#[tokio::test]
+async fn connections_from_two_generator_processes_are_counted_online_and_all_receive() {
+    // 200 viewers in 4 rooms held by two child processes, over two
+    // independent nodes: idle-0 and idle-2 hash to the first, idle-1 and
+    // idle-3 to the second. Then 40 danmaku over HTTP, to the rooms and
+    // the nodes in turn: send n goes to room n % 4 on node n % 2, its
+    // room's node, so every viewer can receive every one of its room's.
+    let report = run_cli_json(&[
+        "bench",
+        "--json",
+        "--nodes",
+        "2",
+        "--place",
+        "room",
+        "connect",
+        "--connections",
+        "200",
+        "--rooms",
+        "4",
+        "--rate",
+        "40",
+        "--duration",
+        "1",
+        "--procs",
+        "2",
+    ]);
+    assert_eq!(report["procs"], 2, "{report}");
+    assert_eq!(report["connections"], 200, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["online_mismatches"], 0, "{report}");
+    assert_eq!(report["sent"], 40, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    // Every viewer received its room's 10 danmaku.
+    assert_eq!(report["delivered_per_s"], 2000.0, "{report}");
+    assert!(report["p99_ms"].as_f64().is_some(), "{report}");
+    let nodes = report["per_node"].as_array().unwrap();
+    for n in nodes {
+        assert_eq!(n["received"], 20, "two rooms' sends on each node: {n}");
+        assert!(n["open_files_peak"].as_u64().unwrap() >= 100, "{n}");
+    }
+}
