@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::StartError;
-use crate::bus::{Bus, EventSink, MemoryBroker, MemoryBus};
+use crate::bus::{Bus, EventSink, MemoryBroker, MemoryBus, NatsBus, RedisBus};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::presence::{MemoryPresence, Presence};
+use crate::presence::{MemoryPresence, NatsPresence, Presence, RedisPresence};
 use crate::store::{CommitListener, ModerationStore, SqliteStore, Store};
 
 /// A store as both of its traits.
@@ -54,22 +54,25 @@ pub struct Broker {
 }
 
 /// Connects to the broker `config.bus.url` names, or makes the in-process
-/// one.
+/// one. An unreachable broker at start is an error: a node that cannot
+/// hear the others would serve stale rooms without saying so.
 pub async fn connect_broker(
     config: &Config,
-    _metrics: Arc<Metrics>,
     sink: Arc<dyn EventSink>,
 ) -> Result<Broker, StartError> {
+    let ns = config.bus.namespace.as_str();
     match config.bus.url.as_deref() {
         None => Ok(Broker {
             bus: Arc::new(MemoryBus::connect(MemoryBroker::new(), sink)),
             presence: Arc::new(MemoryPresence::new()),
         }),
-        Some(url) if url.starts_with("redis://") => Err(StartError::Backend(
-            "bus.url: the Redis bus is not built yet".into(),
-        )),
-        Some(_) => Err(StartError::Backend(
-            "bus.url: the NATS bus is not built yet".into(),
-        )),
+        Some(url) if url.starts_with("redis://") => Ok(Broker {
+            bus: Arc::new(RedisBus::connect(url, ns, sink).await?),
+            presence: Arc::new(RedisPresence::connect(url, ns).await?),
+        }),
+        Some(url) => Ok(Broker {
+            bus: Arc::new(NatsBus::connect(url, ns, sink).await?),
+            presence: Arc::new(NatsPresence::connect(url, ns).await?),
+        }),
     }
 }

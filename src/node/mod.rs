@@ -124,6 +124,9 @@ pub enum StartError {
     /// The broker could not be reached or set up.
     #[error("bus.url")]
     Bus(#[from] BusError),
+    /// Presence could not be reached or set up on the broker.
+    #[error("bus.url (presence)")]
+    Presence(#[from] crate::presence::PresenceError),
     /// A backend the configuration names is not usable.
     #[error("{0}")]
     Backend(String),
@@ -151,7 +154,7 @@ impl Node {
             Box::new(move |batch| committed.committed(batch)),
         )
         .await?;
-        let broker = backends::connect_broker(&config, metrics.clone(), relay.clone()).await?;
+        let broker = backends::connect_broker(&config, relay.clone()).await?;
         let announcer = relay.clone();
         let moderator = Arc::new(
             Moderator::load(
