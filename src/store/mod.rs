@@ -5,8 +5,12 @@
 //! commit order, to the commit listener it was opened with (the bus) before
 //! acknowledging any of its sends. It never sees a socket or a viewer.
 //!
-//! Backends live beside this trait: `sqlite.rs` is the embedded default.
+//! Backends live beside this trait: `sqlite.rs` is the embedded default,
+//! `postgres.rs` the one several nodes share.
 
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use async_trait::async_trait;
 use crate::danmaku::{Danmaku, NewDanmaku};
 use crate::moderation::{AuditEntry, Change, Held, Snapshot};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Receives every committed batch, in commit order, on the store's writer.
