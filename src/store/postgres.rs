@@ -409,7 +409,7 @@ impl ModerationStore for PostgresStore {
                 Ok(RoomSettings {
                     room: r.try_get(0)?,
                     closed: r.try_get(1)?,
-                    slow_mode_s: in_range(r, 2)?,
+                    slow_mode_s: narrow::<i64, _>(r, 2)?,
                     premod: r.try_get(3)?,
                 })
             })
@@ -435,8 +435,8 @@ impl ModerationStore for PostgresStore {
                         name: r.try_get(4)?,
                         text: r.try_get(5)?,
                         mode: mode(r, 6)?,
-                        color: Color(in_range(r, 7)?),
-                        size: in_range(r, 8)?,
+                        color: Color(narrow::<i32, _>(r, 7)?),
+                        size: narrow::<i32, _>(r, 8)?,
                         vt: r.try_get(9)?,
                         // Held sends are never an admin's.
                         priority: false,
@@ -711,14 +711,14 @@ fn column_id(r: &Row, i: usize) -> Result<u64, Failure> {
     u64::try_from(id).map_err(|_| Failure::Data(format!("column {i} holds a negative id {id}")))
 }
 
-/// Column `i`, an integer, as a narrower Rust integer.
-fn in_range<T: TryFrom<i64>>(r: &Row, i: usize) -> Result<T, Failure> {
-    // Read as the column's own width, then widened: `try_get` is exact.
-    let value: i64 = match r.columns().get(i).map(|c| c.type_().clone()) {
-        Some(Type::INT2) => r.try_get::<_, i16>(i)?.into(),
-        Some(Type::INT4) => r.try_get::<_, i32>(i)?.into(),
-        _ => r.try_get(i)?,
-    };
+/// Column `i`, read as the column's own integer type `S` (`try_get` is
+/// exact about it), as the Rust integer `T`, which may be narrower.
+fn narrow<S, T>(r: &Row, i: usize) -> Result<T, Failure>
+where
+    S: for<'a> tokio_postgres::types::FromSql<'a> + Copy + fmt::Display,
+    T: TryFrom<S>,
+{
+    let value: S = r.try_get(i)?;
     T::try_from(value).map_err(|_| Failure::Data(format!("column {i} holds {value}, out of range")))
 }
 
@@ -742,8 +742,8 @@ fn danmaku_rows(rows: &[Row]) -> Result<Vec<Danmaku>, StoreError> {
                 name: r.try_get(3)?,
                 text: r.try_get(4)?,
                 mode: mode(r, 5)?,
-                color: Color(in_range(r, 6)?),
-                size: in_range(r, 7)?,
+                color: Color(narrow::<i32, _>(r, 6)?),
+                size: narrow::<i32, _>(r, 7)?,
                 ts: r.try_get(8)?,
                 vt: r.try_get(9)?,
                 priority: false,
@@ -843,7 +843,9 @@ struct Writer {
     on_commit: CommitListener,
     metrics: Arc<Metrics>,
     /// Whether the last write failed for lack of space; shared with the
-    /// store (health).
+    /// store (health). Unlike SQLite's writer this one does not probe:
+    /// every node keeps trying its sends, and the first that commits
+    /// clears it.
     full: Arc<AtomicBool>,
 }
 
