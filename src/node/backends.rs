@@ -8,7 +8,7 @@ use crate::bus::{Bus, EventSink, MemoryBroker, MemoryBus, NatsBus, RedisBus};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{MemoryPresence, NatsPresence, Presence, RedisPresence};
-use crate::store::{CommitListener, ModerationStore, SqliteStore, Store};
+use crate::store::{CommitListener, ModerationStore, PostgresStore, SqliteStore, Store};
 
 /// A store as both of its traits.
 pub struct Stores {
@@ -39,8 +39,8 @@ pub async fn open_store(
             metrics,
             listener,
         )?)),
-        Some(_url) => Err(StartError::Backend(
-            "store.url: the PostgreSQL store is not built yet".into(),
+        Some(url) => Ok(both(
+            PostgresStore::open(url, &config.store, metrics, listener).await?,
         )),
     }
 }

@@ -127,9 +127,6 @@ pub enum StartError {
     /// Presence could not be reached or set up on the broker.
     #[error("bus.url (presence)")]
     Presence(#[from] crate::presence::PresenceError),
-    /// A backend the configuration names is not usable.
-    #[error("{0}")]
-    Backend(String),
 }
 
 impl Node {

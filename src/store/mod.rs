@@ -5,8 +5,12 @@
 //! commit order, to the commit listener it was opened with (the bus) before
 //! acknowledging any of its sends. It never sees a socket or a viewer.
 //!
-//! Backends live beside this trait: `sqlite.rs` is the embedded default.
+//! Backends live beside this trait: `sqlite.rs` is the embedded default,
+//! `postgres.rs` the one several nodes share.
 
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use async_trait::async_trait;
 use crate::danmaku::{Danmaku, NewDanmaku};
 use crate::moderation::{AuditEntry, Change, Held, Snapshot};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Receives every committed batch, in commit order, on the store's writer.
@@ -26,8 +31,9 @@ pub type CommitListener = Box<dyn Fn(&[Danmaku]) + Send>;
 /// id exists only inside the approving transaction).
 pub type AuditOf = Box<dyn FnOnce(&Danmaku) -> AuditEntry + Send>;
 
-/// A backend's own error, kept as the source of a [`StoreError`] without
-/// naming the backend's crate.
+/// A backend's own error, carried by a [`StoreError`] without naming the
+/// backend's crate. It is printed in the error's message (not also as its
+/// source, which would print it twice).
 pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Why the store could not do what was asked.
@@ -40,14 +46,14 @@ pub enum StoreError {
     /// written. Reads still work, and writes succeed again once there is
     /// space, without a restart.
     #[error("the disk is full: {0}")]
-    Full(#[source] Cause),
+    Full(Cause),
     /// The database cannot be reached (a server backend that is down or
     /// restarting): nothing was written. The store reconnects by itself.
     #[error("the database is unavailable: {0}")]
-    Unavailable(#[source] Cause),
+    Unavailable(Cause),
     /// The database failed; the sends of the failed batch are not stored.
     #[error("database error: {0}")]
-    Database(#[source] Cause),
+    Database(Cause),
     /// The data directory could not be prepared.
     #[error("cannot prepare data directory: {0}")]
     Io(Arc<std::io::Error>),

@@ -993,214 +993,44 @@ fn audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), rusqlite::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{conformance_tests, new, Backing};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn new(room: &str, text: &str) -> NewDanmaku {
-        NewDanmaku {
-            room: room.into(),
-            user: "u".into(),
-            name: "n".into(),
-            text: text.into(),
-            mode: Mode::Bottom,
-            color: Color(0x123456),
-            size: 18,
-            vt: Some(1.5),
-            priority: false,
-        }
-    }
+    /// A fresh database: a new directory.
+    struct Sqlite(tempfile::TempDir);
 
-    fn open(dir: &Path, seen: Arc<Mutex<Vec<u64>>>) -> SqliteStore {
-        SqliteStore::open(
-            dir,
-            &StoreConfig::default(),
-            Arc::new(Metrics::new()),
-            Box::new(move |batch| seen.lock().unwrap().extend(batch.iter().map(|d| d.id))),
-        )
-        .unwrap()
-    }
+    impl Backing for Sqlite {
+        type Store = SqliteStore;
 
-    /// A store in a new directory, and the ids its listener saw.
-    fn fresh() -> (tempfile::TempDir, Arc<Mutex<Vec<u64>>>, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let store = open(dir.path(), seen.clone());
-        (dir, seen, store)
-    }
-
-    /// The audit entry of an approval, as the node makes it.
-    fn approval(actor: &str) -> AuditOf {
-        let actor = actor.to_owned();
-        Box::new(move |d: &Danmaku| AuditEntry {
-            id: 0,
-            ts: now_ms(),
-            actor,
-            action: "approve".into(),
-            room: Some(d.room.clone()),
-            target: None,
-            detail: serde_json::json!({ "id": d.id }),
-        })
-    }
-
-    fn rejection() -> AuditEntry {
-        AuditEntry {
-            id: 0,
-            ts: now_ms(),
-            actor: "mod".into(),
-            action: "reject".into(),
-            room: None,
-            target: None,
-            detail: serde_json::Value::Null,
-        }
-    }
-
-    /// Runs `sql` on the store's database over a connection of its own.
-    fn sql(dir: &Path, sql: &str) {
-        Connection::open(dir.join(DB_FILE))
+        async fn open(&self, listener: CommitListener) -> SqliteStore {
+            SqliteStore::open(
+                self.0.path(),
+                &StoreConfig::default(),
+                Arc::new(Metrics::new()),
+                listener,
+            )
             .unwrap()
-            .execute_batch(sql)
-            .unwrap();
-    }
-
-    async fn held_ids(store: &SqliteStore) -> Vec<u64> {
-        let snapshot = store.load_moderation().await.unwrap();
-        snapshot.held.iter().map(|h| h.held).collect()
-    }
-
-    async fn texts(store: &SqliteStore, room: &str) -> Vec<(u64, String)> {
-        let stored = store.after(room, 0, 100).await.unwrap();
-        stored.into_iter().map(|d| (d.id, d.text)).collect()
-    }
-
-    /// Ids and limits past SQLite's integers name nothing and limit nothing
-    /// more: they never wrap into a negative id (which once read a room's
-    /// history from id 1).
-    #[tokio::test]
-    async fn ids_past_i64_max_name_nothing() {
-        let (_dir, _seen, store) = fresh();
-        for text in ["a", "b"] {
-            store.append(new("r", text)).await.unwrap();
         }
-        let past = crate::danmaku::MAX_ID + 1;
-        for after in [past, u64::MAX, crate::danmaku::MAX_ID] {
-            assert!(store.after("r", after, 10).await.unwrap().is_empty());
-            assert!(store.get("r", after).await.unwrap().is_none());
+
+        async fn fail_inserts(&self, fail: bool) {
+            let sql = if fail {
+                "CREATE TRIGGER fail BEFORE INSERT ON danmaku \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+            } else {
+                "DROP TRIGGER fail;"
+            };
+            Connection::open(self.0.path().join(DB_FILE))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
         }
-        assert_eq!(store.after("r", 0, usize::MAX).await.unwrap().len(), 2);
-        let recall = Change::Recall {
-            room: "r".into(),
-            id: u64::MAX,
-        };
-        assert!(!store.record(recall, rejection()).await.unwrap());
-        let reject = Change::Reject { held: u64::MAX };
-        assert!(!store.record(reject, rejection()).await.unwrap());
-        assert!(
-            store.audit(10, None).await.unwrap().is_empty(),
-            "nothing was changed"
-        );
-        // Every entry lies below an id past the largest.
-        let unban = Change::Unban([192, 0, 2, 1].into());
-        assert!(store.record(unban, rejection()).await.unwrap());
-        assert_eq!(store.audit(10, Some(u64::MAX)).await.unwrap().len(), 1);
-        assert_eq!(texts(&store, "r").await.len(), 2);
     }
 
-    #[tokio::test]
-    async fn approving_stores_releases_and_audits_together() {
-        let (dir, seen, store) = fresh();
-        let first = store.hold(new("r", "first")).await.unwrap();
-        let second = store.hold(new("r", "second")).await.unwrap();
-        assert_eq!(store.append(new("r", "live")).await.unwrap().id, 1);
-
-        let approved = store
-            .approve(second.held, second.danmaku.clone(), approval("mod"))
-            .await
-            .unwrap()
-            .expect("it was held");
-        assert_eq!((approved.id, approved.text.as_str()), (2, "second"));
-        // Published like an append: in commit order, before the answer.
-        assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
-        store.close().await;
-
-        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
-        assert_eq!(
-            texts(&store, "r").await,
-            vec![(1, "live".into()), (2, "second".into())]
-        );
-        assert_eq!(held_ids(&store).await, vec![first.held]);
-        let log = store.audit(10, None).await.unwrap();
-        assert_eq!(log.len(), 1);
-        assert_eq!(
-            (log[0].action.as_str(), &log[0].detail),
-            ("approve", &serde_json::json!({ "id": 2 }))
-        );
-        assert_eq!(store.append(new("r", "next")).await.unwrap().id, 3);
+    fn sqlite() -> Sqlite {
+        Sqlite(tempfile::tempdir().unwrap())
     }
 
-    #[tokio::test]
-    async fn a_held_send_is_approved_or_rejected_once() {
-        let (dir, seen, store) = fresh();
-        let h = store.hold(new("r", "once")).await.unwrap();
-        let (a, b, rejected) = tokio::join!(
-            store.approve(h.held, h.danmaku.clone(), approval("a")),
-            store.approve(h.held, h.danmaku.clone(), approval("b")),
-            store.record(Change::Reject { held: h.held }, rejection()),
-        );
-        let (a, b, rejected) = (a.unwrap(), b.unwrap(), rejected.unwrap());
-        assert_eq!(
-            u8::from(a.is_some()) + u8::from(b.is_some()),
-            1,
-            "{a:?} {b:?}"
-        );
-        assert!(!rejected, "the first approval took it");
-
-        // Rejected first, it cannot be approved.
-        let h = store.hold(new("r", "never")).await.unwrap();
-        assert!(store
-            .record(Change::Reject { held: h.held }, rejection())
-            .await
-            .unwrap());
-        let late = store.approve(h.held, h.danmaku.clone(), approval("a"));
-        assert_eq!(late.await.unwrap(), None);
-        store.close().await;
-
-        assert_eq!(*seen.lock().unwrap(), vec![1]);
-        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
-        assert_eq!(texts(&store, "r").await, vec![(1, "once".into())]);
-        assert!(held_ids(&store).await.is_empty());
-        let log = store.audit(10, None).await.unwrap();
-        let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
-        assert_eq!(actions, vec!["reject", "approve"]);
-    }
-
-    #[tokio::test]
-    async fn a_failed_approval_stores_nothing_and_keeps_the_send_held() {
-        let (dir, seen, store) = fresh();
-        let h = store.hold(new("r", "held")).await.unwrap();
-        // The danmaku insert fails, after the held row's delete in the same
-        // transaction.
-        sql(
-            dir.path(),
-            "CREATE TRIGGER fail BEFORE INSERT ON danmaku \
-             BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-        );
-        let failed = store
-            .approve(h.held, h.danmaku.clone(), approval("mod"))
-            .await;
-        assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
-        assert!(seen.lock().unwrap().is_empty(), "nothing was published");
-        sql(dir.path(), "DROP TRIGGER fail;");
-        // The failed approval used no id.
-        assert_eq!(store.append(new("r", "live")).await.unwrap().id, 1);
-        store.close().await;
-
-        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
-        assert_eq!(held_ids(&store).await, vec![h.held]);
-        assert_eq!(texts(&store, "r").await, vec![(1, "live".into())]);
-        assert!(store.audit(10, None).await.unwrap().is_empty());
-        // Still held, so it can be approved now.
-        let approved = store.approve(h.held, h.danmaku, approval("mod")).await;
-        assert_eq!(approved.unwrap().map(|d| d.id), Some(2));
-    }
+    conformance_tests!(sqlite());
 
     #[tokio::test]
     async fn a_hold_does_not_overtake_sends_queued_before_it() {
@@ -1262,8 +1092,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_reads_shares_a_few_connections() {
-        let (dir, _, store) = fresh();
-        let store = Arc::new(store);
+        let db = sqlite();
+        let store = Arc::new(db.open(Box::new(|_| {})).await);
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let reads: Vec<_> = (0..32)
             .map(|_| {
@@ -1291,69 +1121,12 @@ mod tests {
         );
         // The writer's connection and the readers', each with its database
         // and WAL file open: nothing more stays open after the burst.
-        let db = std::fs::canonicalize(dir.path()).unwrap();
+        let dir = std::fs::canonicalize(db.0.path()).unwrap();
         let open = std::fs::read_dir("/proc/self/fd")
             .unwrap()
             .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-            .filter(|path| path.starts_with(&db) && !path.to_string_lossy().ends_with("-shm"))
+            .filter(|path| path.starts_with(&dir) && !path.to_string_lossy().ends_with("-shm"))
             .count();
         assert!(open <= 2 * (1 + READERS), "{open} database files open");
-    }
-
-    #[tokio::test]
-    async fn ids_are_contiguous_per_room_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let store = Arc::new(open(dir.path(), seen.clone()));
-        let sends: Vec<_> = (0..50)
-            .map(|i| {
-                let s = store.clone();
-                tokio::spawn(
-                    async move { s.append(new(if i % 2 == 0 { "a" } else { "b" }, "x")).await },
-                )
-            })
-            .collect();
-        for s in sends {
-            s.await.unwrap().unwrap();
-        }
-        store.close().await;
-        assert!(matches!(
-            store.append(new("a", "late")).await,
-            Err(StoreError::Closed)
-        ));
-        let mut a = store
-            .after("a", 0, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.id)
-            .collect::<Vec<_>>();
-        a.sort();
-        assert_eq!(a, (1..=25).collect::<Vec<_>>());
-        // The listener saw each room's ids in order.
-        assert_eq!(seen.lock().unwrap().len(), 50);
-
-        let store = open(dir.path(), Arc::new(Mutex::new(Vec::new())));
-        let d = store.append(new("a", "after restart")).await.unwrap();
-        assert_eq!(d.id, 26);
-        assert_eq!(store.last_id("b").await.unwrap(), 25);
-        assert_eq!(store.last_id("nobody").await.unwrap(), 0);
-        let got = store.after("a", 25, 10).await.unwrap();
-        assert_eq!(got, vec![d]);
-        assert_eq!(got[0].mode, Mode::Bottom);
-        assert_eq!(got[0].vt, Some(1.5));
-        assert_eq!(
-            store
-                .by_video_time("a", 1.0, 2.0, 1000)
-                .await
-                .unwrap()
-                .len(),
-            26
-        );
-        assert!(store
-            .by_video_time("a", 2.0, 3.0, 1000)
-            .await
-            .unwrap()
-            .is_empty());
     }
 }
