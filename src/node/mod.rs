@@ -86,7 +86,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             }
             StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "store unavailable");
+                tracing::debug!(error = %cause, "store unavailable");
                 ApiError::new(
                     ErrorCode::StoreUnavailable,
                     "the database is unavailable; nothing was stored",
