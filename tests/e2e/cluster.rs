@@ -23,17 +23,26 @@ struct Cluster {
     store: String,
     bus: String,
     namespace: String,
+    extra: String,
 }
 
 impl Cluster {
-    /// Starts `n` nodes on `store` and `bus`, in a namespace of their own.
+    /// Starts `n` nodes on `store` and `bus`, in a namespace of their own,
+    /// with loopback exempt from the rate limits.
     fn start(n: usize, store: &str, bus: &str) -> Cluster {
+        Cluster::start_with(n, store, bus, EXEMPT_LOOPBACK)
+    }
+
+    /// Starts `n` nodes whose config also holds `extra` (sections other
+    /// than `[store]`, `[bus]`, `[cluster]`, `[auth]`).
+    fn start_with(n: usize, store: &str, bus: &str, extra: &str) -> Cluster {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             _dirs: Vec::new(),
             store: store.to_owned(),
             bus: bus.to_owned(),
             namespace: format!("t{}", unique()),
+            extra: extra.to_owned(),
         };
         for _ in 0..n {
             cluster.add();
@@ -46,9 +55,10 @@ impl Cluster {
         let i = self.nodes.len();
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "{}{EXEMPT_LOOPBACK}[store]\nurl = \"{}\"\n[bus]\nurl = \"{}\"\nnamespace = \"{}\"\n\
+            "{}{}[store]\nurl = \"{}\"\n[bus]\nurl = \"{}\"\nnamespace = \"{}\"\n\
              [cluster]\nnode_id = \"{}-n{i}\"\n",
             auth_config(),
+            self.extra,
             self.store,
             self.bus,
             self.namespace,
@@ -462,4 +472,40 @@ async fn viewers_of_a_killed_node_resume_on_another() {
     assert_eq!(hello["last_id"], 60, "{hello}");
     assert_eq!(ids(&collect_danmaku(&mut again, 30).await), more);
     let _ = WAIT;
+}
+
+/// With Redis, a user's send bucket holds across nodes: spreading sends
+/// over three nodes gives no more than the burst, and every refusal says
+/// when to come back.
+#[tokio::test]
+async fn a_users_send_limit_holds_across_nodes_over_redis() {
+    let db = Database::shared();
+    let limits = "[limits]\nsend_burst = 3\nsend_per_second = 0.1\n";
+    let cluster = Cluster::start_with(3, &db.url(), &BrokerKind::Redis.shared(), limits);
+    let room = format!("limit-{}", unique());
+    let dave = user(&format!("dave-{}", unique()));
+    let path = format!("/api/v1/rooms/{room}/danmaku");
+    let mut passed = 0;
+    for i in 0..9 {
+        let node = cluster.node(i % 3);
+        let body = json!({ "text": format!("try {i}") });
+        let res = http()
+            .post(format!("{}{path}", node.url()))
+            .bearer_auth(&dave)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            201 => passed += 1,
+            429 => {
+                let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(wait >= 1, "Retry-After {wait}");
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(passed, 3, "the burst of 3, once, over three nodes");
+    let fallbacks = crate::server::metric(cluster.node(0), "danmaku_limits_fallbacks_total").await;
+    assert_eq!(fallbacks, Some(0.0), "Redis answered every check");
 }
