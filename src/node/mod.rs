@@ -107,6 +107,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The longest a viewer waits at join for its room's subscription on the
+/// broker.
+const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The `Retry-After` of `store_unavailable`: a database restart takes
 /// seconds, and the store reconnects by itself.
 const STORE_UNAVAILABLE_RETRY_AFTER_S: u64 = 2;
@@ -284,8 +288,16 @@ impl Node {
         }
         let viewer = self.hub.join(room);
         // A room new to this node may have a stale newest id (from this
-        // node's own sends only): the store then says what is newest.
-        let fresh = self.relay.serve(room) && self.bus.kind() != "memory";
+        // node's own sends only): the store then says what is newest, read
+        // once the node hears the room, so that whatever is committed after
+        // the read comes over the broker. A broker that is away holds the
+        // viewer up for `SUBSCRIBE_WAIT` at most (the room catches up from
+        // the store when it returns).
+        let subscribing = self.relay.serve(room);
+        let fresh = subscribing.is_some() && self.bus.kind() != "memory";
+        if let Some(subscribed) = subscribing.filter(|_| fresh) {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await;
+        }
         let stats = viewer.room().greet();
         // The store is the authority on the newest id; the hub hears of a
         // commit just after it. Ask the store when the hub does not know,

@@ -4,8 +4,9 @@
 //! writer), hands it to the local hub at once, and queues it for the bus,
 //! with recalls and moderation changes; one task publishes the queue in
 //! order. The queue is bounded and never waited on: when the broker is slow
-//! or away, the oldest events are dropped and counted, because the store
-//! holds everything and the other nodes fill their gaps from it. So a
+//! or away, new events are dropped and counted, because the store holds
+//! everything and the other nodes fill their gaps from it (at their next
+//! gap, after a reconnection, or at the latest at the 30-second catch-up). So a
 //! wedged broker never holds up a commit, an acknowledgement or a room.
 //!
 //! Inbound, it is the bus's [`EventSink`]: committed batches go to the hub
@@ -19,7 +20,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Bus, Envelope, Event, EventSink};
 use crate::danmaku::Danmaku;
@@ -34,6 +37,18 @@ const OUTBOX: usize = 65_536;
 /// The most danmaku one gap read takes from the store; a longer gap is
 /// read in several.
 const GAP_READ: usize = 1_000;
+
+/// How soon a failed subscription is asked for again.
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+
+/// When every room catches up a second time after the broker came back:
+/// longer than the brokers' longest reconnection backoff (2 s) and a
+/// connect, so that what other nodes could not publish before their own
+/// reconnection is read too.
+const CATCH_UP_AGAIN: Duration = Duration::from_secs(5);
+
+/// How often every room catches up from the store regardless.
+const SAFETY_CATCH_UP: Duration = Duration::from_secs(30);
 
 /// Where the relay hands moderation: this node's moderation service.
 pub struct ModerationSink {
@@ -57,8 +72,9 @@ pub struct Relay {
     /// Rooms whose topic this node wants to hear: those with viewers here
     /// since the hub last retired them.
     subscribed: Mutex<HashSet<String>>,
-    /// Rooms whose subscription should change, to `follow_interest`.
-    interest: mpsc::UnboundedSender<String>,
+    /// Rooms whose subscription should change, to `follow_interest`, with
+    /// whom to tell once a subscription took effect.
+    interest: mpsc::UnboundedSender<(String, Option<oneshot::Sender<()>>)>,
     runtime: tokio::runtime::Handle,
     /// Itself, for the tasks it spawns.
     myself: std::sync::Weak<Relay>,
@@ -92,6 +108,9 @@ impl Relay {
         let events: Arc<dyn HubEvents> = relay.clone();
         relay.hub.set_events(Arc::downgrade(&events));
         relay.runtime.spawn(relay.clone().follow_interest(changes));
+        relay
+            .runtime
+            .spawn(Relay::catch_up_now_and_then(Arc::downgrade(&relay)));
         (relay, Outbox(rx))
     }
 
@@ -121,13 +140,22 @@ impl Relay {
             .spawn(publish(outbox.0, publisher, metrics, unpublished));
     }
 
-    /// The store's commit listener: to the local hub now, to the bus soon.
+    /// The store's commit listener: to the local hub now, to the bus soon
+    /// (one event per room of the batch, ascending).
     pub fn committed(&self, batch: &[Danmaku]) {
         self.hub.deliver(batch);
-        for run in batch.chunk_by(|a, b| a.room == b.room) {
-            self.announce(Event::Committed {
-                danmaku: run.to_vec(),
-            });
+        if self.solo() {
+            return;
+        }
+        let mut rooms: Vec<Vec<Danmaku>> = Vec::new();
+        for d in batch {
+            match rooms.iter_mut().find(|run| run[0].room == d.room) {
+                Some(run) => run.push(d.clone()),
+                None => rooms.push(vec![d.clone()]),
+            }
+        }
+        for danmaku in rooms {
+            self.announce(Event::Committed { danmaku });
         }
     }
 
@@ -156,25 +184,34 @@ impl Relay {
     }
 
     /// Makes sure this node hears `room`'s events, for a viewer that just
-    /// joined it. Returns whether the room was new to this node (not heard
-    /// until now): its newest id must then come from the store.
+    /// joined it. When the room is new to this node (not heard until now),
+    /// returns a receiver that resolves once the subscription took effect
+    /// (or failed): the viewer's newest id must then come from the store,
+    /// read after that, so that whatever is committed later arrives over
+    /// the broker.
     ///
     /// The subscription is made by one task, in order with the
     /// unsubscriptions of retired rooms, and is followed by a catch-up from
     /// the store, since what was published before it took effect was not
     /// heard.
-    pub fn serve(&self, room: &str) -> bool {
+    pub fn serve(&self, room: &str) -> Option<oneshot::Receiver<()>> {
         if !self.lock_subscribed().insert(room.to_owned()) {
-            return false;
+            return None;
         }
-        let _ = self.interest.send(room.to_owned());
-        true
+        let (done, subscribed) = oneshot::channel();
+        let _ = self.interest.send((room.to_owned(), Some(done)));
+        Some(subscribed)
     }
 
     /// Runs the subscription changes in the order they were asked for,
-    /// each against the wanted state at the time it runs.
-    async fn follow_interest(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<String>) {
-        while let Some(room) = changes.recv().await {
+    /// each against the wanted state at the time it runs. A subscription
+    /// that fails is asked for again a second later, for as long as the
+    /// room is wanted (the broker may have been away).
+    async fn follow_interest(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<(String, Option<oneshot::Sender<()>>)>,
+    ) {
+        while let Some((room, done)) = changes.recv().await {
             let Some(parts) = self.parts.get() else {
                 continue;
             };
@@ -184,13 +221,64 @@ impl Relay {
             } else {
                 parts.bus.unsubscribe(&room).await
             };
-            if let Err(e) = result {
-                tracing::warn!(room, wanted, error = %e, "cannot change a subscription; rooms catch up when the broker returns");
+            if let Some(done) = done {
+                let _ = done.send(());
             }
-            if wanted && parts.bus.kind() != "memory" {
+            if let Err(e) = &result {
+                tracing::debug!(room, wanted, error = %e, "cannot change a subscription; asking again");
+                if wanted {
+                    let again = self.interest.clone();
+                    let room = room.clone();
+                    self.runtime.spawn(async move {
+                        tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                        let _ = again.send((room, None));
+                    });
+                }
+            }
+            if wanted && !self.solo() {
                 if let Some(last) = self.hub.stats(&room).and_then(|s| s.last_id) {
                     self.gap(&room, last);
                 }
+            }
+        }
+    }
+
+    /// Whether this node is alone on its bus (the in-process bus of a
+    /// single server): nobody else commits, so nothing to catch up on, and
+    /// nobody to tell.
+    fn solo(&self) -> bool {
+        self.parts.get().is_none_or(|p| p.bus.kind() == "memory")
+    }
+
+    /// Catches every room up from the store now, and again after
+    /// `CATCH_UP_AGAIN`: the other nodes reconnect to the broker at their
+    /// own pace, and what they sent before they were back was lost on it.
+    fn catch_up_twice(self: &Arc<Self>) {
+        self.hub.catch_up_all();
+        let hub = self.hub.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(CATCH_UP_AGAIN).await;
+            hub.catch_up_all();
+        });
+    }
+
+    /// Catches every room up from the store every `SAFETY_CATCH_UP`, for
+    /// as long as the relay lives: an event the broker lost without
+    /// anyone's connection breaking (a publish that timed out, a full
+    /// queue) is then seen within that time even in a room that gets no
+    /// more danmaku. A room with nothing new costs one read of its newest
+    /// id.
+    async fn catch_up_now_and_then(relay: std::sync::Weak<Relay>) {
+        let mut tick = tokio::time::interval(SAFETY_CATCH_UP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(relay) = relay.upgrade() else {
+                return;
+            };
+            if !relay.solo() {
+                relay.hub.catch_up_all();
             }
         }
     }
@@ -211,6 +299,9 @@ impl Relay {
             // it (a gap of recalled ids only would otherwise never close).
             let read = async {
                 let newest = parts.store.last_id(&room).await?;
+                if newest <= after {
+                    return Ok((newest, Vec::new()));
+                }
                 let page = parts.store.after(&room, after, GAP_READ).await?;
                 Ok::<_, crate::store::StoreError>((newest, page))
             };
@@ -218,11 +309,12 @@ impl Relay {
                 Ok((newest, items)) => {
                     let full = items.len() == GAP_READ;
                     let last = items.last().map_or(after, |d| d.id);
+                    // A fill with nothing new still closes the room's
+                    // catch-up: the store has nothing after `after`.
                     let upto = if full { last } else { last.max(newest) };
-                    if upto <= after {
-                        return;
+                    if !items.is_empty() {
+                        self.metrics.gap_fills.inc();
                     }
-                    self.metrics.gap_fills.inc();
                     self.hub.fill(&room, after, upto, &items);
                     if !full {
                         return;
@@ -250,7 +342,7 @@ impl HubEvents for Relay {
 
     fn retired(&self, room: &str) {
         if self.lock_subscribed().remove(room) {
-            let _ = self.interest.send(room.to_owned());
+            let _ = self.interest.send((room.to_owned(), None));
         }
     }
 }
@@ -275,7 +367,9 @@ impl EventSink for Relay {
     fn reconnected(&self) {
         self.metrics.bus_reconnects.inc();
         tracing::info!("broker back: catching every room up from the store");
-        self.hub.catch_up_all();
+        if let Some(relay) = self.myself.upgrade() {
+            relay.catch_up_twice();
+        }
         if let Some(parts) = self.parts.get() {
             (parts.moderation.reconnected)();
         }

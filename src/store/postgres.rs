@@ -210,6 +210,11 @@ impl PostgresStore {
         if pg.get_application_name().is_none() {
             pg.application_name("danmaku");
         }
+        // A database that vanished without closing its connections (a
+        // partition, a dead host) is noticed by TCP within about a minute,
+        // not after the kernel's two hours.
+        pg.keepalives(true)
+            .keepalives_idle(std::time::Duration::from_secs(30));
         let mut client = connect_writer(&pg, config.synchronous)
             .await
             .map_err(Failure::classify)?;
@@ -641,7 +646,15 @@ async fn connect_writer(
         Synchronous::Normal => "off",
     };
     answer(async {
-        let set = format!("SET synchronous_commit TO {commit}");
+        // A writer this node gave up on (its answer timed out in a network
+        // partition) must not keep a room's row locked for every node: the
+        // server ends a transaction left idle, and a lock wait, after a
+        // bound of its own.
+        let set = format!(
+            "SET synchronous_commit TO {commit}; \
+             SET idle_in_transaction_session_timeout TO '15s'; \
+             SET lock_timeout TO '10s'"
+        );
         Ok(client.batch_execute(&set).await?)
     })
     .await?;
