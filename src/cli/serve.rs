@@ -47,9 +47,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let place = match (&config.store.url, &config.bus.url) {
         (None, None) => format!("data in {}", data.display()),
         (store, bus) => format!(
-            "store {}, bus {}",
-            store.as_deref().map_or("embedded", redact),
-            bus.as_deref().map_or("in-process", redact)
+            "store.url {}, bus.url {}",
+            store.as_deref().map_or_else(|| "unset".to_owned(), redact),
+            bus.as_deref().map_or_else(|| "unset".to_owned(), redact)
         ),
     };
     let node = Node::start(config)
@@ -82,12 +82,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A URL without its password, for messages.
-fn redact(url: &str) -> &str {
-    // Only `scheme://host…` is shown: user and password come before an `@`.
+/// A URL without its user and password, for messages.
+fn redact(url: &str) -> String {
+    // `scheme://user:password@host…` is shown as `scheme://host…`.
     match (url.find("://"), url.rfind('@')) {
-        (Some(_), Some(at)) => &url[at + 1..],
-        _ => url,
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -499,7 +499,11 @@ async fn a_users_send_limit_holds_across_nodes_over_redis() {
         match res.status().as_u16() {
             201 => passed += 1,
             429 => {
-                let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                let wait: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 assert!(wait >= 1, "Retry-After {wait}");
             }
             other => panic!("status {other}"),
@@ -508,4 +512,45 @@ async fn a_users_send_limit_holds_across_nodes_over_redis() {
     assert_eq!(passed, 3, "the burst of 3, once, over three nodes");
     let fallbacks = crate::server::metric(cluster.node(0), "danmaku_limits_fallbacks_total").await;
     assert_eq!(fallbacks, Some(0.0), "Redis answered every check");
+}
+
+/// An unreachable store or broker at start: one line naming the setting
+/// and the address (never the password), exit 1.
+#[test]
+fn an_unreachable_backend_at_start_is_one_clear_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for (flag, url, names) in [
+        (
+            "--store-url",
+            "postgres://postgres:secret@127.0.0.1:1/x",
+            "store.url postgres://127.0.0.1:1/x",
+        ),
+        (
+            "--bus-url",
+            "redis://:secret@127.0.0.1:1",
+            "bus.url redis://127.0.0.1:1",
+        ),
+        (
+            "--bus-url",
+            "nats://127.0.0.1:1",
+            "bus.url nats://127.0.0.1:1",
+        ),
+    ] {
+        let out = crate::server::run_cli(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data,
+            flag,
+            url,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(names) && err.contains("127.0.0.1:1"), "{err}");
+        assert!(!err.contains("secret"), "the password is shown: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
 }
