@@ -296,7 +296,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::presence::conformance::{self, Backend, Throwaway};
+    use crate::presence::conformance::{self, Backend};
+    use crate::testing::Throwaway;
 
     const URL: &str = "nats://127.0.0.1:4222";
 
@@ -325,22 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn comes_back_after_the_server_restarts() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store_dir = dir.path().display().to_string();
-        let mut server = Throwaway::start("nats-server", move |port| {
-            [
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-js",
-                "-sd",
-                &store_dir,
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-        .await;
+        let mut server = Throwaway::nats(true).await;
         let url = format!("nats://127.0.0.1:{}", server.port());
         let presence = connect(&url, "restart").await;
         conformance::recovers_after_broker_restart(&mut server, &presence).await;
@@ -348,14 +334,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_server_fails_connect_naming_it() {
-        let port = conformance::free_port();
-        let started = std::time::Instant::now();
-        let Err(e) = NatsPresence::connect(&format!("nats://127.0.0.1:{port}"), "x").await else {
-            panic!("connected to a port nothing listens on");
-        };
-        assert!(started.elapsed() < Duration::from_secs(6));
-        let message = e.to_string();
-        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+        conformance::unreachable_is_named("nats", Duration::from_secs(6), async |url| {
+            NatsPresence::connect(url, "x").await
+        })
+        .await;
     }
 
     #[tokio::test]

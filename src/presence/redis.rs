@@ -182,7 +182,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::presence::conformance::{self, Backend, Throwaway};
+    use crate::presence::conformance::{self, Backend};
+    use crate::testing::Throwaway;
 
     struct Redis;
 
@@ -203,19 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn comes_back_after_the_server_restarts() {
-        let mut server = Throwaway::start("redis-server", |port| {
-            [
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-        .await;
+        let mut server = Throwaway::redis().await;
         let url = format!("redis://127.0.0.1:{}", server.port());
         let presence = connect(&url, "restart").await;
         conformance::recovers_after_broker_restart(&mut server, &presence).await;
@@ -223,15 +212,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_server_fails_connect_naming_it() {
-        let port = conformance::free_port();
-        let started = std::time::Instant::now();
-        let Err(e) = RedisPresence::connect(&format!("redis://127.0.0.1:{port}"), "x").await else {
-            panic!("connected to a port nothing listens on");
-        };
         // Refused: at once, with the reason.
-        assert!(started.elapsed() < Duration::from_secs(1));
-        let message = e.to_string();
-        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+        conformance::unreachable_is_named("redis", Duration::from_secs(1), async |url| {
+            RedisPresence::connect(url, "x").await
+        })
+        .await;
     }
 
     #[tokio::test]

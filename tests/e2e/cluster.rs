@@ -499,7 +499,11 @@ async fn a_users_send_limit_holds_across_nodes_over_redis() {
         match res.status().as_u16() {
             201 => passed += 1,
             429 => {
-                let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                let wait: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 assert!(wait >= 1, "Retry-After {wait}");
             }
             other => panic!("status {other}"),
