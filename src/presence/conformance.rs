@@ -27,6 +27,72 @@ pub(crate) trait Backend: Sync {
     async fn clean(&self, _namespace: &str) {}
 }
 
+/// A backend that talks to a broker server, as its tests see it; every
+/// one is a [`Backend`] on the machine's shared broker.
+#[async_trait]
+pub(crate) trait Broker: Send + Sync {
+    /// The backend's presence.
+    type Presence: Presence;
+    /// The scheme of its URLs ("redis").
+    const SCHEME: &'static str;
+    /// The port of the machine's shared broker.
+    const PORT: u16;
+    /// How to start the shared broker, for the message when it is missing.
+    const START: &'static str;
+    /// How long connecting may take to fail when nothing listens.
+    const REFUSED_WITHIN: Duration;
+
+    /// Connects to the broker at `url` for the cluster `namespace`.
+    async fn connect(url: &str, namespace: &str) -> Result<Self::Presence, PresenceError>;
+
+    /// Starts a broker server of the test's own.
+    async fn server() -> Throwaway;
+
+    /// Removes what `presence`'s cluster left on the broker beyond its
+    /// nodes' reports.
+    async fn clean(_presence: &Self::Presence) {}
+}
+
+/// Connects to the broker at `url`; panics, saying how to start it, if it
+/// cannot.
+async fn connected<B: Broker>(url: &str, namespace: &str) -> B::Presence {
+    B::connect(url, namespace)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: start {}", B::START))
+}
+
+fn shared_url<B: Broker>() -> String {
+    format!("{}://127.0.0.1:{}", B::SCHEME, B::PORT)
+}
+
+#[async_trait]
+impl<B: Broker> Backend for B {
+    async fn open(&self, namespace: &str) -> Arc<dyn Presence> {
+        Arc::new(connected::<B>(&shared_url::<B>(), namespace).await)
+    }
+
+    async fn clean(&self, namespace: &str) {
+        B::clean(&connected::<B>(&shared_url::<B>(), namespace).await).await;
+    }
+}
+
+/// The tests of a [`Broker`] backend beyond the suite: a restart of a
+/// broker of its own, and a broker that is not there.
+macro_rules! broker_suite {
+    ($broker:ty) => {
+        #[tokio::test]
+        async fn comes_back_after_the_server_restarts() {
+            $crate::presence::conformance::comes_back_after_a_restart::<$broker>().await;
+        }
+
+        #[tokio::test]
+        async fn an_unreachable_server_fails_connect_naming_it() {
+            $crate::presence::conformance::unreachable_is_named::<$broker>().await;
+        }
+    };
+}
+pub(crate) use broker_suite;
+
 /// One test per check of the suite for `$backend`, an expression giving a
 /// [`Backend`].
 macro_rules! suite {
@@ -287,21 +353,25 @@ pub(crate) async fn recovers_after_broker_restart(server: &mut Throwaway, presen
     }
 }
 
-/// Connecting to `url` with nothing listening fails within `within`,
-/// naming the address.
-pub(crate) async fn unreachable_is_named<T>(
-    scheme: &str,
-    within: Duration,
-    connect: impl AsyncFnOnce(&str) -> Result<T, PresenceError>,
-) {
+/// [`recovers_after_broker_restart`] on a broker of the test's own.
+pub(crate) async fn comes_back_after_a_restart<B: Broker>() {
+    let mut server = B::server().await;
+    let url = format!("{}://127.0.0.1:{}", B::SCHEME, server.port());
+    let presence = connected::<B>(&url, "restart").await;
+    recovers_after_broker_restart(&mut server, &presence).await;
+}
+
+/// Connecting where nothing listens fails within the backend's
+/// [`Broker::REFUSED_WITHIN`], naming the address.
+pub(crate) async fn unreachable_is_named<B: Broker>() {
     let address = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
-    let result = connect(&format!("{scheme}://{address}")).await;
+    let result = B::connect(&format!("{}://{address}", B::SCHEME), "x").await;
     let Err(e) = result else {
         panic!("connected to {address}, where nothing listens");
     };
     assert!(
-        started.elapsed() < within,
+        started.elapsed() < B::REFUSED_WITHIN,
         "took {:?} to fail",
         started.elapsed()
     );
