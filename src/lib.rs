@@ -35,4 +35,6 @@ pub mod node;
 pub mod presence;
 pub mod protocol;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod transport;

@@ -6,14 +6,15 @@
 //! A bus may echo a node's own events back to it (the relay ignores its own
 //! origin), so every check looks only at events from other nodes.
 
-use std::net::{IpAddr, Ipv6Addr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::{Bus, Envelope, Event, EventSink, MemoryBroker, MemoryBus};
+use super::{Bus, BusError, Envelope, Event, EventSink, MemoryBroker, MemoryBus};
 use crate::danmaku::{Color, Danmaku, Mode, NewDanmaku};
 use crate::moderation::{Ban, Change, Held, Mute, RoomSettings};
+use crate::testing::{namespace, Throwaway};
 
 /// How long a check waits for something that should happen.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -28,14 +29,177 @@ pub(crate) trait Cluster {
     async fn bus(&self, sink: Arc<Recorder>) -> Arc<dyn Bus>;
 }
 
-/// A namespace no other test run uses, for brokers shared by every test.
-pub(crate) fn namespace(test: &str) -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("test-{test}-{}-{nanos}-{n}", std::process::id())
+/// A bus backend that talks to a broker server, as its tests see it.
+pub(crate) trait Backend {
+    /// The backend's bus.
+    type Bus: Bus;
+    /// The broker's name, in messages ("Redis").
+    const BROKER: &'static str;
+    /// The scheme of its URLs ("redis").
+    const SCHEME: &'static str;
+    /// The port of the machine's shared broker.
+    const PORT: u16;
+
+    /// Connects a node to the broker at `url`, in `namespace`.
+    async fn connect(
+        url: &str,
+        namespace: &str,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<Self::Bus, BusError>;
+
+    /// Starts a broker server of the test's own.
+    async fn server() -> Throwaway;
+
+    /// Publishes each of `payloads`, as they are, on the global topic of
+    /// `namespace`, past the bus.
+    async fn publish_raw(url: &str, namespace: &str, payloads: &[&[u8]]);
+
+    /// How many received messages `bus` dropped as not envelopes.
+    fn undecodable(bus: &Self::Bus) -> u64;
+}
+
+/// Nodes of backend `B` on one broker, in a namespace of their own.
+pub(crate) struct Nodes<B> {
+    url: String,
+    namespace: String,
+    backend: PhantomData<B>,
+}
+
+impl<B: Backend> Nodes<B> {
+    /// Nodes on the machine's shared broker.
+    pub(crate) fn shared(test: &str) -> Nodes<B> {
+        Nodes::at(&format!("127.0.0.1:{}", B::PORT), test)
+    }
+
+    fn at(address: &str, test: &str) -> Nodes<B> {
+        Nodes {
+            url: format!("{}://{address}", B::SCHEME),
+            namespace: namespace(test),
+            backend: PhantomData,
+        }
+    }
+
+    /// A broker server of the test's own, and nodes on it.
+    pub(crate) async fn throwaway(test: &str) -> (Throwaway, Nodes<B>) {
+        let server = B::server().await;
+        let nodes = Nodes::at(&format!("127.0.0.1:{}", server.port()), test);
+        (server, nodes)
+    }
+
+    /// A node's bus; panics, naming the broker, if it cannot connect.
+    pub(crate) async fn connect(&self, sink: Arc<Recorder>) -> B::Bus {
+        B::connect(&self.url, &self.namespace, sink)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} at {} is not reachable: start {}-server ({e})",
+                    B::BROKER,
+                    self.url,
+                    B::SCHEME
+                )
+            })
+    }
+}
+
+impl<B: Backend> Cluster for Nodes<B> {
+    async fn bus(&self, sink: Arc<Recorder>) -> Arc<dyn Bus> {
+        Arc::new(self.connect(sink).await)
+    }
+}
+
+/// The tests every broker-backed bus runs, named in `$backend`'s module:
+/// the suite on the shared broker, and a restart and a hang of a broker of
+/// its own.
+macro_rules! suite {
+    ($backend:ty) => {
+        #[tokio::test]
+        async fn conforms() {
+            let nodes = $crate::bus::conformance::Nodes::<$backend>::shared("conforms");
+            $crate::bus::conformance::run(&nodes).await;
+        }
+
+        #[tokio::test]
+        async fn survives_a_restart() {
+            let (mut server, nodes) =
+                $crate::bus::conformance::Nodes::<$backend>::throwaway("restart").await;
+            $crate::bus::conformance::survives_restart(&nodes, &mut server).await;
+        }
+
+        #[tokio::test]
+        async fn survives_a_hang() {
+            let (mut server, nodes) =
+                $crate::bus::conformance::Nodes::<$backend>::throwaway("hang").await;
+            $crate::bus::conformance::survives_a_hang(&nodes, &mut server).await;
+        }
+
+        #[tokio::test]
+        async fn drops_what_is_not_an_event() {
+            $crate::bus::conformance::drops_what_is_not_an_event::<$backend>().await;
+        }
+
+        #[tokio::test]
+        async fn unreachable_brokers_fail_clearly_and_quickly() {
+            $crate::bus::conformance::unreachable_fails_clearly::<$backend>().await;
+        }
+    };
+}
+pub(crate) use suite;
+
+/// Messages on the global topic that are not envelopes are dropped and
+/// counted, without degrading the bus; the next event still arrives.
+pub(crate) async fn drops_what_is_not_an_event<B: Backend>() {
+    let nodes = Nodes::<B>::shared("junk");
+    let heard = Arc::new(Recorder::default());
+    let bus = nodes.connect(heard.clone()).await;
+    B::publish_raw(
+        &nodes.url,
+        &nodes.namespace,
+        &[&b"not json"[..], b"{\"origin\":\"x\"}", b"\xff\xfe"],
+    )
+    .await;
+    let other = nodes.connect(Arc::new(Recorder::default())).await;
+    let event = Event::Settled {
+        room: "r".into(),
+        held: 1,
+    };
+    other
+        .publish(&envelope("other", event.clone()))
+        .await
+        .expect("publish");
+    eventually(
+        "the event after the junk arrives",
+        Duration::from_secs(5),
+        || heard.from("other") == [event.clone()],
+    )
+    .await;
+    assert_eq!(B::undecodable(&bus), 3);
+    assert_eq!(bus.degraded(), None);
+}
+
+/// Connecting fails within 6 s, naming the broker and not its password,
+/// when the broker refuses the connection or never answers.
+pub(crate) async fn unreachable_fails_clearly<B: Backend>() {
+    let sink = || Arc::new(Recorder::default());
+    let scheme = B::SCHEME;
+    let e = B::connect(&format!("{scheme}://user:secret@127.0.0.1:1"), "t", sink())
+        .await
+        .err();
+    assert!(
+        !format!("{e:?}").contains("secret"),
+        "{e:?} shows the password"
+    );
+    refused(
+        "127.0.0.1:1",
+        B::connect(&format!("{scheme}://127.0.0.1:1"), "t", sink()),
+    )
+    .await;
+    let (_silent, address) = silent_server().await;
+    let e = refused(
+        &address,
+        B::connect(&format!("{scheme}://{address}"), "t", sink()),
+    )
+    .await;
+    assert!(matches!(e, BusError::Unavailable(_)), "{e:?}");
 }
 
 /// A sink that keeps what it is given.
@@ -119,7 +283,7 @@ impl Node {
         }
     }
 
-    async fn try_publish(&self, event: Event) -> Result<(), super::BusError> {
+    async fn try_publish(&self, event: Event) -> Result<(), BusError> {
         self.bus.publish(&envelope(&self.name, event)).await
     }
 
@@ -393,94 +557,6 @@ fn no_degradation(nodes: &[&Node]) {
     }
 }
 
-/// A broker server of this test's own, on a free port, killed on drop.
-pub(crate) struct Throwaway {
-    program: &'static str,
-    args: Vec<String>,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Throwaway {
-    /// Starts `program` with `args(port)` on a free port and waits until it
-    /// accepts connections.
-    pub(crate) async fn start(
-        program: &'static str,
-        args: impl Fn(u16) -> Vec<String>,
-    ) -> Throwaway {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Throwaway {
-            program,
-            args: args(port),
-            port,
-            child: None,
-        };
-        server.launch().await;
-        server
-    }
-
-    /// The port it listens on.
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Starts it (again, on the same port).
-    pub(crate) async fn launch(&mut self) {
-        let child = Command::new(self.program)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): install it (the bus tests start their own broker)",
-                    self.program
-                )
-            });
-        self.child = Some(child);
-        let address = ("127.0.0.1", self.port);
-        eventually(
-            &format!("{} accepts connections on port {}", self.program, self.port),
-            PATIENCE,
-            || std::net::TcpStream::connect(address).is_ok(),
-        )
-        .await;
-    }
-
-    /// Stops (`true`) or resumes it: a broker that hangs without closing
-    /// its connections.
-    pub(crate) fn freeze(&self, frozen: bool) {
-        let child = self.child.as_ref().expect("the server runs");
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
-        // SAFETY: kill(2) on our own child's pid, which it still is: the
-        // child is not reaped before `kill` below.
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "cannot signal {}",
-            self.program
-        );
-    }
-
-    /// Kills it at once, as a crash would.
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The broker of `server` dies and comes back: the nodes of `cluster`
 /// (which connect to it) are degraded meanwhile and publish fails fast;
 /// then they are whole again, each told once, with their subscriptions,
@@ -550,7 +626,7 @@ pub(crate) async fn survives_restart(cluster: &impl Cluster, server: &mut Throwa
     }
     eprintln!(
         "{}: degraded {noticed:?} after the kill, publish refused in {took:?}, whole {back:?} after the restart, test {:?}",
-        server.program,
+        server.program(),
         started.elapsed()
     );
 }
@@ -616,7 +692,7 @@ pub(crate) async fn survives_a_hang(cluster: &impl Cluster, server: &mut Throwaw
     );
     eprintln!(
         "{}: degraded {noticed:?} into a hang, publish refused in {took:?}, whole {back:?} after it, test {:?}",
-        server.program,
+        server.program(),
         started.elapsed()
     );
 }
@@ -639,8 +715,8 @@ async fn memory_bus_conforms() {
 /// `address`; returns the error.
 pub(crate) async fn refused<T>(
     address: &str,
-    connect: impl std::future::Future<Output = Result<T, super::BusError>>,
-) -> super::BusError {
+    connect: impl std::future::Future<Output = Result<T, BusError>>,
+) -> BusError {
     let started = Instant::now();
     let Err(e) = connect.await else {
         panic!("connecting to {address} succeeded");

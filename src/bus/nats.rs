@@ -399,75 +399,51 @@ mod tests {
     use std::sync::Arc;
 
     use super::NatsBus;
-    use crate::bus::conformance::{self, eventually, Cluster, Recorder, Throwaway};
-    use crate::bus::{Bus, BusError, Event};
+    use crate::bus::conformance::{self, Backend, Nodes, Recorder};
+    use crate::bus::{Bus, BusError, EventSink};
+    use crate::testing::Throwaway;
 
-    /// Nodes on one NATS server, in a namespace of their own.
-    struct Nats {
-        url: String,
-        namespace: String,
-    }
+    struct Nats;
 
-    impl Nats {
-        fn shared(test: &str) -> Nats {
-            Nats {
-                url: "nats://127.0.0.1:4222".to_owned(),
-                namespace: conformance::namespace(test),
-            }
+    impl Backend for Nats {
+        type Bus = NatsBus;
+        const BROKER: &'static str = "NATS";
+        const SCHEME: &'static str = "nats";
+        const PORT: u16 = 4222;
+
+        async fn connect(
+            url: &str,
+            namespace: &str,
+            sink: Arc<dyn EventSink>,
+        ) -> Result<NatsBus, BusError> {
+            NatsBus::connect(url, namespace, sink).await
         }
 
-        async fn connect(&self, sink: Arc<Recorder>) -> NatsBus {
-            NatsBus::connect(&self.url, &self.namespace, sink)
+        async fn server() -> Throwaway {
+            Throwaway::nats(false).await
+        }
+
+        async fn publish_raw(url: &str, namespace: &str, payloads: &[&[u8]]) {
+            let raw = async_nats::connect(url)
                 .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "NATS at {} is not reachable: start nats-server ({e})",
-                        self.url
-                    )
-                })
+                .unwrap_or_else(|e| panic!("NATS at {url} is not reachable: {e}"));
+            for payload in payloads {
+                raw.publish(format!("{namespace}.global"), payload.to_vec().into())
+                    .await
+                    .expect("raw publish");
+            }
+            raw.flush().await.expect("flush");
+        }
+
+        fn undecodable(bus: &NatsBus) -> u64 {
+            bus.undecodable()
         }
     }
 
-    impl Cluster for Nats {
-        async fn bus(&self, sink: Arc<Recorder>) -> Arc<dyn Bus> {
-            Arc::new(self.connect(sink).await)
-        }
-    }
+    conformance::suite!(Nats);
 
     #[tokio::test]
-    async fn nats_bus_conforms() {
-        conformance::run(&Nats::shared("nats")).await;
-    }
-
-    /// A server of the test's own, and nodes on it.
-    async fn throwaway(test: &str) -> (Throwaway, Nats) {
-        let server = Throwaway::start("nats-server", |port| {
-            ["-a", "127.0.0.1", "-p", &port.to_string()]
-                .map(String::from)
-                .to_vec()
-        })
-        .await;
-        let cluster = Nats {
-            url: format!("nats://127.0.0.1:{}", server.port()),
-            namespace: conformance::namespace(test),
-        };
-        (server, cluster)
-    }
-
-    #[tokio::test]
-    async fn nats_bus_survives_a_restart() {
-        let (mut server, cluster) = throwaway("nats-restart").await;
-        conformance::survives_restart(&cluster, &mut server).await;
-    }
-
-    #[tokio::test]
-    async fn nats_bus_survives_a_hang() {
-        let (mut server, cluster) = throwaway("nats-hang").await;
-        conformance::survives_a_hang(&cluster, &mut server).await;
-    }
-
-    #[tokio::test]
-    async fn bad_nats_urls_and_namespaces_fail_clearly_and_quickly() {
+    async fn bad_nats_urls_and_namespaces_fail_clearly() {
         let sink = || Arc::new(Recorder::default());
         let e = NatsBus::connect("nats://127.0.0.1:notaport", "t", sink())
             .await
@@ -482,58 +458,6 @@ mod tests {
                 "{namespace:?}: {e:?}"
             );
         }
-        let e = NatsBus::connect("nats://user:secret@127.0.0.1:1", "t", sink())
-            .await
-            .err();
-        assert!(
-            !format!("{e:?}").contains("secret"),
-            "{e:?} shows the password"
-        );
-        conformance::refused(
-            "127.0.0.1:1",
-            NatsBus::connect("nats://127.0.0.1:1", "t", sink()),
-        )
-        .await;
-        let (_silent, address) = conformance::silent_server().await;
-        let e = conformance::refused(
-            &address,
-            NatsBus::connect(&format!("nats://{address}"), "t", sink()),
-        )
-        .await;
-        assert!(matches!(e, BusError::Unavailable(_)), "{e:?}");
-    }
-
-    #[tokio::test]
-    async fn nats_drops_what_is_not_an_event() {
-        let cluster = Nats::shared("nats-junk");
-        let heard = Arc::new(Recorder::default());
-        let bus = cluster.connect(heard.clone()).await;
-        let raw = async_nats::connect(cluster.url.as_str())
-            .await
-            .expect("NATS at 127.0.0.1:4222 is reachable");
-        for junk in [&b"not json"[..], b"{\"origin\":\"x\"}", b"\xff\xfe"] {
-            raw.publish(format!("{}.global", cluster.namespace), junk.into())
-                .await
-                .expect("raw publish");
-        }
-        raw.flush().await.expect("flush");
-        let other = cluster.connect(Arc::new(Recorder::default())).await;
-        let event = Event::Settled {
-            room: "r".into(),
-            held: 1,
-        };
-        other
-            .publish(&conformance::envelope("other", event.clone()))
-            .await
-            .expect("publish");
-        eventually(
-            "the event after the junk arrives",
-            std::time::Duration::from_secs(5),
-            || heard.from("other") == [event.clone()],
-        )
-        .await;
-        assert_eq!(bus.undecodable(), 3);
-        assert_eq!(bus.degraded(), None);
     }
 
     #[tokio::test]
@@ -589,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn nats_refuses_a_room_that_is_not_a_room() {
-        let bus = Nats::shared("nats-rooms")
+        let bus = Nodes::<Nats>::shared("rooms")
             .connect(Arc::new(Recorder::default()))
             .await;
         for room in ["", "a b", "a.*", "a.>", "...", "x~y"] {

@@ -461,144 +461,58 @@ mod tests {
     use std::sync::Arc;
 
     use super::RedisBus;
-    use crate::bus::conformance::{self, eventually, Cluster, Recorder, Throwaway};
-    use crate::bus::{Bus, BusError, Event};
+    use crate::bus::conformance::{self, Backend, Recorder};
+    use crate::bus::{BusError, EventSink};
+    use crate::testing::Throwaway;
 
-    /// Nodes on one Redis, in a namespace of their own.
-    struct Redis {
-        url: String,
-        namespace: String,
-    }
+    struct Redis;
 
-    impl Redis {
-        fn shared(test: &str) -> Redis {
-            Redis {
-                url: "redis://127.0.0.1:6379".to_owned(),
-                namespace: conformance::namespace(test),
+    impl Backend for Redis {
+        type Bus = RedisBus;
+        const BROKER: &'static str = "Redis";
+        const SCHEME: &'static str = "redis";
+        const PORT: u16 = 6379;
+
+        async fn connect(
+            url: &str,
+            namespace: &str,
+            sink: Arc<dyn EventSink>,
+        ) -> Result<RedisBus, BusError> {
+            RedisBus::connect(url, namespace, sink).await
+        }
+
+        async fn server() -> Throwaway {
+            Throwaway::redis().await
+        }
+
+        async fn publish_raw(url: &str, namespace: &str, payloads: &[&[u8]]) {
+            let client = redis::Client::open(url).expect("a Redis URL");
+            let mut raw = client
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap_or_else(|e| panic!("Redis at {url} is not reachable: {e}"));
+            for payload in payloads {
+                redis::cmd("PUBLISH")
+                    .arg(format!("{namespace}:global"))
+                    .arg(*payload)
+                    .query_async::<i64>(&mut raw)
+                    .await
+                    .expect("raw publish");
             }
         }
 
-        async fn connect(&self, sink: Arc<Recorder>) -> RedisBus {
-            RedisBus::connect(&self.url, &self.namespace, sink)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "Redis at {} is not reachable: start redis-server ({e})",
-                        self.url
-                    )
-                })
+        fn undecodable(bus: &RedisBus) -> u64 {
+            bus.undecodable()
         }
     }
 
-    impl Cluster for Redis {
-        async fn bus(&self, sink: Arc<Recorder>) -> Arc<dyn Bus> {
-            Arc::new(self.connect(sink).await)
-        }
-    }
+    conformance::suite!(Redis);
 
     #[tokio::test]
-    async fn redis_bus_conforms() {
-        conformance::run(&Redis::shared("redis")).await;
-    }
-
-    /// A server of the test's own, and nodes on it.
-    async fn throwaway(test: &str) -> (Throwaway, Redis) {
-        let server = Throwaway::start("redis-server", |port| {
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-        .await;
-        let cluster = Redis {
-            url: format!("redis://127.0.0.1:{}", server.port()),
-            namespace: conformance::namespace(test),
-        };
-        (server, cluster)
-    }
-
-    #[tokio::test]
-    async fn redis_bus_survives_a_restart() {
-        let (mut server, cluster) = throwaway("redis-restart").await;
-        conformance::survives_restart(&cluster, &mut server).await;
-    }
-
-    #[tokio::test]
-    async fn redis_bus_survives_a_hang() {
-        let (mut server, cluster) = throwaway("redis-hang").await;
-        conformance::survives_a_hang(&cluster, &mut server).await;
-    }
-
-    #[tokio::test]
-    async fn bad_redis_urls_fail_clearly_and_quickly() {
-        let sink = || Arc::new(Recorder::default());
-        let e = RedisBus::connect("redis//127.0.0.1:6379", "t", sink())
+    async fn a_url_that_is_not_redis_s_fails_clearly() {
+        let e = RedisBus::connect("redis//127.0.0.1:6379", "t", Arc::new(Recorder::default()))
             .await
             .err();
         assert!(matches!(e, Some(BusError::Setup(_))), "{e:?}");
-        let e = RedisBus::connect("redis://user:secret@127.0.0.1:1", "t", sink())
-            .await
-            .err();
-        assert!(
-            !format!("{e:?}").contains("secret"),
-            "{e:?} shows the password"
-        );
-        conformance::refused(
-            "127.0.0.1:1",
-            RedisBus::connect("redis://127.0.0.1:1", "t", sink()),
-        )
-        .await;
-        let (_silent, address) = conformance::silent_server().await;
-        let e = conformance::refused(
-            &address,
-            RedisBus::connect(&format!("redis://{address}"), "t", sink()),
-        )
-        .await;
-        assert!(matches!(e, BusError::Unavailable(_)), "{e:?}");
-    }
-
-    #[tokio::test]
-    async fn redis_drops_what_is_not_an_event() {
-        let cluster = Redis::shared("redis-junk");
-        let heard = Arc::new(Recorder::default());
-        let bus = cluster.connect(heard.clone()).await;
-        let client = redis::Client::open(cluster.url.as_str()).expect("a Redis URL");
-        let mut raw = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis at 127.0.0.1:6379 is reachable");
-        for junk in [&b"not json"[..], b"{\"origin\":\"x\"}", b"\xff\xfe"] {
-            redis::cmd("PUBLISH")
-                .arg(format!("{}:global", cluster.namespace))
-                .arg(junk)
-                .query_async::<i64>(&mut raw)
-                .await
-                .expect("raw publish");
-        }
-        let other = cluster.connect(Arc::new(Recorder::default())).await;
-        let event = Event::Settled {
-            room: "r".into(),
-            held: 1,
-        };
-        other
-            .publish(&conformance::envelope("other", event.clone()))
-            .await
-            .expect("publish");
-        eventually(
-            "the event after the junk arrives",
-            std::time::Duration::from_secs(5),
-            || heard.from("other") == [event.clone()],
-        )
-        .await;
-        assert_eq!(bus.undecodable(), 3);
-        assert_eq!(bus.degraded(), None);
     }
 }

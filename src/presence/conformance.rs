@@ -3,18 +3,17 @@
 //! namespace of its own (a Redis key prefix, a NATS bucket), so that tests
 //! running at once on one broker never see each other's nodes.
 //!
-//! Also the broker-restart check and the throwaway broker it needs, for the
-//! backends that talk to a server.
+//! Also the broker-restart and unreachable-broker checks, for the backends
+//! that talk to a server.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{Counts, MemoryPresence, Presence, PresenceError};
+use crate::testing::{free_port, namespace, Throwaway};
 
 /// A backend under test.
 #[async_trait]
@@ -27,6 +26,72 @@ pub(crate) trait Backend: Sync {
     /// (which every check removes with `leave`).
     async fn clean(&self, _namespace: &str) {}
 }
+
+/// A backend that talks to a broker server, as its tests see it; every
+/// one is a [`Backend`] on the machine's shared broker.
+#[async_trait]
+pub(crate) trait Broker: Send + Sync {
+    /// The backend's presence.
+    type Presence: Presence;
+    /// The scheme of its URLs ("redis").
+    const SCHEME: &'static str;
+    /// The port of the machine's shared broker.
+    const PORT: u16;
+    /// How to start the shared broker, for the message when it is missing.
+    const START: &'static str;
+    /// How long connecting may take to fail when nothing listens.
+    const REFUSED_WITHIN: Duration;
+
+    /// Connects to the broker at `url` for the cluster `namespace`.
+    async fn connect(url: &str, namespace: &str) -> Result<Self::Presence, PresenceError>;
+
+    /// Starts a broker server of the test's own.
+    async fn server() -> Throwaway;
+
+    /// Removes what `presence`'s cluster left on the broker beyond its
+    /// nodes' reports.
+    async fn clean(_presence: &Self::Presence) {}
+}
+
+/// Connects to the broker at `url`; panics, saying how to start it, if it
+/// cannot.
+async fn connected<B: Broker>(url: &str, namespace: &str) -> B::Presence {
+    B::connect(url, namespace)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: start {}", B::START))
+}
+
+fn shared_url<B: Broker>() -> String {
+    format!("{}://127.0.0.1:{}", B::SCHEME, B::PORT)
+}
+
+#[async_trait]
+impl<B: Broker> Backend for B {
+    async fn open(&self, namespace: &str) -> Arc<dyn Presence> {
+        Arc::new(connected::<B>(&shared_url::<B>(), namespace).await)
+    }
+
+    async fn clean(&self, namespace: &str) {
+        B::clean(&connected::<B>(&shared_url::<B>(), namespace).await).await;
+    }
+}
+
+/// The tests of a [`Broker`] backend beyond the suite: a restart of a
+/// broker of its own, and a broker that is not there.
+macro_rules! broker_suite {
+    ($broker:ty) => {
+        #[tokio::test]
+        async fn comes_back_after_the_server_restarts() {
+            $crate::presence::conformance::comes_back_after_a_restart::<$broker>().await;
+        }
+
+        #[tokio::test]
+        async fn an_unreachable_server_fails_connect_naming_it() {
+            $crate::presence::conformance::unreachable_is_named::<$broker>().await;
+        }
+    };
+}
+pub(crate) use broker_suite;
 
 /// One test per check of the suite for `$backend`, an expression giving a
 /// [`Backend`].
@@ -76,20 +141,6 @@ fn counts(pairs: &[(&str, u64)]) -> Counts {
         .iter()
         .map(|&(room, n)| (room.to_owned(), n))
         .collect()
-}
-
-/// A namespace no other check or test run uses: letters, digits and `-`,
-/// as a NATS bucket name allows.
-fn namespace(check: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!(
-        "t{}-{millis}-{}-{check}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 async fn nodes(presence: &dyn Presence) -> HashMap<String, Counts> {
@@ -302,93 +353,30 @@ pub(crate) async fn recovers_after_broker_restart(server: &mut Throwaway, presen
     }
 }
 
-/// A port nothing listens on (nothing did a moment ago).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free local port")
-        .port()
+/// [`recovers_after_broker_restart`] on a broker of the test's own.
+pub(crate) async fn comes_back_after_a_restart<B: Broker>() {
+    let mut server = B::server().await;
+    let url = format!("{}://127.0.0.1:{}", B::SCHEME, server.port());
+    let presence = connected::<B>(&url, "restart").await;
+    recovers_after_broker_restart(&mut server, &presence).await;
 }
 
-/// A broker server of a test's own, on a free port, that the test may kill
-/// and start again; killed when dropped.
-pub(crate) struct Throwaway {
-    program: &'static str,
-    args: Vec<String>,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Throwaway {
-    /// Starts `program` with the arguments `args` gives for a free port,
-    /// and waits until it listens.
-    pub(crate) async fn start(
-        program: &'static str,
-        args: impl FnOnce(u16) -> Vec<String>,
-    ) -> Throwaway {
-        let port = free_port();
-        let mut server = Throwaway {
-            program,
-            args: args(port),
-            port,
-            child: None,
-        };
-        server.spawn().await;
-        server
-    }
-
-    /// The port it listens on.
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Kills it (SIGKILL: no goodbye to its clients).
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port.
-    pub(crate) async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new(self.program)
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} cannot start ({e}): the broker restart tests need it installed",
-                    self.program
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on port {} within 10 s",
-                self.program,
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Connecting where nothing listens fails within the backend's
+/// [`Broker::REFUSED_WITHIN`], naming the address.
+pub(crate) async fn unreachable_is_named<B: Broker>() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let result = B::connect(&format!("{}://{address}", B::SCHEME), "x").await;
+    let Err(e) = result else {
+        panic!("connected to {address}, where nothing listens");
+    };
+    assert!(
+        started.elapsed() < B::REFUSED_WITHIN,
+        "took {:?} to fail",
+        started.elapsed()
+    );
+    let message = e.to_string();
+    assert!(message.contains(&address), "{message}");
 }
 
 /// The in-process backend: one map per namespace.

@@ -293,74 +293,40 @@ fn node_of(key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::presence::conformance::{self, Backend, Throwaway};
-
-    const URL: &str = "nats://127.0.0.1:4222";
+    use crate::presence::conformance::{self, Broker};
+    use crate::testing::Throwaway;
 
     struct Nats;
 
     #[async_trait]
-    impl Backend for Nats {
-        async fn open(&self, namespace: &str) -> Arc<dyn Presence> {
-            Arc::new(connect(URL, namespace).await)
+    impl Broker for Nats {
+        type Presence = NatsPresence;
+        const SCHEME: &'static str = "nats";
+        const PORT: u16 = 4222;
+        const START: &'static str = "NATS with JetStream (nats-server -js -p 4222)";
+        const REFUSED_WITHIN: Duration = Duration::from_secs(6);
+
+        async fn connect(url: &str, namespace: &str) -> Result<NatsPresence, PresenceError> {
+            NatsPresence::connect(url, namespace).await
         }
 
-        async fn clean(&self, namespace: &str) {
-            let presence = connect(URL, namespace).await;
+        async fn server() -> Throwaway {
+            Throwaway::nats(true).await
+        }
+
+        async fn clean(presence: &NatsPresence) {
             // Gone already is as good.
             let _ = presence.js.delete_key_value(&presence.bucket).await;
         }
     }
 
-    async fn connect(url: &str, namespace: &str) -> NatsPresence {
-        NatsPresence::connect(url, namespace)
-            .await
-            .unwrap_or_else(|e| panic!("{e}: start NATS with JetStream (nats-server -js -p 4222)"))
-    }
-
     conformance::suite!(Nats);
-
-    #[tokio::test]
-    async fn comes_back_after_the_server_restarts() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store_dir = dir.path().display().to_string();
-        let mut server = Throwaway::start("nats-server", move |port| {
-            [
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-js",
-                "-sd",
-                &store_dir,
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-        .await;
-        let url = format!("nats://127.0.0.1:{}", server.port());
-        let presence = connect(&url, "restart").await;
-        conformance::recovers_after_broker_restart(&mut server, &presence).await;
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_server_fails_connect_naming_it() {
-        let port = conformance::free_port();
-        let started = std::time::Instant::now();
-        let Err(e) = NatsPresence::connect(&format!("nats://127.0.0.1:{port}"), "x").await else {
-            panic!("connected to a port nothing listens on");
-        };
-        assert!(started.elapsed() < Duration::from_secs(6));
-        let message = e.to_string();
-        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
-    }
+    conformance::broker_suite!(Nats);
 
     #[tokio::test]
     async fn a_namespace_a_bucket_cannot_be_named_after_is_refused() {
-        let Err(e) = NatsPresence::connect(URL, "dan maku").await else {
+        let Err(e) = NatsPresence::connect("nats://127.0.0.1:4222", "dan maku").await else {
             panic!("accepted a namespace with a space");
         };
         assert!(matches!(e, PresenceError::Config(_)), "{e}");

@@ -103,6 +103,22 @@ impl RedisPresence {
     fn unavailable(&self, e: redis::RedisError) -> PresenceError {
         PresenceError::Unavailable(format!("{}: {e}", self.broker))
     }
+
+    /// `{ns}:presence:node:{node}`.
+    fn node_key(&self, node: &str) -> String {
+        format!("{}{node}", self.node_prefix)
+    }
+
+    /// Runs `pipe` (an atomic one) within [`CALL_TIMEOUT`](super::CALL_TIMEOUT).
+    async fn transaction(&self, pipe: &redis::Pipeline) -> Result<(), PresenceError> {
+        let mut conn = self.conn.clone();
+        bounded(&self.broker, async {
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| self.unavailable(e))
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -119,7 +135,7 @@ impl Presence for RedisPresence {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("SET")
-            .arg(format!("{}{node}", self.node_prefix))
+            .arg(self.node_key(node))
             .arg(encode(counts))
             .arg("PX")
             .arg(ttl_ms)
@@ -128,13 +144,7 @@ impl Presence for RedisPresence {
             .arg(&self.nodes_key)
             .arg(node)
             .ignore();
-        let mut conn = self.conn.clone();
-        bounded(&self.broker, async {
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| self.unavailable(e))
-        })
-        .await
+        self.transaction(&pipe).await
     }
 
     async fn nodes(&self) -> Result<HashMap<String, Counts>, PresenceError> {
@@ -161,78 +171,44 @@ impl Presence for RedisPresence {
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("DEL")
-            .arg(format!("{}{node}", self.node_prefix))
+            .arg(self.node_key(node))
             .ignore()
             .cmd("SREM")
             .arg(&self.nodes_key)
             .arg(node)
             .ignore();
-        let mut conn = self.conn.clone();
-        bounded(&self.broker, async {
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| self.unavailable(e))
-        })
-        .await
+        self.transaction(&pipe).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::presence::conformance::{self, Backend, Throwaway};
+    use crate::presence::conformance::{self, Broker};
+    use crate::testing::Throwaway;
 
     struct Redis;
 
     #[async_trait]
-    impl Backend for Redis {
-        async fn open(&self, namespace: &str) -> Arc<dyn Presence> {
-            Arc::new(connect("redis://127.0.0.1:6379", namespace).await)
+    impl Broker for Redis {
+        type Presence = RedisPresence;
+        const SCHEME: &'static str = "redis";
+        const PORT: u16 = 6379;
+        const START: &'static str = "Redis (redis-server --port 6379)";
+        // Refused: at once, with the reason.
+        const REFUSED_WITHIN: Duration = Duration::from_secs(1);
+
+        async fn connect(url: &str, namespace: &str) -> Result<RedisPresence, PresenceError> {
+            RedisPresence::connect(url, namespace).await
+        }
+
+        async fn server() -> Throwaway {
+            Throwaway::redis().await
         }
     }
 
-    async fn connect(url: &str, namespace: &str) -> RedisPresence {
-        RedisPresence::connect(url, namespace)
-            .await
-            .unwrap_or_else(|e| panic!("{e}: start Redis (redis-server --port 6379)"))
-    }
-
     conformance::suite!(Redis);
-
-    #[tokio::test]
-    async fn comes_back_after_the_server_restarts() {
-        let mut server = Throwaway::start("redis-server", |port| {
-            [
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]
-            .map(String::from)
-            .to_vec()
-        })
-        .await;
-        let url = format!("redis://127.0.0.1:{}", server.port());
-        let presence = connect(&url, "restart").await;
-        conformance::recovers_after_broker_restart(&mut server, &presence).await;
-    }
-
-    #[tokio::test]
-    async fn an_unreachable_server_fails_connect_naming_it() {
-        let port = conformance::free_port();
-        let started = std::time::Instant::now();
-        let Err(e) = RedisPresence::connect(&format!("redis://127.0.0.1:{port}"), "x").await else {
-            panic!("connected to a port nothing listens on");
-        };
-        // Refused: at once, with the reason.
-        assert!(started.elapsed() < Duration::from_secs(1));
-        let message = e.to_string();
-        assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
-    }
+    conformance::broker_suite!(Redis);
 
     #[tokio::test]
     async fn a_bad_url_is_a_configuration_error() {

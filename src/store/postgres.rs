@@ -274,9 +274,8 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         };
         let limit = sql_limit(limit);
-        let rows = self
-            .readers
-            .query(
+        self.readers
+            .rows(
                 &format!(
                     "SELECT {COLUMNS} FROM danmaku WHERE room = $1 AND id > $2 \
                      ORDER BY id LIMIT $3"
@@ -286,9 +285,9 @@ impl Store for PostgresStore {
                     (&after, Type::INT8),
                     (&limit, Type::INT8),
                 ],
+                danmaku_of,
             )
-            .await?;
-        danmaku_rows(&rows)
+            .await
     }
 
     async fn by_video_time(
@@ -299,9 +298,8 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Danmaku>, StoreError> {
         let limit = sql_limit(limit);
-        let rows = self
-            .readers
-            .query(
+        self.readers
+            .rows(
                 &format!(
                     "SELECT {COLUMNS} FROM danmaku WHERE room = $1 AND vt IS NOT NULL \
                      AND vt >= $2 AND vt < $3 ORDER BY vt, id LIMIT $4"
@@ -312,23 +310,23 @@ impl Store for PostgresStore {
                     (&to, Type::FLOAT8),
                     (&limit, Type::INT8),
                 ],
+                danmaku_of,
             )
-            .await?;
-        danmaku_rows(&rows)
+            .await
     }
 
     async fn get(&self, room: &str, id: u64) -> Result<Option<Danmaku>, StoreError> {
         let Ok(id) = i64::try_from(id) else {
             return Ok(None);
         };
-        let rows = self
-            .readers
-            .query(
+        self.readers
+            .rows(
                 &format!("SELECT {COLUMNS} FROM danmaku WHERE room = $1 AND id = $2"),
                 &[(&room, Type::TEXT), (&id, Type::INT8)],
+                danmaku_of,
             )
-            .await?;
-        Ok(danmaku_rows(&rows)?.pop())
+            .await
+            .map(|mut found| found.pop())
     }
 
     async fn last_id(&self, room: &str) -> Result<u64, StoreError> {
@@ -361,95 +359,78 @@ impl Store for PostgresStore {
 impl ModerationStore for PostgresStore {
     async fn load_moderation(&self) -> Result<Snapshot, StoreError> {
         let now = now_ms();
-        let rows = self
+        let mutes = self
             .readers
-            .query(
+            .rows(
                 "SELECT room, \"user\", until FROM mutes WHERE until > $1",
                 &[(&now, Type::INT8)],
+                |r| {
+                    let room: String = r.try_get(0)?;
+                    Ok(Mute {
+                        room: (!room.is_empty()).then_some(room),
+                        user: r.try_get(1)?,
+                        until: r.try_get(2)?,
+                    })
+                },
             )
             .await?;
-        let mutes = rows
-            .iter()
-            .map(|r| {
-                let room: String = r.try_get(0)?;
-                Ok(Mute {
-                    room: (!room.is_empty()).then_some(room),
-                    user: r.try_get(1)?,
-                    until: r.try_get(2)?,
-                })
-            })
-            .collect::<Result<_, Failure>>()
-            .map_err(Failure::classify)?;
-        let rows = self
+        let bans = self
             .readers
-            .query(
+            .rows(
                 "SELECT ip, until FROM bans WHERE until IS NULL OR until > $1",
                 &[(&now, Type::INT8)],
-            )
-            .await?;
-        let bans = rows
-            .iter()
-            .filter_map(|r| {
-                let row = r
-                    .try_get::<_, String>(0)
-                    .and_then(|ip| Ok((ip, r.try_get(1)?)));
-                match row {
+                |r| {
+                    let ip: String = r.try_get(0)?;
+                    let until = r.try_get(1)?;
                     // Only this store writes the column, from an IpAddr.
-                    Ok((ip, until)) => ip.parse().ok().map(|ip| Ok(Ban { ip, until })),
-                    Err(e) => Some(Err(Failure::Pg(e))),
-                }
-            })
-            .collect::<Result<_, Failure>>()
-            .map_err(Failure::classify)?;
-        let rows = self
+                    Ok(ip.parse().ok().map(|ip| Ban { ip, until }))
+                },
+            )
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let rooms = self
             .readers
-            .query(
+            .rows(
                 "SELECT room, closed, slow_mode_s, premod FROM room_settings",
                 &[],
+                |r| {
+                    Ok(RoomSettings {
+                        room: r.try_get(0)?,
+                        closed: r.try_get(1)?,
+                        slow_mode_s: narrow::<i64, _>(r, 2)?,
+                        premod: r.try_get(3)?,
+                    })
+                },
             )
             .await?;
-        let rooms = rows
-            .iter()
-            .map(|r| {
-                Ok(RoomSettings {
-                    room: r.try_get(0)?,
-                    closed: r.try_get(1)?,
-                    slow_mode_s: narrow::<i64, _>(r, 2)?,
-                    premod: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, Failure>>()
-            .map_err(Failure::classify)?;
-        let rows = self
+        let held = self
             .readers
-            .query(
+            .rows(
                 "SELECT hid, ts, room, \"user\", name, text, mode, color, size, vt \
                  FROM held ORDER BY hid",
                 &[],
+                |r| {
+                    Ok(Held {
+                        held: column_id(r, 0)?,
+                        ts: r.try_get(1)?,
+                        danmaku: NewDanmaku {
+                            room: r.try_get(2)?,
+                            user: r.try_get(3)?,
+                            name: r.try_get(4)?,
+                            text: r.try_get(5)?,
+                            mode: mode(r, 6)?,
+                            color: Color(narrow::<i32, _>(r, 7)?),
+                            size: narrow::<i32, _>(r, 8)?,
+                            vt: r.try_get(9)?,
+                            // Held sends are never an admin's.
+                            priority: false,
+                        },
+                    })
+                },
             )
             .await?;
-        let held = rows
-            .iter()
-            .map(|r| {
-                Ok(Held {
-                    held: column_id(r, 0)?,
-                    ts: r.try_get(1)?,
-                    danmaku: NewDanmaku {
-                        room: r.try_get(2)?,
-                        user: r.try_get(3)?,
-                        name: r.try_get(4)?,
-                        text: r.try_get(5)?,
-                        mode: mode(r, 6)?,
-                        color: Color(narrow::<i32, _>(r, 7)?),
-                        size: narrow::<i32, _>(r, 8)?,
-                        vt: r.try_get(9)?,
-                        // Held sends are never an admin's.
-                        priority: false,
-                    },
-                })
-            })
-            .collect::<Result<_, Failure>>()
-            .map_err(Failure::classify)?;
         Ok(Snapshot {
             mutes,
             bans,
@@ -498,29 +479,25 @@ impl ModerationStore for PostgresStore {
         // Every id lies below one beyond the largest bigint.
         let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
         let limit = sql_limit(limit);
-        let rows = self
-            .readers
-            .query(
+        self.readers
+            .rows(
                 "SELECT id, ts, actor, action, room, target, detail FROM audit \
                  WHERE id < $1 ORDER BY id DESC LIMIT $2",
                 &[(&before, Type::INT8), (&limit, Type::INT8)],
+                |r| {
+                    let detail: String = r.try_get(6)?;
+                    Ok(AuditEntry {
+                        id: column_id(r, 0)?,
+                        ts: r.try_get(1)?,
+                        actor: r.try_get(2)?,
+                        action: r.try_get(3)?,
+                        room: r.try_get(4)?,
+                        target: r.try_get(5)?,
+                        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                    })
+                },
             )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get(6)?;
-                Ok(AuditEntry {
-                    id: column_id(r, 0)?,
-                    ts: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    room: r.try_get(4)?,
-                    target: r.try_get(5)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect::<Result<_, Failure>>()
-            .map_err(Failure::classify)
+            .await
     }
 }
 
@@ -745,25 +722,21 @@ fn mode(r: &Row, i: usize) -> Result<Mode, Failure> {
         .unwrap_or_default())
 }
 
-fn danmaku_rows(rows: &[Row]) -> Result<Vec<Danmaku>, StoreError> {
-    rows.iter()
-        .map(|r| {
-            Ok(Danmaku {
-                id: column_id(r, 0)?,
-                room: r.try_get(1)?,
-                user: r.try_get(2)?,
-                name: r.try_get(3)?,
-                text: r.try_get(4)?,
-                mode: mode(r, 5)?,
-                color: Color(narrow::<i32, _>(r, 6)?),
-                size: narrow::<i32, _>(r, 7)?,
-                ts: r.try_get(8)?,
-                vt: r.try_get(9)?,
-                priority: false,
-            })
-        })
-        .collect::<Result<_, Failure>>()
-        .map_err(Failure::classify)
+/// The danmaku in a row of [`COLUMNS`].
+fn danmaku_of(r: &Row) -> Result<Danmaku, Failure> {
+    Ok(Danmaku {
+        id: column_id(r, 0)?,
+        room: r.try_get(1)?,
+        user: r.try_get(2)?,
+        name: r.try_get(3)?,
+        text: r.try_get(4)?,
+        mode: mode(r, 5)?,
+        color: Color(narrow::<i32, _>(r, 6)?),
+        size: narrow::<i32, _>(r, 7)?,
+        ts: r.try_get(8)?,
+        vt: r.try_get(9)?,
+        priority: false,
+    })
 }
 
 /// A colour as the `INTEGER` column holds it.
@@ -782,6 +755,21 @@ struct Readers {
 }
 
 impl Readers {
+    /// Runs one read and reads each row it returns with `each`.
+    async fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        each: impl Fn(&Row) -> Result<T, Failure>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.query(sql, params)
+            .await?
+            .iter()
+            .map(each)
+            .collect::<Result<_, Failure>>()
+            .map_err(Failure::classify)
+    }
+
     /// Runs one read. A pooled connection the server has dropped since its
     /// last use (a restart) is replaced, and a read that fails on one is
     /// tried once more on a new connection: reads change nothing.

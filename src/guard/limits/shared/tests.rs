@@ -2,10 +2,8 @@
 //! (127.0.0.1:6379, a namespace per test), or a throwaway `redis-server`
 //! that a test stops and starts again.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-
 use super::*;
+use crate::testing::{free_port, namespace, Throwaway};
 
 /// The machine's shared Redis.
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
@@ -21,15 +19,6 @@ fn limits() -> Limits {
         room_send_per_second: 1000.0,
         ..Limits::default()
     }
-}
-
-/// A namespace no other test, nor another run of this one, uses.
-fn namespace(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("t{}{nanos:x}-{test}", std::process::id())
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -201,75 +190,6 @@ async fn an_idle_key_expires_once_its_bucket_is_full() {
     assert_eq!(left, 0);
 }
 
-/// A `redis-server` of the test's own on a free port, killed on drop.
-struct Throwaway {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Throwaway {
-    fn start() -> Throwaway {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Throwaway { port, child: None };
-        server.resume();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (again, on the same port) and waits until it listens.
-    fn resume(&mut self) {
-        let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("redis-server (Redis) cannot be started: {e}"));
-        self.child = Some(child);
-        let started = Instant::now();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "Redis on port {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Sends it `signal` (`STOP`, `CONT`).
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    /// Kills it (SIGKILL) and waits until it is gone.
-    fn halt(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
 /// Sends as `user` from `n`, and checks the answer came within the timeout
 /// and was not a refusal for want of Redis.
 async fn send_in_time(n: &Node, user: &str) -> Result<(), RetryAfter> {
@@ -315,27 +235,28 @@ async fn shared_burst_holds(a: &Node, b: &Node, user: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_falls_back_to_local_limits_in_time_and_ends_when_it_is_back() {
-    let mut redis = Throwaway::start();
+    let mut redis = Throwaway::redis().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port());
     let ns = namespace("outage");
-    let a = Node::start(&redis.url(), &ns, &limits()).await;
-    let b = Node::start(&redis.url(), &ns, &limits()).await;
+    let a = Node::start(&url, &ns, &limits()).await;
+    let b = Node::start(&url, &ns, &limits()).await;
     shared_burst_holds(&a, &b, "before").await;
 
     // A Redis that hangs: the first send waits the timeout at most, and
     // passes under the local limits.
-    redis.signal("STOP");
+    redis.freeze(true);
     send_in_time(&a, "hung").await.unwrap();
     assert_eq!(a.fallbacks.get(), 1);
     // Until the next probe, sends do not wait for Redis at all.
     let started = Instant::now();
     send_in_time(&a, "hung").await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(50));
-    redis.signal("CONT");
+    redis.freeze(false);
     until_shared_again(&a, "probe-a1").await;
 
     // A Redis that is gone: each node is held to its own local limits,
     // burst 3 apiece, never refused for want of Redis.
-    redis.halt();
+    redis.kill();
     for n in [&a, &b] {
         let before = n.fallbacks.get();
         for _ in 0..3 {
@@ -348,7 +269,7 @@ async fn a_redis_outage_falls_back_to_local_limits_in_time_and_ends_when_it_is_b
 
     // Back: the limits are shared again (the restarted Redis has lost the
     // script too, which EVALSHA's fallback sends again).
-    redis.resume();
+    redis.launch().await;
     until_shared_again(&a, "probe-a2").await;
     until_shared_again(&b, "probe-b2").await;
     shared_burst_holds(&a, &b, "after").await;
@@ -356,12 +277,7 @@ async fn a_redis_outage_falls_back_to_local_limits_in_time_and_ends_when_it_is_b
 
 #[tokio::test]
 async fn an_unreachable_redis_at_start_is_a_clear_error() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("redis://127.0.0.1:{port}");
+    let url = format!("redis://127.0.0.1:{}", free_port());
     let started = Instant::now();
     let error = SharedLimits::connect(&url, "x", &limits(), Counter::default())
         .await
