@@ -357,7 +357,10 @@ impl Reorder {
             self.gap = None;
             return;
         }
-        if self.released != before {
+        // Progress into the gap asks soon again; a catch-up with nothing
+        // known missing keeps its backoff (a store that is down stays so
+        // however many danmaku the broker brings).
+        if self.released != before && released < gap.upto {
             gap.asks = 0;
             if let Some((_, (_, arrived))) = self.held.first_key_value() {
                 gap.due = gap.due.max(*arrived + self.window);
@@ -842,10 +845,16 @@ mod tests {
         // The read failed: asked again a window later.
         let now = at + WINDOW;
         assert_eq!(order.poll_gap(now, &mut out).0, Some(1));
-        // Newer danmaku do not answer it, a fill that starts later neither.
+        // Newer danmaku do not answer it (nor reset its backoff), a fill
+        // that starts later neither.
         order.push(&[d(2)], now, &mut out);
         order.fill(5, 6, &[], now, &mut out);
         assert!(order.catching_up());
+        let (ask, next) = order.poll_gap(now + WINDOW, &mut out);
+        assert_eq!((ask, next), (None, Some(now + 2 * WINDOW)));
+        let third = now + 2 * WINDOW;
+        let asked = order.poll_gap(third, &mut out);
+        assert_eq!(asked, (Some(2), Some(third + 4 * WINDOW)), "backing off");
         // The store's word, with nothing new.
         order.fill(1, 2, &[], now, &mut out);
         assert!(!order.catching_up());
