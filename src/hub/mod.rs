@@ -358,6 +358,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
+    use super::reorder::ITEM_OVERHEAD;
     use super::*;
     use crate::danmaku::{Color, NewDanmaku};
 
@@ -715,6 +716,34 @@ mod tests {
         hub.fill("catch", 5, 5, &[]);
         tokio::time::sleep(reorder * 5).await;
         assert_eq!(recorder.gaps().len(), 2, "answered: asked no more");
+    }
+
+    #[tokio::test]
+    async fn a_gap_longer_than_the_ring_holds_is_read_from_near_the_newest_id() {
+        let (hub, _) = hub(Duration::from_secs(10));
+        let mut viewer = hub.join("far");
+        viewer.room().seed_last_id(10);
+        hub.deliver(&batch("far", &[11]));
+        assert_eq!(ids(&danmaku_until(&mut viewer, 10, 11).await), [11]);
+        let config = FanoutConfig::default();
+        let ring = (config.ring_frames * (config.max_frame_bytes / ITEM_OVERHEAD)) as u64;
+        assert_eq!(hub.read_from("far", 11, 500), Some(11), "within the ring");
+        let newest = 1_000_000;
+        let from = hub.read_from("far", 11, newest).unwrap();
+        assert_eq!(from, newest - ring, "skipped ahead");
+        hub.fill("far", from, from + 1, &batch("far", &[from + 1]));
+        // The next frame starts after the ids skipped: the feed reports
+        // them lost.
+        let frames = danmaku_until(&mut viewer, from, from + 1).await;
+        assert_eq!(ids(&frames), [from + 1]);
+
+        hub.deliver(&batch("unwatched", &[1]));
+        assert_eq!(
+            hub.read_from("unwatched", 0, newest),
+            None,
+            "nobody needs it"
+        );
+        assert_eq!(hub.read_from("unknown", 0, newest), None);
     }
 
     #[tokio::test]
