@@ -1,10 +1,10 @@
 //! The hub: the room registry and the fan-out to viewers.
 //!
 //! The hub receives committed batches from this node's store and from the
-//! bus, releases each room's danmaku strictly in id order (holding back
-//! those that come early, and asking its node to read a gap from the store
-//! when one outlives `cluster.reorder_ms`), coalesces them for a short
-//! window, encodes them once per room per flush, and
+//! bus, releases each watched room's danmaku strictly in id order (holding
+//! back those that come early, and asking its node to read a gap from the
+//! store when one outlives `cluster.reorder_ms`), coalesces them for a
+//! short window, encodes them once per room per flush, and
 //! puts the frame in the room's ring. The room's passes then write the same
 //! bytes straight to every idle viewer's socket, through a sink the
 //! transport provides, and wake the viewers that are busy, which take the
@@ -23,6 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
+
 use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
@@ -35,6 +37,11 @@ pub use seat::{DirectSink, Received, Unparked, Viewer};
 /// Shards of the room map: enough that the store's writer and joining
 /// viewers rarely wait on one another.
 const SHARDS: usize = 16;
+
+/// Rooms whose catch-up read ([`Hub::catch_up_all`]) may be out at once:
+/// after a broker outage a node with thousands of rooms must not queue
+/// thousands of store reads ahead of a joining viewer's.
+const CATCH_UP_READS: usize = 32;
 
 /// The order of a page of rooms ([`Hub::page`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,14 +62,17 @@ pub enum RoomOrder {
 /// What the hub asks of its node. The hub never touches storage or the
 /// broker; when it needs either, it says so here.
 pub trait HubEvents: Send + Sync + 'static {
-    /// Room `room` misses ids after `after`, its newest released id: a
-    /// danmaku held back for one has waited `cluster.reorder_ms` (asked
-    /// once; again only if the gap is still there a window later, then
-    /// two, …), its held-back buffer is full, a viewer joined with a newer
-    /// id from the store, or the node asked it to catch up. Read what the
-    /// store holds after `after` and hand it to [`Hub::fill`]. Called from
-    /// the room's flusher (or [`Hub::catch_up_all`]) with no lock held;
-    /// must not block.
+    /// Room `room`, watched on this node, misses ids after `after`, its
+    /// newest released id: a danmaku held back for one has waited
+    /// `cluster.reorder_ms`, its held-back buffer is full, a viewer joined
+    /// with a newer id from the store, or it catches up
+    /// ([`Hub::catch_up_all`]). Asked once; again only if the gap is still
+    /// there a window later, then two, … up to 5 s, so a read that fails
+    /// needs no retry of its own. Read the store's newest id, ask
+    /// [`Hub::read_from`] where to start, read what the store holds after
+    /// that and hand it to [`Hub::fill`], with `upto` the store's newest
+    /// id also when nothing is new (that answers a catch-up). Called from
+    /// the room's flusher with no lock held; must not block.
     fn gap(&self, room: &str, after: u64);
 
     /// The hub forgot `room` (no viewers, idle): the node stops hearing it.
@@ -81,6 +91,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
     pass_threads: Arc<PassThreads>,
+    /// Permits for rooms' catch-up reads, [`CATCH_UP_READS`] of them.
+    catch_ups: Arc<Semaphore>,
     events: OnceLock<Weak<dyn HubEvents>>,
 }
 
@@ -96,6 +108,7 @@ impl Hub {
             metrics,
             runtime: tokio::runtime::Handle::current(),
             pass_threads: Arc::new(PassThreads::new()),
+            catch_ups: Arc::new(Semaphore::new(CATCH_UP_READS)),
             events: OnceLock::new(),
         })
     }
@@ -122,13 +135,14 @@ impl Hub {
         name: &str,
     ) -> &'a Arc<Room> {
         if !shard.contains_key(name) {
-            let room = Arc::new(Room::new(name, self.config.ring_frames, self.reorder));
+            let room = Arc::new(Room::new(name, &self.config, self.reorder));
             self.metrics.rooms.inc();
             let (hub, asker) = (Arc::downgrade(self), Arc::downgrade(self));
             self.runtime.spawn(room.clone().run_flusher(
                 self.config,
                 self.metrics.clone(),
                 self.pass_threads.clone(),
+                self.catch_ups.clone(),
                 move |room| hub.upgrade().is_none_or(|hub| hub.retire(room)),
                 move |room, after| {
                     if let Some(events) = asker.upgrade().and_then(|hub| hub.events()) {
@@ -223,11 +237,26 @@ impl Hub {
         let _ = self.events.set(events);
     }
 
+    /// Where the node should read a gap of `room` asked after `after`
+    /// ([`HubEvents::gap`]), the store's newest id being `newest`: after
+    /// the room's newest released id. When that is further behind `newest`
+    /// than the room's ring holds (`ring_frames` frames), the room first
+    /// skips ahead, so that hours of danmaku are neither read nor pushed:
+    /// its viewers see the ids skipped as lost (`lagged`), as for any
+    /// viewer that fell behind. None: the hub no longer holds the room, or
+    /// nobody on this node watches it (nobody needs the read).
+    pub fn read_from(&self, room: &str, after: u64, newest: u64) -> Option<u64> {
+        let room = self.shard(room).get(room).cloned()?;
+        room.read_from(after, newest)
+    }
+
     /// Hands `room` what the store holds after `after`, up to and including
     /// `upto`: `items`, ascending (the answer to [`HubEvents::gap`]). An id
     /// in `(after, upto]` missing from `items` was recalled: the room steps
-    /// over it, and releases what it held back behind it. A room the hub
-    /// no longer holds has nobody to tell.
+    /// over it, and releases what it held back behind it. A fill that
+    /// starts at or before the room's newest released id and reaches it
+    /// answers a catch-up, even with nothing new (`upto` equal to it). A
+    /// room the hub no longer holds has nobody to tell.
     pub fn fill(&self, room: &str, after: u64, upto: u64, items: &[Danmaku]) {
         // With the shard locked, like `deliver`: a room retired meanwhile
         // and made anew does not get another room's fill.
@@ -257,17 +286,16 @@ impl Hub {
             .collect()
     }
 
-    /// Asks every room to catch up from the store ([`HubEvents::gap`]
-    /// after its newest released id): the broker was away, and whatever it
-    /// carried meanwhile may be lost.
+    /// Makes every room watched on this node catch up from the store: the
+    /// broker was away, and whatever it carried meanwhile may be lost. Each
+    /// such room opens a gap after its newest released id that stays open
+    /// (asked again with the usual backoff, should the read fail) until
+    /// [`Hub::fill`] brings the store's word, and at most 32 rooms' asks
+    /// are out at once. Returns at once; calling it again while rooms are
+    /// still catching up costs nothing more.
     pub fn catch_up_all(&self) {
-        let Some(events) = self.events() else {
-            return;
-        };
         for room in self.rooms_where(|_| true) {
-            if let Some(released) = room.stats().last_id {
-                events.gap(room.name(), released);
-            }
+            room.catch_up();
         }
     }
 
@@ -327,22 +355,34 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
+    use super::reorder::ITEM_OVERHEAD;
     use super::*;
     use crate::danmaku::{Color, NewDanmaku};
 
-    /// A node that records what the hub asks of it.
+    /// A node that records what the hub asks of it, and hands the asks to
+    /// `answers` when set.
     #[derive(Default)]
     struct Recorder {
         gaps: Mutex<Vec<(String, u64, Instant)>>,
         retired: Mutex<Vec<String>>,
+        answers: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, u64)>>>,
+        /// Asks not answered yet, and the most there ever were.
+        out: AtomicUsize,
+        most_out: AtomicUsize,
     }
 
     impl HubEvents for Recorder {
         fn gap(&self, room: &str, after: u64) {
             let mut gaps = self.gaps.lock().unwrap();
             gaps.push((room.to_owned(), after, Instant::now()));
+            let out = self.out.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_out.fetch_max(out, Ordering::SeqCst);
+            if let Some(answers) = &*self.answers.lock().unwrap() {
+                answers.send((room.to_owned(), after)).unwrap();
+            }
         }
 
         fn retired(&self, room: &str) {
@@ -450,6 +490,7 @@ mod tests {
     async fn a_duplicate_batch_is_dropped() {
         let (hub, _) = hub(Duration::from_secs(10));
         let mut viewer = hub.join("dup");
+        viewer.room().seed_last_id(0);
         hub.deliver(&batch("dup", &[1, 2]));
         let frames = danmaku_until(&mut viewer, 0, 2).await;
         hub.deliver(&batch("dup", &[1, 2]));
@@ -465,6 +506,7 @@ mod tests {
         let reorder = Duration::from_millis(300);
         let (hub, recorder) = hub(reorder);
         let mut viewer = hub.join("gap");
+        viewer.room().seed_last_id(0);
         hub.deliver(&batch("gap", &[1]));
         assert_eq!(ids(&danmaku_until(&mut viewer, 0, 1).await), [1]);
         let held_at = Instant::now();
@@ -535,6 +577,208 @@ mod tests {
         let frames = danmaku_until(&mut first, 10, 13).await;
         assert_eq!(ids(&frames), [11, 12, 13], "the first viewer misses none");
         assert_eq!(hub.stats("seed").unwrap().last_id, Some(13));
+    }
+
+    /// Waits (at most 5 s) until `recorder` was asked `n` times.
+    async fn asked(recorder: &Recorder, n: usize) -> Vec<(String, u64, Instant)> {
+        let started = Instant::now();
+        loop {
+            let gaps = recorder.gaps.lock().unwrap().clone();
+            if gaps.len() >= n {
+                return gaps;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "asked {gaps:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether the viewer has a danmaku frame waiting.
+    fn has_danmaku(viewer: &mut Viewer) -> bool {
+        std::iter::from_fn(|| viewer.try_recv())
+            .any(|got| !matches!(&got, Received::Frame(f) if f.id_range().is_none()))
+    }
+
+    #[tokio::test]
+    async fn a_room_with_nothing_released_holds_what_comes_until_its_seed() {
+        let (hub, recorder) = hub(Duration::from_secs(10));
+        let mut viewer = hub.join("start");
+        // Another node's 103 overtakes 101 and 102, all before the store's
+        // newest id (100) is read for the viewer.
+        for id in [103, 101, 102] {
+            hub.deliver(&batch("start", &[id]));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!has_danmaku(&mut viewer), "nothing before the seed");
+        assert_eq!(hub.stats("start").unwrap().last_id, None);
+        viewer.room().seed_last_id(100);
+        // From 101 on, frame after frame: the feed (at 100) sees no lag.
+        let frames = danmaku_until(&mut viewer, 100, 103).await;
+        assert_eq!(ids(&frames), [101, 102, 103]);
+        hub.deliver(&batch("start", &[101, 102]));
+        hub.deliver(&batch("start", &[104]));
+        assert_eq!(ids(&danmaku_until(&mut viewer, 103, 104).await), [104]);
+        assert!(recorder.gaps().is_empty(), "nothing was missing");
+    }
+
+    #[tokio::test]
+    async fn a_room_with_no_seed_starts_at_the_lowest_id_after_its_window() {
+        let reorder = Duration::from_millis(200);
+        let (hub, _) = hub(reorder);
+        let mut viewer = hub.join("noseed");
+        let sent = Instant::now();
+        hub.deliver(&batch("noseed", &[8]));
+        hub.deliver(&batch("noseed", &[7]));
+        let frames = danmaku_until(&mut viewer, 6, 8).await;
+        assert_eq!(ids(&frames), [7, 8]);
+        assert!(sent.elapsed() >= reorder, "held for the window");
+        assert_eq!(hub.stats("noseed").unwrap().last_id, Some(8));
+    }
+
+    #[tokio::test]
+    async fn a_room_without_viewers_releases_at_once_and_never_asks_for_a_gap() {
+        let reorder = Duration::from_millis(50);
+        let (hub, recorder) = hub(reorder);
+        // This node's own sends, with other nodes' ids in between.
+        for id in [5, 9, 12] {
+            hub.deliver(&batch("own", &[id]));
+            assert_eq!(hub.stats("own").unwrap().last_id, Some(id));
+        }
+        hub.catch_up_all();
+        // A watched room whose viewer leaves hands on what it held back.
+        let viewer = hub.join("left");
+        viewer.room().seed_last_id(0);
+        hub.deliver(&batch("left", &[1, 3]));
+        assert_eq!(hub.stats("left").unwrap().last_id, Some(1));
+        drop(viewer);
+        assert_eq!(hub.stats("left").unwrap().last_id, Some(3));
+        tokio::time::sleep(reorder * 4).await;
+        assert!(recorder.gaps().is_empty(), "asked {:?}", recorder.gaps());
+
+        // A viewer who joins later starts at the store's newest id.
+        let mut viewer = hub.join("own");
+        viewer.room().seed_last_id(20);
+        hub.deliver(&batch("own", &[21]));
+        assert_eq!(ids(&danmaku_until(&mut viewer, 20, 21).await), [21]);
+    }
+
+    #[tokio::test]
+    async fn a_recall_that_overtakes_its_danmaku_keeps_it_from_viewers_without_a_lag() {
+        let (hub, recorder) = hub(Duration::from_secs(10));
+        let mut viewer = hub.join("recall");
+        viewer.room().seed_last_id(0);
+        hub.deliver(&batch("recall", &[1]));
+        assert_eq!(ids(&danmaku_until(&mut viewer, 0, 1).await), [1]);
+        // 3 is held back for 2 when its recall comes; 5's recall comes
+        // before 5 itself.
+        hub.deliver(&batch("recall", &[3]));
+        hub.recall("recall", vec![3]);
+        hub.recall("recall", vec![5]);
+        for id in [2, 5, 3, 4, 6] {
+            hub.deliver(&batch("recall", &[id]));
+        }
+        let (mut reached, mut got, mut deleted) = (1, Vec::new(), Vec::<u64>::new());
+        while reached < 6 {
+            let frame = next_frame(&mut viewer).await;
+            match frame.kind() {
+                FrameKind::Danmaku { items, first, last } => {
+                    assert_eq!(*first, reached + 1, "no lag: {frame:?}");
+                    let ws = String::from_utf8_lossy(frame.ws()).into_owned();
+                    assert!(!ws.contains("thinned"), "not thinned: {ws}");
+                    got.extend(items.iter().map(|d| d.id));
+                    reached = *last;
+                }
+                FrameKind::Delete { ids } => deleted.extend(ids),
+                FrameKind::Online { .. } => {}
+            }
+        }
+        assert_eq!(got, [2, 4, 6], "3 and 5 never shown");
+        assert_eq!(deleted, [3, 5], "still told to hide them");
+        assert!(recorder.gaps().is_empty(), "nothing missing");
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_whose_read_fails_is_asked_again_until_the_store_answers() {
+        let reorder = Duration::from_millis(100);
+        let (hub, recorder) = hub(reorder);
+        let viewer = hub.join("catch");
+        viewer.room().seed_last_id(5);
+        hub.deliver(&batch("unwatched", &[1]));
+        hub.catch_up_all();
+        let first = asked(&recorder, 1).await;
+        // The store failed: nobody answers, and the room asks again.
+        let again = asked(&recorder, 2).await;
+        assert_eq!(
+            recorder.gaps(),
+            [("catch".to_owned(), 5), ("catch".to_owned(), 5)]
+        );
+        assert!(again[1].2 >= first[0].2 + reorder, "after the window");
+        // The store answers: nothing new after 5.
+        hub.fill("catch", 5, 5, &[]);
+        tokio::time::sleep(reorder * 5).await;
+        assert_eq!(recorder.gaps().len(), 2, "answered: asked no more");
+    }
+
+    #[tokio::test]
+    async fn a_gap_longer_than_the_ring_holds_is_read_from_near_the_newest_id() {
+        let (hub, _) = hub(Duration::from_secs(10));
+        let mut viewer = hub.join("far");
+        viewer.room().seed_last_id(10);
+        hub.deliver(&batch("far", &[11]));
+        assert_eq!(ids(&danmaku_until(&mut viewer, 10, 11).await), [11]);
+        let config = FanoutConfig::default();
+        let ring = (config.ring_frames * (config.max_frame_bytes / ITEM_OVERHEAD)) as u64;
+        assert_eq!(hub.read_from("far", 11, 500), Some(11), "within the ring");
+        let newest = 1_000_000;
+        let from = hub.read_from("far", 11, newest).unwrap();
+        assert_eq!(from, newest - ring, "skipped ahead");
+        hub.fill("far", from, from + 1, &batch("far", &[from + 1]));
+        // The next frame starts after the ids skipped: the feed reports
+        // them lost.
+        let frames = danmaku_until(&mut viewer, from, from + 1).await;
+        assert_eq!(ids(&frames), [from + 1]);
+
+        hub.deliver(&batch("unwatched", &[1]));
+        assert_eq!(
+            hub.read_from("unwatched", 0, newest),
+            None,
+            "nobody needs it"
+        );
+        assert_eq!(hub.read_from("unknown", 0, newest), None);
+    }
+
+    #[tokio::test]
+    async fn a_thousand_rooms_catch_up_with_at_most_32_reads_out_at_once() {
+        let (hub, recorder) = hub(Duration::from_secs(5));
+        let (answers, mut asks) = tokio::sync::mpsc::unbounded_channel();
+        *recorder.answers.lock().unwrap() = Some(answers);
+        let viewers: Vec<Viewer> = (0..1_000)
+            .map(|i| {
+                let viewer = hub.join(&format!("many-{i}"));
+                viewer.room().seed_last_id(1);
+                viewer
+            })
+            .collect();
+        hub.catch_up_all();
+        // The store answers each read 2 ms later, with nothing new.
+        let mut answered = std::collections::HashSet::new();
+        while answered.len() < viewers.len() {
+            let (room, after) = tokio::time::timeout(Duration::from_secs(10), asks.recv())
+                .await
+                .expect("every room asks")
+                .unwrap();
+            answered.insert(room.clone());
+            let (hub, recorder) = (hub.clone(), recorder.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                recorder.out.fetch_sub(1, Ordering::SeqCst);
+                hub.fill(&room, after, after, &[]);
+            });
+        }
+        let most = recorder.most_out.load(Ordering::SeqCst);
+        assert!(
+            (2..=CATCH_UP_READS).contains(&most),
+            "{most} reads out at once"
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::density::Density;
 use super::frame::Frame;
@@ -98,6 +98,9 @@ struct RoomState {
     last_activity: Instant,
     /// Set when the hub forgets the room; a flusher that sees it exits.
     removed: bool,
+    /// One of the hub's catch-up permits, held from the room's first
+    /// catch-up ask until the store answers it.
+    catch_up: Option<OwnedSemaphorePermit>,
 }
 
 /// A room's figures, for the rooms API.
@@ -118,6 +121,17 @@ pub struct RoomStats {
 }
 
 impl RoomState {
+    /// Runs `op` on the release order and the pending list, and counts
+    /// what it released in the rate (a duplicate or a held danmaku is not
+    /// news).
+    fn reorder<R>(&mut self, op: impl FnOnce(&mut Reorder, &mut Pending) -> R) -> R {
+        let before = self.pending.items.len();
+        let result = op(&mut self.order, &mut self.pending);
+        let released = self.pending.items.len().saturating_sub(before);
+        self.rate.add(u32::try_from(released).unwrap_or(u32::MAX));
+        result
+    }
+
     /// Viewers in the cluster.
     fn online(&self) -> usize {
         self.viewers.saturating_add(self.remote)
@@ -134,12 +148,17 @@ impl RoomState {
 }
 
 impl Room {
-    /// A room of at most `ring_frames` frames that holds a danmaku back for
-    /// at most `reorder` waiting for the ids before it.
-    pub(super) fn new(name: &str, ring_frames: usize, reorder: Duration) -> Room {
+    /// A room of at most `config.ring_frames` frames that holds a danmaku
+    /// back for at most `reorder` waiting for the ids before it, and skips
+    /// ahead past a gap longer than its ring holds.
+    pub(super) fn new(name: &str, config: &FanoutConfig, reorder: Duration) -> Room {
+        // An upper bound on the ids the ring holds: frames of danmaku with
+        // no text at all.
+        let per_frame = (config.max_frame_bytes / ITEM_OVERHEAD).max(1);
+        let span = u64::try_from(config.ring_frames.saturating_mul(per_frame)).unwrap_or(u64::MAX);
         Room {
             name: name.into(),
-            ring: Mutex::new(Ring::new(ring_frames)),
+            ring: Mutex::new(Ring::new(config.ring_frames)),
             ring_end: AtomicU64::new(0),
             seats: Mutex::new(Seats {
                 all: Vec::new(),
@@ -147,7 +166,7 @@ impl Room {
             }),
             state: Mutex::new(RoomState {
                 pending: Pending::new(),
-                order: Reorder::new(reorder),
+                order: Reorder::new(reorder, span),
                 last_flush: None,
                 viewers: 0,
                 remote: 0,
@@ -157,6 +176,7 @@ impl Room {
                 density: Density::default(),
                 last_activity: Instant::now(),
                 removed: false,
+                catch_up: None,
             }),
             wake: Notify::new(),
         }
@@ -179,11 +199,7 @@ impl Room {
     /// already released are dropped.
     pub(super) fn push(&self, items: &[Danmaku], committed_at: Instant) {
         let mut s = self.state();
-        let s = &mut *s;
-        let before = s.pending.items.len();
-        s.order.push(items, committed_at, &mut s.pending);
-        // Counted as released: a duplicate or a held danmaku is not news.
-        s.rate.add((s.pending.items.len() - before) as u32);
+        s.reorder(|order, pending| order.push(items, committed_at, pending));
         s.last_activity = Instant::now();
         self.wake.notify_one();
     }
@@ -192,12 +208,31 @@ impl Room {
     /// `items`, ascending. Ids in that range it lacks were recalled: the
     /// room steps over them, and releases what it held back behind them.
     pub(super) fn fill(&self, after: u64, upto: u64, items: &[Danmaku]) {
+        let now = Instant::now();
+        self.state()
+            .reorder(|order, pending| order.fill(after, upto, items, now, pending));
+        self.wake.notify_one();
+    }
+
+    /// Where a gap read asked after `after` should start, the store's
+    /// newest id being `newest` (the room may skip ahead first); none if
+    /// nobody watches the room here any more (nobody needs the read).
+    pub(super) fn read_from(&self, after: u64, newest: u64) -> Option<u64> {
         let mut s = self.state();
-        let s = &mut *s;
-        let before = s.pending.items.len();
-        s.order
-            .fill(after, upto, items, Instant::now(), &mut s.pending);
-        s.rate.add((s.pending.items.len() - before) as u32);
+        if s.viewers == 0 {
+            return None;
+        }
+        let from = s.reorder(|order, pending| order.read_from(after, newest, pending));
+        drop(s);
+        self.wake.notify_one();
+        Some(from)
+    }
+
+    /// Makes the room hear from the store what follows what it released
+    /// (if it has viewers here): asked by its flusher, with one of the
+    /// hub's catch-up permits, and again until the store answers.
+    pub(super) fn catch_up(&self) {
+        self.state().order.catch_up(Instant::now());
         self.wake.notify_one();
     }
 
@@ -238,7 +273,12 @@ impl Room {
     /// cannot be forgotten in between. Its `hello` takes the room's figures
     /// from [`Room::greet`].
     pub(super) fn join(self: &Arc<Self>) -> Viewer {
-        self.state().viewers += 1;
+        let mut s = self.state();
+        s.viewers += 1;
+        if s.viewers == 1 {
+            s.reorder(|order, pending| order.set_watched(true, pending));
+        }
+        drop(s);
         let sampled = VIEWERS
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(LATENCY_SAMPLE);
@@ -257,6 +297,11 @@ impl Room {
     pub(super) fn leave(&self) {
         let mut s = self.state();
         s.viewers -= 1;
+        if s.viewers == 0 {
+            // Nobody here waits for missing ids: what is held goes on now.
+            s.reorder(|order, pending| order.set_watched(false, pending));
+            s.catch_up = None;
+        }
         s.last_activity = Instant::now();
         drop(s);
         self.seats().snapshot = None;
@@ -307,14 +352,17 @@ impl Room {
 
     /// The room's newest id as the store knows it, read for a viewer that
     /// just joined (and is counted). A room that has released nothing yet
-    /// starts there. Past what it released, a room that others watch asks
-    /// its node for the ids between (they must not miss them); one that
-    /// only this viewer watches starts there.
+    /// holds what reaches it until this comes (or its reorder window
+    /// passes), then starts there and releases what follows. Past what it
+    /// released, a room that others here watch asks its node for the ids
+    /// between (they must not miss them); one that only this viewer
+    /// watches starts there.
     pub fn seed_last_id(&self, id: u64) {
+        let now = Instant::now();
         let mut s = self.state();
-        let s = &mut *s;
-        let watched = s.viewers > 1;
-        s.order.seed(id, watched, Instant::now(), &mut s.pending);
+        let shared = s.viewers > 1;
+        s.reorder(|order, pending| order.seed(id, shared, now, pending));
+        drop(s);
         self.wake.notify_one();
     }
 
@@ -353,12 +401,12 @@ impl Room {
         };
         let mut items = std::mem::take(&mut s.pending.items);
         s.pending.bytes = 0;
-        let recalled = std::mem::take(&mut s.pending.recalled);
         // The frames stand for every id after the last frame's up to the
         // newest released: those released, and those stepped over.
         let (Some(first), Some(last)) = (items.first(), items.last()) else {
             return false;
         };
+        let recalled = std::mem::take(&mut s.pending.recalled);
         let first = s.pending.after.saturating_add(1).min(first.id);
         let last = s.order.released().unwrap_or(last.id).max(last.id);
         s.pending.after = last;
@@ -437,11 +485,16 @@ impl Room {
         true
     }
 
-    /// Puts a `delete` frame in the ring at once, not waiting for the
-    /// coalescing window: a recall is rare, and players should hide the
-    /// danmaku now. The flusher's next pass delivers it.
+    /// Danmaku `ids` were recalled: those not yet in a frame never will
+    /// be (pending, held back, or not heard yet: the recall may come from
+    /// another node before the commit), and a `delete` frame goes in the
+    /// ring at once, not waiting for the coalescing window, for viewers
+    /// that were shown one already: a recall is rare, and players should
+    /// hide the danmaku now. The flusher's next pass delivers it.
     pub(super) fn recall(&self, ids: Vec<u64>) {
-        let s = self.state();
+        let now = Instant::now();
+        let mut s = self.state();
+        s.reorder(|order, pending| order.recall(&ids, now, pending));
         self.publish(vec![Arc::new(Frame::delete(ids))]);
         drop(s);
         self.wake.notify_one();
@@ -514,9 +567,11 @@ impl Room {
     /// Runs until the room is forgotten: waits for danmaku, coalesces them
     /// for at most the window, and publishes; announces the viewer count at
     /// most once per `online_interval_ms`; asks `gap(room, released)` when
-    /// a danmaku held back for a missing id has waited `cluster.reorder_ms`;
-    /// and keeps one pass running while the ring holds frames some seat has
-    /// not been offered.
+    /// a danmaku held back for a missing id has waited `cluster.reorder_ms`
+    /// (a catch-up only with one of the `catch_ups` permits, so that a node
+    /// with thousands of rooms does not queue thousands of store reads at
+    /// once); and keeps one pass running while the ring holds frames some
+    /// seat has not been offered.
     ///
     /// Flushes do not wait for the pass: a pass over 10,000 viewers takes
     /// tens of milliseconds, and a frame published meanwhile reaches the
@@ -527,6 +582,7 @@ impl Room {
         config: FanoutConfig,
         metrics: Arc<Metrics>,
         threads: Arc<PassThreads>,
+        catch_ups: Arc<Semaphore>,
         retire: impl Fn(&Arc<Room>) -> bool,
         gap: impl Fn(&str, u64),
     ) {
@@ -542,9 +598,23 @@ impl Room {
         let mut pass: Option<tokio::task::JoinHandle<()>> = None;
         let mut passed_to = self.ring_end();
         loop {
-            let (online_due, removed, (ask, gap_wake)) = {
+            let (online_due, removed, (ask, gap_wake), wants_permit) = {
                 let mut s = self.state();
-                (s.online_due(), s.removed, s.order.poll_gap(Instant::now()))
+                // A catch-up asks only with a permit, kept until the store
+                // answered it.
+                if !s.order.catching_up() {
+                    s.catch_up = None;
+                } else if s.catch_up.is_none() {
+                    s.catch_up = catch_ups.clone().try_acquire_owned().ok();
+                }
+                let wants_permit = s.order.catching_up() && s.catch_up.is_none();
+                let gap = if wants_permit {
+                    (None, None)
+                } else {
+                    let now = Instant::now();
+                    s.reorder(|order, pending| order.poll_gap(now, pending))
+                };
+                (s.online_due(), s.removed, gap, wants_permit)
             };
             if removed {
                 return;
@@ -581,6 +651,11 @@ impl Room {
                 .unwrap_or(now + idle.max(Duration::from_secs(1)));
             tokio::select! {
                 _ = self.wake.notified() => {}
+                permit = async { catch_ups.clone().acquire_owned().await }, if wants_permit => {
+                    if let Ok(permit) = permit {
+                        self.state().catch_up = Some(permit);
+                    }
+                }
                 _ = async { pass.as_mut().expect("checked").await }, if pass.is_some() => {
                     pass = None;
                 }

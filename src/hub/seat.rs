@@ -387,10 +387,24 @@ mod tests {
         Danmaku::stored(new, id, 0)
     }
 
+    /// A room of 8 frames, whose viewers start after id 0.
+    fn room() -> Arc<Room> {
+        let config = FanoutConfig {
+            ring_frames: 8,
+            ..FanoutConfig::default()
+        };
+        Arc::new(Room::new(
+            "r",
+            &config,
+            std::time::Duration::from_millis(100),
+        ))
+    }
+
     #[test]
     fn a_parked_viewer_is_written_to_and_handed_back_with_the_rest_in_order() {
-        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
+        let room = room();
         let mut viewer = room.join();
+        room.seed_last_id(0);
         let socket = Socket::open();
         viewer.attach(socket.clone());
         assert!(viewer.park(0));
@@ -432,7 +446,7 @@ mod tests {
 
     #[test]
     fn a_viewer_told_of_a_pending_danmaku_parks_only_once_its_frame_has_gone_by() {
-        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
+        let room = room();
         let metrics = Metrics::new();
         let config = FanoutConfig::default();
         // Danmaku 1 is committed and pending, its frame not made yet: a
@@ -459,10 +473,11 @@ mod tests {
 
     #[test]
     fn a_frame_published_during_a_pass_reaches_the_seats_it_has_yet_to_visit() {
-        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
+        let room = room();
         let metrics = Arc::new(Metrics::new());
         let config = FanoutConfig::default();
         let (mut first, mut second) = (room.join(), room.join());
+        room.seed_last_id(0);
         let (a, b) = (Socket::open(), Socket::open());
         first.attach(a.clone());
         second.attach(b.clone());
@@ -488,11 +503,12 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_pass_the_ring_keeps_only_what_a_viewer_still_needs() {
-        let room = Arc::new(Room::new("r", 8, std::time::Duration::from_millis(100)));
+        let room = room();
         let metrics = Arc::new(Metrics::new());
         let config = FanoutConfig::default();
         let threads = Arc::new(crate::hub::room::PassThreads::new());
         let (mut ahead, mut behind) = (room.join(), room.join());
+        room.seed_last_id(0);
         for id in 1..=3 {
             room.push(&[danmaku(id)], Instant::now());
             assert!(room.flush(&config, &metrics));
