@@ -417,6 +417,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(fanout, Duration::from_millis(100), metrics.clone());
         let viewer = hub.join("r");
+        viewer.room().seed_last_id(3);
         // Resumes after 1; 2 and 3 were recalled, and so was 4 by the time
         // the feed asks the store about the live frame that carries it.
         let mut feed = Feed::new(viewer, Arc::new(Recalled), metrics, &fanout, Some(1), 3);

@@ -191,9 +191,9 @@ impl Relay {
     /// the broker.
     ///
     /// The subscription is made by one task, in order with the
-    /// unsubscriptions of retired rooms, and is followed by a catch-up from
-    /// the store, since what was published before it took effect was not
-    /// heard.
+    /// unsubscriptions of retired rooms. What was committed before it took
+    /// effect is the store's: the joining viewer reads the newest id after
+    /// it, and the room starts there.
     pub fn serve(&self, room: &str) -> Option<oneshot::Receiver<()>> {
         if !self.lock_subscribed().insert(room.to_owned()) {
             return None;
@@ -233,11 +233,6 @@ impl Relay {
                         tokio::time::sleep(SUBSCRIBE_RETRY).await;
                         let _ = again.send((room, None));
                     });
-                }
-            }
-            if wanted && !self.solo() {
-                if let Some(last) = self.hub.stats(&room).and_then(|s| s.last_id) {
-                    self.gap(&room, last);
                 }
             }
         }
@@ -297,25 +292,32 @@ impl Relay {
             // The newest id first: every id up to it is committed, so one
             // the page then lacks was recalled, and the hub may step over
             // it (a gap of recalled ids only would otherwise never close).
+            // The room says where to read from: it may skip ahead past what
+            // its ring holds, or need nothing (no viewers here any more).
             let read = async {
                 let newest = parts.store.last_id(&room).await?;
-                if newest <= after {
-                    return Ok((newest, Vec::new()));
-                }
-                let page = parts.store.after(&room, after, GAP_READ).await?;
-                Ok::<_, crate::store::StoreError>((newest, page))
+                let Some(from) = self.hub.read_from(&room, after, newest) else {
+                    return Ok(None);
+                };
+                let page = if newest > from {
+                    parts.store.after(&room, from, GAP_READ).await?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, crate::store::StoreError>(Some((from, newest, page)))
             };
             match read.await {
-                Ok((newest, items)) => {
+                Ok(None) => return,
+                Ok(Some((from, newest, items))) => {
                     let full = items.len() == GAP_READ;
-                    let last = items.last().map_or(after, |d| d.id);
-                    // A fill with nothing new still closes the room's
-                    // catch-up: the store has nothing after `after`.
-                    let upto = if full { last } else { last.max(newest) };
+                    let last = items.last().map_or(from, |d| d.id);
+                    let upto = if full { last } else { last.max(newest) }.max(from);
                     if !items.is_empty() {
                         self.metrics.gap_fills.inc();
                     }
-                    self.hub.fill(&room, after, upto, &items);
+                    // Also when nothing is new: the store's word answers a
+                    // catch-up.
+                    self.hub.fill(&room, from, upto, &items);
                     if !full {
                         return;
                     }
