@@ -202,3 +202,23 @@ mod tests {
         assert_eq!(Mode::parse("Scroll"), None);
     }
 }
+
+#[cfg(test)]
+impl Danmaku {
+    /// A stored danmaku of `room` with id `id`, for tests: user `u`, name
+    /// `n`, text `text {id}`, the default look.
+    pub(crate) fn sample(room: &str, id: u64) -> Danmaku {
+        let new = NewDanmaku {
+            room: room.into(),
+            user: "u".into(),
+            name: "n".into(),
+            text: format!("text {id}"),
+            mode: Mode::default(),
+            color: Color::WHITE,
+            size: 25,
+            vt: None,
+            priority: false,
+        };
+        Danmaku::stored(new, id, 0)
+    }
+}

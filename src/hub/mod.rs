@@ -360,7 +360,6 @@ mod tests {
 
     use super::reorder::ITEM_OVERHEAD;
     use super::*;
-    use crate::danmaku::{Color, NewDanmaku};
 
     /// A node that records what the hub asks of it, and hands the asks to
     /// `answers` when set.
@@ -412,18 +411,7 @@ mod tests {
     }
 
     fn d(room: &str, id: u64) -> Danmaku {
-        let new = NewDanmaku {
-            room: room.into(),
-            user: "u".into(),
-            name: "n".into(),
-            text: format!("text {id}"),
-            mode: Default::default(),
-            color: Color::WHITE,
-            size: 25,
-            vt: None,
-            priority: false,
-        };
-        Danmaku::stored(new, id, 0)
+        Danmaku::sample(room, id)
     }
 
     fn batch(room: &str, ids: &[u64]) -> Vec<Danmaku> {

@@ -373,18 +373,7 @@ mod tests {
     }
 
     fn danmaku(id: u64) -> Danmaku {
-        let new = crate::danmaku::NewDanmaku {
-            room: "r".into(),
-            user: "u".into(),
-            name: "n".into(),
-            text: format!("text {id}"),
-            mode: Default::default(),
-            color: crate::danmaku::Color::WHITE,
-            size: 25,
-            vt: None,
-            priority: false,
-        };
-        Danmaku::stored(new, id, 0)
+        Danmaku::sample("r", id)
     }
 
     /// A room of 8 frames, whose viewers start after id 0.

@@ -360,7 +360,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::danmaku::{Color, Mode, NewDanmaku};
+    use crate::danmaku::NewDanmaku;
     use crate::hub::Hub;
 
     /// A store whose danmaku after id 1 were all recalled.
@@ -396,19 +396,7 @@ mod tests {
     }
 
     fn danmaku(id: u64) -> Danmaku {
-        Danmaku {
-            id,
-            room: "r".into(),
-            user: "u".into(),
-            name: "n".into(),
-            text: "t".into(),
-            mode: Mode::Scroll,
-            color: Color(0xffffff),
-            size: 25,
-            ts: 0,
-            vt: None,
-            priority: false,
-        }
+        Danmaku::sample("r", id)
     }
 
     #[tokio::test]
