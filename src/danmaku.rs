@@ -178,6 +178,26 @@ impl Danmaku {
 }
 
 #[cfg(test)]
+impl Danmaku {
+    /// A stored danmaku of `room` with id `id`, for tests: user `u`, name
+    /// `n`, text `text {id}`, the default look.
+    pub(crate) fn sample(room: &str, id: u64) -> Danmaku {
+        let new = NewDanmaku {
+            room: room.into(),
+            user: "u".into(),
+            name: "n".into(),
+            text: format!("text {id}"),
+            mode: Mode::default(),
+            color: Color::WHITE,
+            size: 25,
+            vt: None,
+            priority: false,
+        };
+        Danmaku::stored(new, id, 0)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -200,25 +220,5 @@ mod tests {
         }
         assert_eq!(Mode::from_code(9), None);
         assert_eq!(Mode::parse("Scroll"), None);
-    }
-}
-
-#[cfg(test)]
-impl Danmaku {
-    /// A stored danmaku of `room` with id `id`, for tests: user `u`, name
-    /// `n`, text `text {id}`, the default look.
-    pub(crate) fn sample(room: &str, id: u64) -> Danmaku {
-        let new = NewDanmaku {
-            room: room.into(),
-            user: "u".into(),
-            name: "n".into(),
-            text: format!("text {id}"),
-            mode: Mode::default(),
-            color: Color::WHITE,
-            size: 25,
-            vt: None,
-            priority: false,
-        };
-        Danmaku::stored(new, id, 0)
     }
 }

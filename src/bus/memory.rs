@@ -103,6 +103,10 @@ impl Bus for MemoryBus {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    fn alone(&self) -> bool {
+        self.broker.members().len() <= 1
+    }
 }
 
 impl MemoryBus {

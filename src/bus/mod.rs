@@ -141,6 +141,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// The backend's name for logs and `/healthz`: `memory`, `redis`, `nats`.
     fn kind(&self) -> &'static str;
+
+    /// Whether no other node can hear this bus (the in-process bus of a
+    /// single server): the node then has nobody to tell and nobody else's
+    /// commits to catch up on. A broker is never alone: nodes may join it
+    /// at any time.
+    fn alone(&self) -> bool {
+        false
+    }
 }
 
 /// A shared bus.

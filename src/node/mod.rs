@@ -294,7 +294,7 @@ impl Node {
         // viewer up for `SUBSCRIBE_WAIT` at most (the room catches up from
         // the store when it returns).
         let subscribing = self.relay.serve(room);
-        let fresh = subscribing.is_some() && self.bus.kind() != "memory";
+        let fresh = subscribing.is_some() && !self.relay.solo();
         if let Some(subscribed) = subscribing.filter(|_| fresh) {
             let _ = tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await;
         }

@@ -16,7 +16,7 @@
 //! it subscribes to a room's topic while the room has viewers here and
 //! unsubscribes when the hub retires it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -147,14 +147,17 @@ impl Relay {
         if self.solo() {
             return;
         }
-        let mut rooms: Vec<Vec<Danmaku>> = Vec::new();
+        // A group commit may hold hundreds of rooms: index them by name.
+        let mut runs: Vec<Vec<Danmaku>> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
         for d in batch {
-            match rooms.iter_mut().find(|run| run[0].room == d.room) {
-                Some(run) => run.push(d.clone()),
-                None => rooms.push(vec![d.clone()]),
-            }
+            let at = *index.entry(d.room.as_str()).or_insert_with(|| {
+                runs.push(Vec::new());
+                runs.len() - 1
+            });
+            runs[at].push(d.clone());
         }
-        for danmaku in rooms {
+        for danmaku in runs {
             self.announce(Event::Committed { danmaku });
         }
     }
@@ -241,8 +244,8 @@ impl Relay {
     /// Whether this node is alone on its bus (the in-process bus of a
     /// single server): nobody else commits, so nothing to catch up on, and
     /// nobody to tell.
-    fn solo(&self) -> bool {
-        self.parts.get().is_none_or(|p| p.bus.kind() == "memory")
+    pub fn solo(&self) -> bool {
+        self.parts.get().is_none_or(|p| p.bus.alone())
     }
 
     /// Catches every room up from the store now, and again after
