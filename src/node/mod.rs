@@ -308,7 +308,11 @@ impl Node {
             (hub, _) => {
                 let stored = self.store.last_id(room).await?;
                 viewer.room().seed_last_id(stored);
-                hub.map_or(stored, |h| h.max(stored))
+                // Another viewer joining at the same moment may have read a
+                // newer id and started the room there: this one starts there
+                // too, since the room hands on nothing below its start.
+                let started = viewer.room().stats().last_id;
+                hub.into_iter().chain(started).fold(stored, u64::max)
             }
         };
         Ok(Joined {
