@@ -91,6 +91,10 @@ pub struct Metrics {
     pub bus_dropped: Counter,
     /// Events received from other nodes over the broker.
     pub bus_received: Counter,
+    /// Seconds from another node's commit (its clock) to this node hearing
+    /// the batch over the broker: the broker's share of a remote
+    /// danmaku's latency.
+    pub bus_lag_seconds: Histogram,
     /// Times the broker connection came back after being lost.
     pub bus_reconnects: Counter,
     /// Reads of missing ids from the store (gaps the broker left).
@@ -141,6 +145,7 @@ impl Metrics {
             send_ack_seconds: latency_buckets(),
             fanout_seconds: latency_buckets(),
             pass_seconds: latency_buckets(),
+            bus_lag_seconds: latency_buckets(),
             thinned: Counter::default(),
             store_commit_seconds: latency_buckets(),
             store_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
@@ -217,6 +222,11 @@ impl Metrics {
             "pass_seconds",
             "Seconds per flusher pass over a room's viewers",
             m.pass_seconds.clone(),
+        );
+        registry.register(
+            "bus_lag_seconds",
+            "Seconds from another node's commit (its clock) to hearing it over the broker",
+            m.bus_lag_seconds.clone(),
         );
         registry.register(
             "store_commit_seconds",

@@ -359,7 +359,14 @@ impl EventSink for Relay {
         }
         self.metrics.bus_received.inc();
         match envelope.event {
-            Event::Committed { danmaku } => self.hub.deliver(&danmaku),
+            Event::Committed { danmaku } => {
+                if let Some(first) = danmaku.first() {
+                    // Clocks of different machines: a negative lag is 0.
+                    let lag_ms = (crate::danmaku::now_ms() - first.ts).max(0);
+                    self.metrics.bus_lag_seconds.observe(lag_ms as f64 / 1000.0);
+                }
+                self.hub.deliver(&danmaku);
+            }
             Event::Recalled { room, ids } => self.hub.recall(&room, ids),
             other => {
                 if let Some(parts) = self.parts.get() {

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row, Transaction};
+use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
 use super::{AuditOf, Cause, CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
@@ -125,22 +125,31 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 const COLUMNS: &str = "id, room, \"user\", name, text, mode, color, size, ts, vt";
 
-/// Bumps the rooms of a batch (`$1`, ascending, each once) by their send
-/// counts (`$2`) and returns each room's new last id. One statement for
-/// the whole batch: the rows are inserted, and so locked, in `ORDER BY`
-/// order, which is what keeps two nodes from deadlocking.
-const BUMP_ROOMS: &str = "INSERT INTO rooms (name, last_id) \
-     SELECT name, n FROM unnest($1::text[], $2::int8[]) AS b(name, n) ORDER BY name \
-     ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + EXCLUDED.last_id \
-     RETURNING name, last_id";
-
-/// Inserts a whole numbered batch in one statement, one array per column.
-const INSERT_DANMAKU: &str = "INSERT INTO danmaku \
-     (room, id, \"user\", name, text, mode, color, size, ts, vt) \
-     SELECT room, id, u, name, text, mode, color, size, $9, vt \
-     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-                 $6::int2[], $7::int4[], $8::int4[], $10::float8[]) \
-     AS b(room, id, u, name, text, mode, color, size, vt)";
+/// Numbers and stores a batch in one statement. `bumped` bumps the rooms
+/// of the batch (`$1`, ascending, each once) by their send counts (`$2`)
+/// and returns each room's new last id; the rows are inserted, and so
+/// locked, in `ORDER BY` order, which keeps two nodes from deadlocking.
+/// Each send (one array per column) takes its room's new last id less
+/// `back`, the number of the room's sends after it in the batch.
+///
+/// One statement, so outside a transaction it is its own: the room rows
+/// stay locked from the bump to the commit's WAL flush and no longer, with
+/// no round trip to the node in between. That lock is what serialises a
+/// hot room's commits from every node, so its length bounds their rate.
+const STORE_NUMBERED: &str = "WITH bumped AS ( \
+         INSERT INTO rooms (name, last_id) \
+         SELECT name, n FROM unnest($1::text[], $2::int8[]) AS b(name, n) ORDER BY name \
+         ON CONFLICT (name) DO UPDATE SET last_id = rooms.last_id + EXCLUDED.last_id \
+         RETURNING name, last_id), \
+     stored AS ( \
+         INSERT INTO danmaku (room, id, \"user\", name, text, mode, color, size, ts, vt) \
+         SELECT b.room, bumped.last_id - b.back, b.u, b.name, b.text, b.mode, b.color, \
+                b.size, $11, b.vt \
+         FROM unnest($3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], \
+                     $8::int2[], $9::int4[], $10::int4[], $12::float8[]) \
+              AS b(room, back, u, name, text, mode, color, size, vt) \
+         JOIN bumped ON bumped.name = b.room) \
+     SELECT name, last_id FROM bumped";
 
 /// A query parameter with its PostgreSQL type, so that every statement is
 /// one round trip (`query_typed`: no separate prepare).
@@ -947,16 +956,14 @@ impl Writer {
         let sends = replies.len();
         let committed = self
             .write(sends as u64, async move |c: &mut Client| {
-                let tx = c.transaction().await?;
-                let stored = insert_numbered(&tx, batch, now_ms()).await?;
-                // If the connection dies while COMMIT is on its way, the
+                // One statement, its own transaction: answered only once
+                // committed. If the connection dies while it runs, the
                 // outcome is unknown: the batch may be stored. Its sends
                 // are answered `Unavailable` all the same (503, and the
                 // client retries), so a danmaku may be stored twice; that
                 // is accepted. The reverse never happens: a send is
                 // acknowledged only after its commit returned.
-                tx.commit().await?;
-                Ok(stored)
+                insert_numbered(c, batch, now_ms()).await
             })
             .await;
         match committed {
@@ -1141,12 +1148,13 @@ impl Writer {
     }
 }
 
-/// Inserts `news` with server time `ts`, numbered: each room's row is
+/// Stores `news` with server time `ts`, numbered: each room's row is
 /// bumped by its number of sends (in name order), and its sends take the
-/// ids just below the new `last_id`, in queue order. All rows go in one
-/// statement.
+/// ids just below the new `last_id`, in queue order. One statement
+/// ([`STORE_NUMBERED`]): on a bare connection it commits by itself, in a
+/// transaction it is part of it.
 async fn insert_numbered(
-    tx: &Transaction<'_>,
+    c: &impl GenericClient,
     news: Vec<NewDanmaku>,
     ts: i64,
 ) -> Result<Vec<Danmaku>, Failure> {
@@ -1154,15 +1162,45 @@ async fn insert_numbered(
     for new in &news {
         *counts.entry(new.room.as_str()).or_default() += 1;
     }
+    // How many of its room's sends follow each send: its id is that far
+    // below the room's new last id.
+    let mut after: HashMap<&str, i64> = HashMap::with_capacity(counts.len());
+    let mut backs = vec![0i64; news.len()];
+    for (back, new) in backs.iter_mut().zip(&news).rev() {
+        let later = after.entry(new.room.as_str()).or_default();
+        *back = *later;
+        *later += 1;
+    }
     let rooms: Vec<&str> = counts.keys().copied().collect();
     let sizes: Vec<i64> = counts.values().copied().collect();
-    let bumped = tx
+    let column = |f: fn(&NewDanmaku) -> &str| news.iter().map(f).collect::<Vec<_>>();
+    let modes: Vec<i16> = news.iter().map(|n| n.mode.code().into()).collect();
+    let colors = news
+        .iter()
+        .map(|n| sql_color(n.color))
+        .collect::<Result<Vec<_>, _>>()?;
+    let font_sizes: Vec<i32> = news.iter().map(|n| n.size.into()).collect();
+    let vts: Vec<Option<f64>> = news.iter().map(|n| n.vt).collect();
+    let bumped = c
         .query_typed(
-            BUMP_ROOMS,
-            &[(&rooms, Type::TEXT_ARRAY), (&sizes, Type::INT8_ARRAY)],
+            STORE_NUMBERED,
+            &[
+                (&rooms, Type::TEXT_ARRAY),
+                (&sizes, Type::INT8_ARRAY),
+                (&column(|n| &n.room), Type::TEXT_ARRAY),
+                (&backs, Type::INT8_ARRAY),
+                (&column(|n| &n.user), Type::TEXT_ARRAY),
+                (&column(|n| &n.name), Type::TEXT_ARRAY),
+                (&column(|n| &n.text), Type::TEXT_ARRAY),
+                (&modes, Type::INT2_ARRAY),
+                (&colors, Type::INT4_ARRAY),
+                (&font_sizes, Type::INT4_ARRAY),
+                (&ts, Type::INT8),
+                (&vts, Type::FLOAT8_ARRAY),
+            ],
         )
         .await?;
-    // Each room's first new id.
+    // Each room's first new id, as the statement numbered them.
     let mut next: HashMap<&str, u64> = HashMap::with_capacity(bumped.len());
     for row in &bumped {
         let name: &str = row.try_get(0)?;
@@ -1180,37 +1218,13 @@ async fn insert_numbered(
         let id = next
             .get_mut(new.room.as_str())
             .ok_or_else(|| Failure::Data(format!("room {} was not numbered", new.room)))?;
-        ids.push(i64::try_from(*id).map_err(|_| Failure::Data(format!("id {id} past bigint")))?);
+        ids.push(*id);
         *id += 1;
     }
-    let column = |f: fn(&NewDanmaku) -> &str| news.iter().map(f).collect::<Vec<_>>();
-    let modes: Vec<i16> = news.iter().map(|n| n.mode.code().into()).collect();
-    let colors = news
-        .iter()
-        .map(|n| sql_color(n.color))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sizes: Vec<i32> = news.iter().map(|n| n.size.into()).collect();
-    let vts: Vec<Option<f64>> = news.iter().map(|n| n.vt).collect();
-    tx.execute_typed(
-        INSERT_DANMAKU,
-        &[
-            (&column(|n| &n.room), Type::TEXT_ARRAY),
-            (&ids, Type::INT8_ARRAY),
-            (&column(|n| &n.user), Type::TEXT_ARRAY),
-            (&column(|n| &n.name), Type::TEXT_ARRAY),
-            (&column(|n| &n.text), Type::TEXT_ARRAY),
-            (&modes, Type::INT2_ARRAY),
-            (&colors, Type::INT4_ARRAY),
-            (&sizes, Type::INT4_ARRAY),
-            (&ts, Type::INT8),
-            (&vts, Type::FLOAT8_ARRAY),
-        ],
-    )
-    .await?;
     Ok(news
         .into_iter()
         .zip(ids)
-        .map(|(new, id)| Danmaku::stored(new, id.unsigned_abs(), ts))
+        .map(|(new, id)| Danmaku::stored(new, id, ts))
         .collect())
 }
 
