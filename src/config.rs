@@ -972,4 +972,27 @@ mod tests {
         assert!(Config::from_toml("listne = \"1.2.3.4:5\"").is_err());
         assert!(Config::from_toml("[fanout]\ncoalesce = 3").is_err());
     }
+
+    #[test]
+    fn the_example_cluster_configs_are_valid_and_share_the_machine() {
+        for (i, text) in [
+            include_str!("../deploy/cluster/node-1.toml"),
+            include_str!("../deploy/cluster/node-2.toml"),
+            include_str!("../deploy/cluster/node-3.toml"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let c = Config::from_toml(text).unwrap();
+            c.validate().unwrap();
+            assert_eq!(
+                c.cluster.node_id.as_deref(),
+                Some(format!("node-{}", i + 1).as_str())
+            );
+            assert_eq!(
+                c.fanout.writes_per_s,
+                FanoutConfig::default().writes_per_s / 3
+            );
+        }
+    }
 }

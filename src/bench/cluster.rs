@@ -154,6 +154,7 @@ impl Cluster {
         let launches = (1..=spec.nodes).map(|i| {
             Target::launch(Launch {
                 config: spec.config,
+                colocated: spec.nodes,
                 store_url,
                 bus_url: spec.bus_url,
                 node_id: format!("bench-{i}"),

@@ -29,10 +29,36 @@ pub struct Target {
 /// figures measure the server.
 const EXEMPT_LOOPBACK: &str = "[limits]\nexempt_ips = [\"127.0.0.0/8\", \"::1/128\"]\n";
 
+/// The longest coalescing window of nodes sharing one machine: long
+/// enough for a big room's window to follow a node's share of the write
+/// budget (the default 20 ms would cap it).
+const COLOCATED_COALESCE_MS: u64 = 100;
+
+/// The bench's own config for one of `nodes` nodes it starts on this one
+/// machine: [`EXEMPT_LOOPBACK`], and when several share the machine, the
+/// fan-out settings docs/cluster.md gives for co-located nodes (each
+/// node's share of the machine's write budget, and room for the window
+/// that share makes), as `deploy/cluster/node-*.toml` do.
+fn own_config(nodes: usize) -> String {
+    let mut config = EXEMPT_LOOPBACK.to_owned();
+    if nodes > 1 {
+        let budget = crate::config::FanoutConfig::default().writes_per_s;
+        config.push_str(&format!(
+            "[fanout]\ncoalesce_ms = {}\nwrites_per_s = {}\n",
+            COLOCATED_COALESCE_MS,
+            budget / nodes as u64
+        ));
+    }
+    config
+}
+
 /// How the bench starts a node of its own.
 pub struct Launch<'a> {
-    /// `--server-config`, used as is; without it, one that exempts loopback.
+    /// `--server-config`, used as is; without it, the bench's own
+    /// ([`own_config`]).
     pub config: Option<&'a Path>,
+    /// How many nodes the bench starts on this machine, this one included.
+    pub colocated: usize,
     /// `--store-url`, passed through (already naming the run's database).
     pub store_url: Option<&'a str>,
     /// `--bus-url`, passed through.
@@ -66,7 +92,7 @@ impl Target {
             Some(config) => config.to_owned(),
             None => {
                 let own = data.path().join("bench.toml");
-                std::fs::write(&own, EXEMPT_LOOPBACK)?;
+                std::fs::write(&own, own_config(launch.colocated))?;
                 own
             }
         };
@@ -279,5 +305,23 @@ mod tests {
         let old = NodeCounters::parse("danmaku_received_total 1\n");
         assert_eq!(old.bus_received, None);
         assert_eq!(later.since(&old).bus_received, None);
+    }
+
+    #[test]
+    fn nodes_sharing_the_machine_share_its_write_budget() {
+        let alone = crate::config::Config::from_toml(&own_config(1)).unwrap();
+        let default = crate::config::FanoutConfig::default();
+        assert_eq!(alone.fanout.writes_per_s, default.writes_per_s);
+        assert_eq!(alone.fanout.coalesce_ms, default.coalesce_ms);
+        assert!(!alone.limits.exempt_ips.is_empty());
+        let three = crate::config::Config::from_toml(&own_config(3)).unwrap();
+        three.validate().unwrap();
+        assert_eq!(three.fanout.writes_per_s, default.writes_per_s / 3);
+        assert_eq!(three.fanout.coalesce_ms, COLOCATED_COALESCE_MS);
+        // A 3,000-viewer room on each node gets a ~90 ms window, no longer
+        // capped at the single node's 20 ms.
+        let window = three.fanout.window(3000);
+        assert!(window > std::time::Duration::from_millis(80), "{window:?}");
+        assert_eq!(three.limits.exempt_ips, alone.limits.exempt_ips);
     }
 }
