@@ -613,7 +613,7 @@ mod edges {
     use danmaku::guard::auth::{mint, Claims, Role};
     use danmaku::node::Node;
     use danmaku::transport::client::ClientAddr;
-    use danmaku::transport::{http, App};
+    use danmaku::transport::{router, App};
     use http_body_util::BodyExt;
     use proptest::prelude::*;
     use serde_json::Value;
@@ -652,7 +652,7 @@ mod edges {
         };
         let admin = mint(&config.auth, &claims).unwrap();
         let node = rt.block_on(Node::start(config)).unwrap();
-        let router = http::router(App {
+        let router = router(App {
             node,
             tasks: tokio_util::task::TaskTracker::new(),
         });

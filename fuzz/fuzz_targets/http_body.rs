@@ -37,7 +37,7 @@ use danmaku::error::ErrorCode;
 use danmaku::guard::filter::{check_text, WordFilter};
 use danmaku::guard::{self, SendRequest, Sender};
 use danmaku::hub::RoomOrder;
-use danmaku::transport::http::parse_json;
+use danmaku::transport::body::parse_json;
 use danmaku::transport::params::{
     next_cursor, parse_query, path_id, AuditQuery, HistoryQuery, HistoryRange, RoomsQuery,
     StreamQuery, WsQuery, MAX_AUDIT_PAGE, MAX_ROOMS_PAGE,

@@ -1,7 +1,7 @@
 //! A WebSocket command (the text of a client message) on arbitrary bytes:
-//! `parse_json::<ClientMessage>`, then for a `send` the guard's
-//! `check_send` with the default limits, then the answer frame the server
-//! would write. It must never panic, and:
+//! `ClientMessage::parse` and its error as the client sees it, then for a
+//! `send` the guard's `check_send` with the default limits, then the answer
+//! frame the server would write. It must never panic, and:
 //!
 //! - a refusal carries one of the codes parsing and the guard use;
 //! - an accepted send holds to the limits (text 1..=100 characters and not
@@ -16,7 +16,6 @@ use danmaku::danmaku::Danmaku;
 use danmaku::error::{ApiError, ErrorCode};
 use danmaku::guard::{self, Sender};
 use danmaku::protocol::frames::{ClientMessage, ServerMessage};
-use danmaku::transport::http::parse_json;
 use libfuzzer_sys::fuzz_target;
 
 fn answer_is_json(message: &ServerMessage<'_>) {
@@ -33,9 +32,16 @@ fn check_refusal(e: &ApiError, known: &[ErrorCode]) {
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     let sender = Sender::guest(std::net::IpAddr::from([192, 0, 2, 1]));
-    match parse_json::<ClientMessage>(data) {
+    match ClientMessage::parse(data).map_err(ApiError::from) {
         Err(e) => {
-            check_refusal(&e, &[ErrorCode::InvalidJson, ErrorCode::InvalidField]);
+            check_refusal(
+                &e,
+                &[
+                    ErrorCode::InvalidJson,
+                    ErrorCode::InvalidField,
+                    ErrorCode::UnsupportedCommand,
+                ],
+            );
             answer_is_json(&ServerMessage::Error {
                 reference: None,
                 error: &e,

@@ -4,27 +4,83 @@
 //! serde, never through an intermediate `serde_json::Value`, because the hub
 //! encodes one per room per flush on the hot path.
 
+use std::borrow::Cow;
+
+use serde::de::value::{Error as ValueError, StrDeserializer};
+use serde::de::IntoDeserializer;
 use serde::{Deserialize, Serialize};
 
 use crate::danmaku::Danmaku;
 use crate::error::ApiError;
 use crate::guard::SendRequest;
 
-/// A message a WebSocket client sends.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// A message a WebSocket client sends: a JSON object whose `type` names
+/// the command.
+#[derive(Debug)]
 pub enum ClientMessage {
     /// Send a danmaku to the connection's room.
     Send {
         /// An opaque tag the server echoes in the `ack` or `error` frame.
-        #[serde(rename = "ref", default)]
         reference: Option<Reference>,
         /// The danmaku.
-        #[serde(flatten)]
         send: SendRequest,
     },
     /// Application-level ping; answered with `{"type":"pong"}`.
     Ping,
+}
+
+/// Why a client's command did not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Not JSON ([`serde_json::Error::is_data`] is false), or JSON of the
+    /// wrong shape: no `type`, or a command without its fields.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A JSON object whose `type` names no command of this protocol.
+    #[error("{0}")]
+    UnknownType(ValueError),
+}
+
+/// The commands, by their `type`: the one list of them, which
+/// [`ClientMessage::parse`] dispatches on.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Send,
+    Ping,
+}
+
+/// A command's `type`, read on its own before the rest; every other field
+/// is skipped.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// The fields of a `send` command (its `type` is ignored here).
+#[derive(Deserialize)]
+struct SendCommand {
+    #[serde(rename = "ref", default)]
+    reference: Option<Reference>,
+    #[serde(flatten)]
+    send: SendRequest,
+}
+
+impl ClientMessage {
+    /// Parses the text of a command. The `type` is read first, so that an
+    /// unknown one is its own error rather than a message to be matched.
+    pub fn parse(bytes: &[u8]) -> Result<ClientMessage, CommandError> {
+        let head: Head<'_> = serde_json::from_slice(bytes)?;
+        let kind: StrDeserializer<'_, ValueError> = head.kind.as_ref().into_deserializer();
+        match Kind::deserialize(kind).map_err(CommandError::UnknownType)? {
+            Kind::Send => {
+                let SendCommand { reference, send } = serde_json::from_slice(bytes)?;
+                Ok(ClientMessage::Send { reference, send })
+            }
+            Kind::Ping => Ok(ClientMessage::Ping),
+        }
+    }
 }
 
 /// A client's tag for a send: a string or a number, echoed verbatim.
@@ -136,8 +192,8 @@ mod tests {
 
     #[test]
     fn send_command_parses_with_optional_fields_and_ref() {
-        let m: ClientMessage = serde_json::from_str(
-            r##"{"type":"send","ref":7,"text":"hi","mode":"top","color":"#ff0000","extra":1}"##,
+        let m = ClientMessage::parse(
+            br##"{"type":"send","ref":7,"text":"hi","mode":"top","color":"#ff0000","extra":1}"##,
         )
         .unwrap();
         match m {
@@ -149,11 +205,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::parse(br#"{"ref":1,"type":"ping"}"#).unwrap(),
             ClientMessage::Ping
         ));
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"send"}"#).is_err());
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nuke"}"#).is_err());
+        assert!(matches!(
+            ClientMessage::parse(br#"{"type":"send"}"#),
+            Err(CommandError::Json(e)) if e.is_data()
+        ));
+        assert!(matches!(
+            ClientMessage::parse(br#"{"type":"send""#),
+            Err(CommandError::Json(e)) if !e.is_data()
+        ));
+    }
+
+    #[test]
+    fn an_unknown_type_is_its_own_error() {
+        // Escaped, so the type is read into an owned string.
+        match ClientMessage::parse(br#"{"text":"hi","type":"n\u0075ke"}"#) {
+            Err(CommandError::UnknownType(e)) => {
+                assert_eq!(
+                    e.to_string(),
+                    "unknown variant `nuke`, expected `send` or `ping`"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not a string, or absent: the wrong shape, not an unknown command.
+        for wrong in [&br#"{"type":1}"#[..], br#"{"text":"hi"}"#, b"[]"] {
+            assert!(
+                matches!(ClientMessage::parse(wrong), Err(CommandError::Json(_))),
+                "{}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
     }
 
     #[test]

@@ -1,82 +1,48 @@
 //! Moderation routes: recall (authors and admins) and `/api/v1/admin/…`
 //! (admins only: 401 `unauthorized` without a valid token, 403 `forbidden`
-//! for another role). docs/protocol.md lists them.
+//! for another role, through the `Admin` extractor). docs/protocol.md
+//! lists them; [`router`](super::router) mounts them.
 
 use std::net::IpAddr;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::ClientAddr;
-use super::http::{parse_json, read_body};
-use super::params::{parse_query, path_id, AuditQuery, RoomName};
+use super::body::read_json;
+use super::params::{path_id, AuditQuery, Query, RoomName};
 use super::App;
 use crate::error::{ApiError, ErrorCode};
-use crate::guard::auth::bearer;
-use crate::guard::Admin;
+use crate::guard::{Admin, Sender};
 use crate::moderation::RoomPatch;
 
 type Answer = Result<Response, ApiError>;
 
-/// The moderation routes, merged into the main router.
-pub fn routes() -> Router<App> {
-    Router::new()
-        .route("/api/v1/rooms/{room}/danmaku/{id}", delete(recall))
-        .route("/api/v1/admin/mutes", get(global_mutes).post(mute_global))
-        .route("/api/v1/admin/mutes/{user}", delete(unmute_global))
-        .route("/api/v1/admin/rooms/{room}", get(room).patch(patch_room))
-        .route(
-            "/api/v1/admin/rooms/{room}/mutes",
-            get(room_mutes).post(mute_in_room),
-        )
-        .route(
-            "/api/v1/admin/rooms/{room}/mutes/{user}",
-            delete(unmute_in_room),
-        )
-        .route("/api/v1/admin/rooms/{room}/held", get(held))
-        .route(
-            "/api/v1/admin/rooms/{room}/held/{held}/approve",
-            post(approve),
-        )
-        .route(
-            "/api/v1/admin/rooms/{room}/held/{held}/reject",
-            post(reject),
-        )
-        .route("/api/v1/admin/bans", get(bans).post(ban))
-        .route("/api/v1/admin/bans/{ip}", delete(unban))
-        .route("/api/v1/admin/audit", get(audit))
-}
-
-/// The caller, who must be an admin.
-fn admin(app: &App, headers: &HeaderMap, client: IpAddr) -> Result<Admin, ApiError> {
-    let sender = app.node.identify(bearer(headers), client)?;
-    app.node.guard.admin(sender)
-}
-
 /// A JSON request body, within the server's body limit.
 async fn body<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
-    parse_json(&read_body(body, app.node.config.limits.max_body_bytes).await?)
+    read_json(body, app.node.config.limits.max_body_bytes).await
 }
 
 fn no_content() -> Answer {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn recall(
+// Each handler takes the caller (`Admin`, or `Sender` for a recall) after
+// the room and path, so that a bad room is `invalid_room` whoever asks, and
+// before the body, which is not read for a caller who may not.
+
+/// Recalls a danmaku: its author, or an admin.
+pub(super) async fn recall(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, id)): Path<(String, String)>,
+    actor: Sender,
 ) -> Answer {
-    let actor = app.node.identify(bearer(&headers), client)?;
     app.node.recall(&actor, &room, path_id("id", &id)?).await?;
     no_content()
 }
@@ -88,33 +54,22 @@ struct MuteBody {
     seconds: u64,
 }
 
-async fn mute_global(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-    b: Body,
-) -> Answer {
-    mute(app, headers, client, None, b).await
+/// Mutes a user everywhere.
+pub(super) async fn mute_global(State(app): State<App>, admin: Admin, b: Body) -> Answer {
+    mute(app, admin, None, b).await
 }
 
-async fn mute_in_room(
+/// Mutes a user in one room.
+pub(super) async fn mute_in_room(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
+    admin: Admin,
     b: Body,
 ) -> Answer {
-    mute(app, headers, client, Some(room), b).await
+    mute(app, admin, Some(room), b).await
 }
 
-async fn mute(
-    app: App,
-    headers: HeaderMap,
-    client: IpAddr,
-    room: Option<String>,
-    b: Body,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+async fn mute(app: App, admin: Admin, room: Option<String>, b: Body) -> Answer {
     let req: MuteBody = body(&app, b).await?;
     if req.seconds == 0 {
         return Err(ApiError::new(
@@ -129,46 +84,39 @@ async fn mute(
     Ok((StatusCode::CREATED, Json(mute)).into_response())
 }
 
-async fn unmute_global(
+/// Lifts a user's global mute.
+pub(super) async fn unmute_global(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     Path(user): Path<String>,
+    admin: Admin,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
     app.node.unmute(&admin, None, &user).await?;
     no_content()
 }
 
-async fn unmute_in_room(
+/// Lifts a user's mute in one room.
+pub(super) async fn unmute_in_room(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, user)): Path<(String, String)>,
+    admin: Admin,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
     app.node.unmute(&admin, Some(&room), &user).await?;
     no_content()
 }
 
-async fn global_mutes(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+/// Lists the global mutes.
+pub(super) async fn global_mutes(State(app): State<App>, admin: Admin) -> Answer {
     let items = app.node.mutes(&admin, None);
     Ok(Json(json!({ "items": items })).into_response())
 }
 
-async fn room_mutes(
+/// Lists one room's mutes.
+pub(super) async fn room_mutes(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
+    admin: Admin,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
     let items = app.node.mutes(&admin, Some(&room));
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
@@ -180,13 +128,8 @@ struct BanBody {
     seconds: Option<u64>,
 }
 
-async fn ban(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-    b: Body,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+/// Bans an address, for a while or for good.
+pub(super) async fn ban(State(app): State<App>, admin: Admin, b: Body) -> Answer {
     let req: BanBody = body(&app, b).await?;
     if req.seconds == Some(0) {
         return Err(ApiError::new(
@@ -198,13 +141,8 @@ async fn ban(
     Ok((StatusCode::CREATED, Json(ban)).into_response())
 }
 
-async fn unban(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-    Path(ip): Path<String>,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+/// Lifts a ban.
+pub(super) async fn unban(State(app): State<App>, Path(ip): Path<String>, admin: Admin) -> Answer {
     let ip = ip
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidField, "not an IP address"))?;
@@ -212,57 +150,41 @@ async fn unban(
     no_content()
 }
 
-async fn bans(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+/// Lists the bans.
+pub(super) async fn bans(State(app): State<App>, admin: Admin) -> Answer {
     let items = app.node.bans(&admin);
     Ok(Json(json!({ "items": items })).into_response())
 }
 
-async fn room(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-    RoomName(room): RoomName,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+/// A room's settings.
+pub(super) async fn room(State(app): State<App>, RoomName(room): RoomName, admin: Admin) -> Answer {
     Ok(Json(app.node.room_settings(&admin, &room)).into_response())
 }
 
-async fn patch_room(
+/// Changes a room's settings.
+pub(super) async fn patch_room(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
+    admin: Admin,
     b: Body,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
     let patch: RoomPatch = body(&app, b).await?;
     Ok(Json(app.node.set_room(&admin, &room, patch).await?).into_response())
 }
 
-async fn held(
-    State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-    RoomName(room): RoomName,
-) -> Answer {
-    let admin = admin(&app, &headers, client)?;
+/// Lists a room's held sends.
+pub(super) async fn held(State(app): State<App>, RoomName(room): RoomName, admin: Admin) -> Answer {
     let items = app.node.held(&admin, &room)?;
     Ok(Json(json!({ "room": room, "items": items })).into_response())
 }
 
-async fn approve(
+/// Approves a held send: it is stored and delivered.
+pub(super) async fn approve(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, held)): Path<(String, String)>,
+    admin: Admin,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
     let stored = app
         .node
         .approve(&admin, &room, path_id("held id", &held)?)
@@ -270,28 +192,26 @@ async fn approve(
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
-async fn reject(
+/// Rejects a held send.
+pub(super) async fn reject(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
     RoomName(room): RoomName,
     Path((_, held)): Path<(String, String)>,
+    admin: Admin,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
     app.node
         .reject(&admin, &room, path_id("held id", &held)?)
         .await?;
     no_content()
 }
 
-async fn audit(
+/// A page of the audit log, newest first.
+pub(super) async fn audit(
     State(app): State<App>,
-    ClientAddr(client): ClientAddr,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    admin: Admin,
+    Query(q): Query<AuditQuery>,
 ) -> Answer {
-    let admin = admin(&app, &headers, client)?;
-    let (limit, before) = parse_query::<AuditQuery>(query.as_deref())?.check()?;
+    let (limit, before) = q.check()?;
     let items = app.node.audit(&admin, limit, before).await?;
     Ok(Json(json!({ "items": items })).into_response())
 }

@@ -1,16 +1,24 @@
-//! Transports: the wire between clients and the node.
+//! Transports: the wire between clients and the node. Only this layer
+//! knows about sockets and HTTP.
 //!
-//! `server` accepts TCP connections and serves HTTP/1.1 on them, each
-//! stream wrapped by `timed_io` so that a write stuck for the write timeout
-//! fails, and each exchange phase (idle, head, body) bounded by
-//! `deadlines`; `http` routes requests (REST, health, metrics, the page);
-//! `ws` and `sse` carry feeds to viewers; `admin` holds the moderation
-//! routes; `params` reads and checks every route's room, ids and query
-//! string; `client` derives each request's client address (behind a
-//! trusted reverse proxy, the forwarded one). Only this layer knows about
-//! sockets and HTTP.
+//! - `server` accepts TCP connections and serves HTTP/1.1 on them, each
+//!   stream wrapped by `timed_io` so that a write stuck for the write
+//!   timeout fails, and each exchange phase (idle, head, body) bounded by
+//!   `deadlines`; `client` derives each request's client address (behind a
+//!   trusted reverse proxy, the forwarded one).
+//! - [`router`], here, names every route of the server, each served by one
+//!   route module: `http` (REST, health, metrics, the page), `ws` and `sse`
+//!   (feeds to viewers), `admin` (moderation).
+//! - The route modules read their input through leaves they share:
+//!   `params` (the room, ids and query string of every route), `body`
+//!   (request bodies and JSON, and the codes of a command that does not
+//!   parse) and `caller` (the `Sender` and `Admin` extractors, from the
+//!   token and client address). A route module imports no other route
+//!   module, and only this one imports them.
 
 pub mod admin;
+pub mod body;
+pub mod caller;
 pub mod client;
 pub mod deadlines;
 pub mod http;
@@ -22,8 +30,11 @@ pub mod ws;
 
 use std::sync::Arc;
 
+use axum::routing::{delete, get, post};
+use axum::Router;
 use tokio_util::task::TaskTracker;
 
+use crate::error::{ApiError, ErrorCode};
 use crate::node::Node;
 
 /// What every handler needs: the node, and the tracker that shutdown waits
@@ -34,4 +45,63 @@ pub struct App {
     pub node: Arc<Node>,
     /// Tasks shutdown waits for.
     pub tasks: TaskTracker,
+}
+
+/// Every route of the server (docs/protocol.md lists them), with the
+/// 404 and 405 answers for the rest.
+pub fn router(app: App) -> Router {
+    Router::new()
+        // The page, health and metrics.
+        .route("/", get(http::page))
+        .route("/healthz", get(http::healthz))
+        .route("/metrics", get(http::metrics))
+        // Viewers.
+        .route("/ws", get(ws::upgrade))
+        .route("/api/v1/rooms/{room}/stream", get(sse::stream))
+        // Rooms, history and sends.
+        .route("/api/v1/rooms", get(http::list_rooms))
+        .route("/api/v1/rooms/{room}", get(http::room_stats))
+        .route(
+            "/api/v1/rooms/{room}/danmaku",
+            get(http::history).post(http::send),
+        )
+        // Moderation: recall (authors and admins), then admins only.
+        .route("/api/v1/rooms/{room}/danmaku/{id}", delete(admin::recall))
+        .route(
+            "/api/v1/admin/mutes",
+            get(admin::global_mutes).post(admin::mute_global),
+        )
+        .route("/api/v1/admin/mutes/{user}", delete(admin::unmute_global))
+        .route(
+            "/api/v1/admin/rooms/{room}",
+            get(admin::room).patch(admin::patch_room),
+        )
+        .route(
+            "/api/v1/admin/rooms/{room}/mutes",
+            get(admin::room_mutes).post(admin::mute_in_room),
+        )
+        .route(
+            "/api/v1/admin/rooms/{room}/mutes/{user}",
+            delete(admin::unmute_in_room),
+        )
+        .route("/api/v1/admin/rooms/{room}/held", get(admin::held))
+        .route(
+            "/api/v1/admin/rooms/{room}/held/{held}/approve",
+            post(admin::approve),
+        )
+        .route(
+            "/api/v1/admin/rooms/{room}/held/{held}/reject",
+            post(admin::reject),
+        )
+        .route("/api/v1/admin/bans", get(admin::bans).post(admin::ban))
+        .route("/api/v1/admin/bans/{ip}", delete(admin::unban))
+        .route("/api/v1/admin/audit", get(admin::audit))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this route",
+            )
+        })
+        .with_state(app)
 }

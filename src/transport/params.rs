@@ -100,10 +100,25 @@ pub fn path_id(what: &str, text: &str) -> Result<u64, ApiError> {
 
 /// Parses a query string (`None`: there was none) into `T`: `400
 /// invalid_query` if a parameter does not parse or is out of its type's
-/// range.
+/// range. The one mapping of a query's parse errors, which [`Query`]
+/// applies for every route.
 pub fn parse_query<T: DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
     serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, format!("invalid query: {e}")))
+}
+
+/// A route's query string, parsed into its query type by [`parse_query`]:
+/// `400 invalid_query` before the handler runs unless it parses. The
+/// type's own `check` is the handler's to call.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parse_query(parts.uri.query()).map(Query)
+    }
 }
 
 fn invalid_query(message: impl Into<String>) -> ApiError {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadlines::{Clock, Cut, Deadlines};
 use super::timed_io::TimedStream;
-use super::{client, http, App};
+use super::{client, router, App};
 use crate::error::ApiError;
 use crate::guard::Admitted;
 use crate::metrics::{GaugeGuard, PhaseLabel};
@@ -24,7 +24,7 @@ use crate::metrics::{GaugeGuard, PhaseLabel};
 /// and return once every connection task has ended (or the grace period
 /// has passed).
 pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let router = http::router(app.clone());
+    let router = router(app.clone());
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {

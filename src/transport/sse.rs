@@ -8,18 +8,18 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::caller::identify;
 use super::client::ClientAddr;
-use super::params::{parse_query, RoomName, StreamQuery};
+use super::params::{Query, RoomName, StreamQuery};
 use super::App;
 use crate::error::ApiError;
-use crate::guard::auth::bearer;
 use crate::metrics::{GaugeGuard, TransportLabel};
 use crate::node::{Delivery, Feed};
 use crate::protocol::frames::ServerMessage;
@@ -30,10 +30,10 @@ pub(super) async fn stream(
     State(app): State<App>,
     RoomName(room): RoomName,
     ClientAddr(client): ClientAddr,
-    RawQuery(query): RawQuery,
+    Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Response {
-    match open(app, room, client, query.as_deref(), headers).await {
+    match open(app, room, client, q, headers).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -43,14 +43,12 @@ async fn open(
     app: App,
     room: String,
     client: IpAddr,
-    query: Option<&str>,
+    q: StreamQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let q: StreamQuery = parse_query(query)?;
     let since = q.resume_after(headers.get("last-event-id"))?;
+    let sender = identify(&app, q.token.as_deref(), &headers, client)?;
     let node = &app.node;
-    let token = q.token.as_deref().or(bearer(&headers));
-    let sender = node.identify(token, client)?;
     let joined = node.watch(&room, &sender, since).await?;
     let hello = ServerMessage::Hello {
         room: &room,

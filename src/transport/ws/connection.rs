@@ -1,11 +1,10 @@
 //! One WebSocket connection: a single task that reads commands, writes
 //! frames, and keeps time.
 //!
-//! States: open → closing (a close frame is queued; nothing more is read or
-//! taken from the room) → done (the close frame is written, or the peer is
-//! gone). Everything the connection holds while idle is a socket, a feed
-//! cursor, a few counters and one timer; a read buffer exists only while a
-//! client frame is half-read.
+//! Its life is one [`State`], which only moves forward: open → closing →
+//! close queued → done. Everything the connection holds while idle is a
+//! socket, a feed cursor, a few counters and one timer; a read buffer
+//! exists only while a client frame is half-read.
 
 use std::io;
 use std::pin::Pin;
@@ -19,14 +18,13 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::outbox::Outbox;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::guard::Sender;
 use crate::hub::{encode_ws, DirectSink, Frame};
 use crate::metrics::{GaugeGuard, TransportLabel};
 use crate::node::{Delivery, Feed, Joined, Node, Sent};
 use crate::protocol::frames::{ClientMessage, Reference, ServerMessage};
 use crate::protocol::websocket::{self, close_code, Decoded, Decoder, FrameError, Message, Opcode};
-use crate::transport::http::parse_json;
 
 /// How much a read may bring in at once.
 const READ_CHUNK: usize = 4096;
@@ -40,6 +38,33 @@ struct RefOnly {
 
 type Ack =
     Pin<Box<dyn std::future::Future<Output = (Option<Reference>, Result<Sent, ApiError>)> + Send>>;
+
+/// Where a connection is in its life. It only moves forward, and the task
+/// ends after the last state:
+///
+/// - `Open` → `Closing`: [`Connection::close`] (a bad frame, the client's
+///   close or EOF, the idle timeout, a slow consumer, shutdown). The first
+///   reason wins; later ones are ignored.
+/// - `Closing` → `CloseQueued`: once every send in flight is answered, the
+///   close frame goes into the outbox.
+/// - `CloseQueued` → done: the outbox is written; the task shuts its side
+///   and lingers. A write timeout or a socket error ends the task from any
+///   state, without a close frame.
+#[derive(Debug)]
+enum State {
+    /// Reading commands and taking the room's frames.
+    Open,
+    /// Reading nothing more and taking nothing more from the room. The
+    /// close frame is held back until every send in flight is answered,
+    /// since nothing may follow a close frame.
+    Closing {
+        /// The close frame, to be queued.
+        frame: Bytes,
+    },
+    /// The close frame is in the outbox: once it is written, the
+    /// connection is done.
+    CloseQueued,
+}
 
 /// A WebSocket viewer (and sender).
 pub struct Connection {
@@ -56,15 +81,7 @@ pub struct Connection {
     feed: Feed,
     /// Sends waiting for the store, answered in order.
     acks: FuturesOrdered<Ack>,
-    /// The connection is closing: read nothing more, take nothing more.
-    closing: bool,
-    /// The close frame, held back until every send in flight is answered
-    /// (nothing may follow a close frame), then queued.
-    close_frame: Option<Bytes>,
-    /// The close frame is in the outbox.
-    close_queued: bool,
-    /// The client's half of the connection is closed.
-    eof: bool,
+    state: State,
     last_heard: Instant,
     last_ping: Instant,
     /// Since when queued bytes have been waiting with no write progress.
@@ -118,10 +135,7 @@ impl Connection {
             outbox: Outbox::default(),
             feed: joined.feed,
             acks: FuturesOrdered::new(),
-            closing: false,
-            close_frame: None,
-            close_queued: false,
-            eof: false,
+            state: State::Open,
             last_heard: now,
             last_ping: now,
             stalled_since: None,
@@ -190,20 +204,16 @@ impl Connection {
         }
         self.handle_input()?;
         loop {
-            if !self.closing {
+            if self.is_open() {
                 self.pull_ready(max_queued);
             }
-            if self.closing && !self.close_queued && self.acks.is_empty() {
-                if let Some(frame) = self.close_frame.take() {
-                    self.queue(frame);
-                }
-                self.close_queued = true;
-            }
+            self.queue_close_frame();
             self.write()?;
-            if self.outbox.is_empty() && self.close_queued {
+            let close_queued = matches!(self.state, State::CloseQueued);
+            if self.outbox.is_empty() && close_queued {
                 return Ok(());
             }
-            if self.outbox.is_empty() && !self.closing {
+            if self.outbox.is_empty() && self.is_open() {
                 // Nothing to write and level with the room: the flusher
                 // writes the next frames itself, and this task sleeps.
                 self.feed.park();
@@ -222,15 +232,14 @@ impl Connection {
             // above that is for answers to the client (acks, pongs, errors).
             // Reading stops when those pile up unread too, so a client that
             // floods pings without reading cannot grow the outbox.
-            let reading = !self.closing
-                && !self.eof
-                && self.acks.len() < max_in_flight
-                && self.outbox.bytes() < 2 * max_queued;
-            let taking = !self.closing && self.outbox.bytes() < max_queued;
+            let open = self.is_open();
+            let reading =
+                open && self.acks.len() < max_in_flight && self.outbox.bytes() < 2 * max_queued;
+            let taking = open && self.outbox.bytes() < max_queued;
             let writing = !self.outbox.is_empty();
             tokio::select! {
                 biased;
-                _ = &mut going, if !self.closing => {
+                _ = &mut going, if open => {
                     // The store is closed, so every send in flight has its
                     // answer: deliver those first, so that no client misses
                     // the ack of a danmaku that was stored.
@@ -247,7 +256,7 @@ impl Connection {
                     ready?;
                     self.read()?;
                 }
-                Some((reference, result)) = self.acks.next(), if !self.acks.is_empty() && !self.close_queued => {
+                Some((reference, result)) = self.acks.next(), if !self.acks.is_empty() && !close_queued => {
                     self.answer(reference.as_ref(), result);
                     // Commands held back while too many sends were in flight.
                     self.handle_input()?;
@@ -323,8 +332,8 @@ impl Connection {
         }
         match self.stream.try_read_buf(&mut self.inbuf) {
             Ok(0) => {
-                // The client closed its half: answer what it sent, then stop.
-                self.eof = true;
+                // The client closed its half: answer what it sent, then
+                // stop (closing reads nothing more).
                 self.close(close_code::NORMAL, "");
             }
             Ok(_) => {
@@ -341,7 +350,7 @@ impl Connection {
     /// stopping while too many sends are in flight.
     fn handle_input(&mut self) -> io::Result<()> {
         let max_in_flight = self.node.config.limits.max_in_flight;
-        while !self.closing && self.acks.len() < max_in_flight && !self.inbuf.is_empty() {
+        while self.is_open() && self.acks.len() < max_in_flight && !self.inbuf.is_empty() {
             match self.decoder.decode(&self.inbuf) {
                 Ok(Decoded::Incomplete) => break,
                 Ok(Decoded::Fragment { consumed }) => self.inbuf.advance(consumed),
@@ -379,7 +388,7 @@ impl Connection {
     }
 
     fn on_command(&mut self, text: &str) {
-        match parse_json::<ClientMessage>(text.as_bytes()) {
+        match ClientMessage::parse(text.as_bytes()) {
             Ok(ClientMessage::Ping) => self.queue(encode_ws(&ServerMessage::Pong)),
             Ok(ClientMessage::Send { reference, send }) => {
                 let node = self.node.clone();
@@ -390,11 +399,8 @@ impl Connection {
                     (reference, result)
                 }));
             }
-            Err(mut e) => {
-                // An unknown `type` is a command this server does not have.
-                if e.message.contains("unknown variant") {
-                    e.code = ErrorCode::UnsupportedCommand;
-                }
+            Err(e) => {
+                let e = ApiError::from(e);
                 self.node.metrics.reject(e.code);
                 // Echo the ref of a malformed command, if it has a readable one.
                 let reference = serde_json::from_str::<RefOnly>(text)
@@ -421,13 +427,30 @@ impl Connection {
         self.queue(frame);
     }
 
+    /// Reading commands and taking the room's frames: not closing yet.
+    fn is_open(&self) -> bool {
+        matches!(self.state, State::Open)
+    }
+
     /// Starts closing: the close frame goes out once every send in flight is
     /// answered, and the connection ends once it is written.
     fn close(&mut self, code: u16, reason: &str) {
-        if !self.closing {
-            self.closing = true;
-            self.close_frame = Some(websocket::close_frame(code, reason));
+        if self.is_open() {
+            self.state = State::Closing {
+                frame: websocket::close_frame(code, reason),
+            };
         }
+    }
+
+    /// Queues the held close frame (`Closing` → `CloseQueued`) once no send
+    /// waits for its answer any more.
+    fn queue_close_frame(&mut self) {
+        let frame = match &self.state {
+            State::Closing { frame } if self.acks.is_empty() => frame.clone(),
+            _ => return,
+        };
+        self.state = State::CloseQueued;
+        self.queue(frame);
     }
 
     fn deadline(&self, ping_every: Duration, idle: Duration, write_timeout: Duration) -> Instant {
@@ -458,7 +481,7 @@ impl Connection {
             self.close(close_code::POLICY_VIOLATION, "idle timeout");
             self.last_heard = now;
         } else if now >= self.last_ping + ping_every {
-            if !self.closing {
+            if self.is_open() {
                 self.queue(websocket::frame(Opcode::Ping, b""));
             }
             self.last_ping = now;

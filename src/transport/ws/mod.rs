@@ -10,17 +10,17 @@ mod outbox;
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::caller::identify;
 use super::client::{ClientAddr, ClientPlace};
-use super::params::{parse_query, WsQuery};
+use super::params::{Query, WsQuery};
 use super::timed_io::TimedStream;
 use super::App;
 use crate::error::{ApiError, ErrorCode};
-use crate::guard::auth::bearer;
 use crate::guard::Admitted;
 
 pub use connection::Connection;
@@ -29,7 +29,9 @@ pub use connection::Connection;
 pub(super) async fn upgrade(
     State(app): State<App>,
     ClientAddr(client): ClientAddr,
-    RawQuery(query): RawQuery,
+    // Taken as a result: a bad handshake or origin is answered before a
+    // bad query.
+    query: Result<Query<WsQuery>, ApiError>,
     mut req: Request,
 ) -> Response {
     // Read before any await: the request body is not Sync, so the future
@@ -45,10 +47,9 @@ pub(super) async fn upgrade(
             .guard
             .check_origin(origin)
             .inspect_err(|e| app.node.metrics.reject(e.code))?;
-        let q: WsQuery = parse_query(query.as_deref())?;
+        let Query(q) = query?;
         let room = q.room()?.to_owned();
-        let token = q.token.as_deref().or(bearer(&headers));
-        let sender = app.node.identify(token, client)?;
+        let sender = identify(&app, q.token.as_deref(), &headers, client)?;
         // Joined before answering, so a bad room, a refused token or a
         // closing store is an HTTP error, and nothing published after the
         // 101 can be missed.
