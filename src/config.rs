@@ -35,6 +35,10 @@ pub struct Config {
     pub bus: BusConfig,
     /// This node's place in a cluster.
     pub cluster: ClusterConfig,
+    /// The Bilibili live protocol: WebSocket `/sub` and a raw TCP listener.
+    pub bilibili: BilibiliConfig,
+    /// Cross-origin access for players on other sites.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -51,6 +55,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             bus: BusConfig::default(),
             cluster: ClusterConfig::default(),
+            bilibili: BilibiliConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -146,6 +152,64 @@ impl Default for ClusterConfig {
             reorder_ms: 100,
             presence_interval_ms: 2_000,
             presence_ttl_s: 10,
+        }
+    }
+}
+
+/// The Bilibili live protocol (docs/bilibili.md): clients that speak it
+/// connect to the WebSocket `/sub`, always served, or to a raw TCP
+/// listener when `tcp_listen` is set.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BilibiliConfig {
+    /// Address of the raw TCP listener (Bilibili's own port is 2243).
+    /// Unset (the default): no TCP listener.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Put before a client's numeric `roomid` to name our room: with
+    /// `"bili-"`, roomid 42 is room `bili-42`. Default: none (room `42`).
+    pub room_prefix: String,
+    /// Largest packet a client may send, bytes (clients send only their
+    /// auth packet and heartbeats).
+    pub max_packet_bytes: usize,
+    /// Seconds a new connection has to send its auth packet.
+    pub auth_timeout_s: u64,
+    /// Seconds without any packet (clients beat every 30 s) before the
+    /// connection is closed.
+    pub idle_timeout_s: u64,
+}
+
+impl Default for BilibiliConfig {
+    fn default() -> Self {
+        BilibiliConfig {
+            tcp_listen: None,
+            room_prefix: String::new(),
+            max_packet_bytes: 16 * 1024,
+            auth_timeout_s: 10,
+            idle_timeout_s: 70,
+        }
+    }
+}
+
+/// Cross-origin (CORS) answers: players usually live on the site's own
+/// domain and fetch danmaku from ours.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Origins that may read the player routes (XML export, DPlayer
+    /// `GET`, protobuf segments, history) from a page of theirs; `"*"`:
+    /// any (the default).
+    pub cors_allow_origins: Vec<String>,
+    /// Origins that may write from a page of theirs (DPlayer `POST`,
+    /// sends). Default: none; `"*"` is refused here, writes name their
+    /// origins.
+    pub cors_write_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            cors_allow_origins: vec!["*".to_owned()],
+            cors_write_origins: Vec::new(),
         }
     }
 }
@@ -249,6 +313,8 @@ pub struct Limits {
     pub max_ws_message_bytes: usize,
     /// Largest HTTP request body, bytes.
     pub max_body_bytes: usize,
+    /// Largest file `POST /api/v1/rooms/{room}/import` takes, bytes.
+    pub max_import_bytes: usize,
     /// Sends one WebSocket connection may have waiting for the store.
     pub max_in_flight: usize,
     /// Most danmaku one history request returns.
@@ -291,6 +357,7 @@ impl Default for Limits {
             max_name_chars: 32,
             max_ws_message_bytes: 4096,
             max_body_bytes: 4096,
+            max_import_bytes: 64 * 1024 * 1024,
             max_in_flight: 32,
             max_history: 1000,
             send_burst: 3,
@@ -434,6 +501,9 @@ impl Default for ConnectionConfig {
         }
     }
 }
+
+/// The most origins each `http.cors_*` list may name.
+const MAX_ORIGINS: usize = 100;
 
 /// The most networks `connection.trusted_proxies` may list: each forwarded
 /// hop of every request is matched against all of them.
@@ -595,6 +665,19 @@ impl Config {
                 "connection.trusted_proxies must list at most 1000 networks",
             ),
             (
+                self.bilibili.room_prefix.len() <= 32,
+                "bilibili.room_prefix must be at most 32 characters",
+            ),
+            (
+                self.http.cors_allow_origins.len() <= MAX_ORIGINS
+                    && self.http.cors_write_origins.len() <= MAX_ORIGINS,
+                "http.cors_allow_origins and http.cors_write_origins must list at most 100 origins",
+            ),
+            (
+                !self.http.cors_write_origins.iter().any(|o| o == "*"),
+                "http.cors_write_origins must name origins (\"*\" is not allowed for writes)",
+            ),
+            (
                 self.store
                     .url
                     .as_deref()
@@ -680,6 +763,10 @@ impl Config {
             bound("cluster.reorder_ms",           cl.reorder_ms,          1,    10_000),
             bound("cluster.presence_interval_ms", cl.presence_interval_ms, 100, 60_000),
             bound("cluster.presence_ttl_s",       cl.presence_ttl_s,      1,    300),
+            bound("bilibili.max_packet_bytes",    self.bilibili.max_packet_bytes, 256, MIB),
+            bound("bilibili.auth_timeout_s",      self.bilibili.auth_timeout_s,   1,   300),
+            bound("bilibili.idle_timeout_s",      self.bilibili.idle_timeout_s,   2,   DAY_S),
+            bound("limits.max_import_bytes",      l.max_import_bytes,     1024, GIB),
         ]
     }
 
@@ -704,6 +791,7 @@ impl Config {
 
 /// One MiB, for byte sizes.
 const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
 /// One day, in seconds.
 const DAY_S: u64 = 24 * 3600;
 /// One week, in seconds.
