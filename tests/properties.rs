@@ -1188,3 +1188,199 @@ proptest! {
         prop_assert_eq!(proxies.client(stranger, &fwd), stranger);
     }
 }
+
+// ---------------------------------------------------------------------------
+// bilibili XML and protobuf segments (protocol::bilibili_xml, ::segment)
+//
+// - Export then import gives back every danmaku's time, mode, size, colour
+//   and text, whatever a send may hold; and whatever the text (any
+//   characters at all), the export is well-formed XML the importer reads
+//   whole, with no numeric character reference.
+// - A protobuf segment decodes to the message encoded, and each element to
+//   the fields of the danmaku it came from.
+// ---------------------------------------------------------------------------
+
+use danmaku::danmaku::Danmaku;
+use danmaku::protocol::bilibili_xml::{self, ImportLimits, XmlWriter};
+use danmaku::protocol::segment::{self, DanmakuElem, DmSegMobileReply};
+use prost::Message as _;
+
+/// Whether a stored text may hold `c` and XML can carry it: what a send
+/// may hold (`check_text`), less U+FFFE and U+FFFF, which XML 1.0 cannot
+/// carry and the writer drops.
+fn storable_in_xml(c: char) -> bool {
+    guard::filter::check_text(c.encode_utf8(&mut [0; 4])).is_ok()
+        && !matches!(c, '\u{fffe}' | '\u{ffff}')
+}
+
+/// A text a send could have: 1 to 100 characters, not blank, and among
+/// them XML's specials, emoji and CJK often enough.
+fn storable_text() -> impl Strategy<Value = String> {
+    let c = prop_oneof![
+        4 => any::<char>().prop_filter("storable", |&c| storable_in_xml(c)),
+        1 => proptest::sample::select(vec!['&', '<', '>', '"', '\'', ';', '#', ' ', '弾', '😀']),
+    ];
+    vec(c, 1..=100)
+        .prop_map(|cs| cs.into_iter().collect::<String>())
+        .prop_filter("not blank", |s| !s.trim().is_empty())
+}
+
+fn mode() -> impl Strategy<Value = Mode> {
+    proptest::sample::select(Mode::ALL.to_vec())
+}
+
+/// A stored danmaku, with `text` as given.
+fn stored(text: impl Strategy<Value = String>) -> impl Strategy<Value = Danmaku> {
+    (
+        (1u64..=danmaku::danmaku::MAX_ID, "(?s).{0,20}", text, mode()),
+        (0u32..=0xff_ff_ff, guard::SIZE_RANGE, 0i64..=i64::MAX),
+        // Video times with the five decimals the export writes.
+        proptest::option::of(0u64..=(guard::MAX_VIDEO_TIME as u64) * 100_000),
+    )
+        .prop_map(|((id, user, text, mode), (color, size, ts), vt)| Danmaku {
+            id,
+            room: "room".into(),
+            user,
+            name: "name".into(),
+            text,
+            mode,
+            color: Color(color),
+            size,
+            ts,
+            vt: vt.map(|k| k as f64 / 100_000.0),
+            priority: false,
+        })
+}
+
+fn export(items: &[Danmaku]) -> Vec<u8> {
+    let writer = XmlWriter::new(items.len() as u64);
+    let mut out = writer.header("room");
+    for d in items {
+        out.extend(writer.d(d));
+    }
+    out.extend(writer.footer());
+    out
+}
+
+const IMPORT: ImportLimits = ImportLimits {
+    max_bytes: 16 << 20,
+    max_items: 1000,
+    max_text_chars: 100,
+};
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// What the export writes, the import reads back: time (0 for none),
+    /// mode, size, colour and text, the second it was sent and the
+    /// sender's hash.
+    #[test]
+    fn xml_round_trips(items in vec(stored(storable_text()), 0..20)) {
+        let bytes = export(&items);
+        prop_assert!(!bytes.windows(2).any(|w| w == b"&#"));
+        let back = bilibili_xml::parse(&bytes, &IMPORT).unwrap();
+        prop_assert_eq!(back.dropped, vec![]);
+        prop_assert_eq!(back.items.len(), items.len());
+        for (d, b) in items.iter().zip(&back.items) {
+            prop_assert_eq!(&b.text, &d.text);
+            prop_assert_eq!(b.mode, d.mode);
+            prop_assert_eq!(b.size, d.size);
+            prop_assert_eq!(b.color, d.color);
+            prop_assert_eq!(b.vt.map(f64::to_bits), Some(d.vt.unwrap_or(0.0).to_bits()));
+            prop_assert_eq!(b.ctime_ms, Some(d.ts.div_euclid(1000) * 1000));
+            prop_assert_eq!(b.user_hash.clone(), Some(bilibili_xml::user_hash(&d.user)));
+        }
+    }
+
+    /// Any text at all, control characters and noncharacters included,
+    /// exports as well-formed XML that the importer reads whole: every
+    /// `<d>` is either read back or dropped for its text, never a refusal
+    /// of the file.
+    #[test]
+    fn any_text_exports_as_well_formed_xml(
+        items in vec(stored("(?s).{0,120}"), 0..10),
+        room in "(?s).{0,20}",
+    ) {
+        let writer = XmlWriter::new(0);
+        let mut bytes = writer.header(&room);
+        for d in &items {
+            bytes.extend(writer.d(d));
+        }
+        bytes.extend(writer.footer());
+        prop_assert!(!bytes.windows(2).any(|w| w == b"&#"));
+        let back = bilibili_xml::parse(&bytes, &IMPORT);
+        prop_assert!(back.is_ok(), "{:?}", back);
+        let back = back.unwrap();
+        prop_assert_eq!(back.items.len() + back.dropped.len(), items.len());
+    }
+
+    /// A segment decodes to exactly the message encoded.
+    #[test]
+    fn segment_round_trips(elems in vec(elem(), 0..20)) {
+        let reply = DmSegMobileReply { elems };
+        let bytes = reply.encode_to_vec();
+        prop_assert_eq!(DmSegMobileReply::decode(bytes.as_slice()).unwrap(), reply);
+    }
+
+    /// Each element of an encoded segment carries its danmaku's id, time in
+    /// milliseconds, mode, size, colour, text and second sent.
+    #[test]
+    fn segment_elements_carry_their_danmaku(items in vec(stored(storable_text()), 0..20)) {
+        let reply = DmSegMobileReply::decode(segment::encode_segment(&items).as_slice()).unwrap();
+        prop_assert_eq!(reply.elems.len(), items.len());
+        for (d, e) in items.iter().zip(&reply.elems) {
+            prop_assert_eq!(e.id, d.id as i64);
+            prop_assert_eq!(&e.id_str, &d.id.to_string());
+            let ms = d.vt.map_or(0.0, |vt| (vt * 1000.0).round());
+            prop_assert_eq!(e.progress, ms.min(f64::from(i32::MAX)) as i32);
+            prop_assert_eq!(e.mode, bilibili_xml::bilibili_mode(d.mode));
+            prop_assert_eq!(e.fontsize, i32::from(d.size));
+            prop_assert_eq!(e.color, d.color.0);
+            prop_assert_eq!(&e.content, &d.text);
+            prop_assert_eq!(e.ctime, d.ts / 1000);
+            prop_assert_eq!(&e.mid_hash, &bilibili_xml::user_hash(&d.user));
+        }
+    }
+}
+
+/// Any `DanmakuElem`, every field arbitrary.
+fn elem() -> impl Strategy<Value = DanmakuElem> {
+    (
+        (
+            any::<i64>(),
+            any::<i32>(),
+            any::<i32>(),
+            any::<i32>(),
+            any::<u32>(),
+        ),
+        (
+            "(?s).{0,12}",
+            "(?s).{0,40}",
+            any::<i64>(),
+            any::<i32>(),
+            "(?s).{0,8}",
+        ),
+        (any::<i32>(), "[0-9]{0,19}", any::<i32>()),
+    )
+        .prop_map(
+            |(
+                (id, progress, mode, fontsize, color),
+                (mid_hash, content, ctime, weight, action),
+                (pool, id_str, attr),
+            )| DanmakuElem {
+                id,
+                progress,
+                mode,
+                fontsize,
+                color,
+                mid_hash,
+                content,
+                ctime,
+                weight,
+                action,
+                pool,
+                id_str,
+                attr,
+            },
+        )
+}
