@@ -29,7 +29,7 @@ use crate::config::FanoutConfig;
 use crate::danmaku::Danmaku;
 use crate::metrics::Metrics;
 
-pub use frame::{encode_ws, Frame, FrameKind};
+pub use frame::{encode_ws, BiliWire, Frame, FrameKind};
 use room::PassThreads;
 pub use room::{Room, RoomStats};
 pub use seat::{DirectSink, Received, Unparked, Viewer};
