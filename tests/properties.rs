@@ -1288,7 +1288,7 @@ proptest! {
             prop_assert_eq!(b.color, d.color);
             prop_assert_eq!(b.vt.map(f64::to_bits), Some(d.vt.unwrap_or(0.0).to_bits()));
             prop_assert_eq!(b.ctime_ms, Some(d.ts.div_euclid(1000) * 1000));
-            prop_assert_eq!(b.user_hash.clone(), Some(bilibili_xml::user_hash(&d.user)));
+            prop_assert_eq!(b.user_hash.clone(), Some(danmaku::protocol::bilibili::member_hash(&d.user)));
         }
     }
 
@@ -1333,12 +1333,12 @@ proptest! {
             prop_assert_eq!(&e.id_str, &d.id.to_string());
             let ms = d.vt.map_or(0.0, |vt| (vt * 1000.0).round());
             prop_assert_eq!(e.progress, ms.min(f64::from(i32::MAX)) as i32);
-            prop_assert_eq!(e.mode, bilibili_xml::bilibili_mode(d.mode));
+            prop_assert_eq!(e.mode, i32::from(danmaku::protocol::bilibili::mode_code(d.mode)));
             prop_assert_eq!(e.fontsize, i32::from(d.size));
             prop_assert_eq!(e.color, d.color.0);
             prop_assert_eq!(&e.content, &d.text);
             prop_assert_eq!(e.ctime, d.ts / 1000);
-            prop_assert_eq!(&e.mid_hash, &bilibili_xml::user_hash(&d.user));
+            prop_assert_eq!(&e.mid_hash, &danmaku::protocol::bilibili::member_hash(&d.user));
         }
     }
 }
@@ -1383,4 +1383,249 @@ fn elem() -> impl Strategy<Value = DanmakuElem> {
                 attr,
             },
         )
+}
+
+// ---------------------------------------------------------------------------
+// Bilibili live protocol (protocol::bilibili)
+// ---------------------------------------------------------------------------
+//
+// - Packets: any packets (any version, operation, sequence, body within the
+//   limit), concatenated and split at arbitrary points, decode to exactly
+//   themselves; a packet over the limit is refused, after the ones before it.
+// - Batches: any commands, in each version, unpack to one version-0 op-5
+//   packet per command; versions 2 and 3 are one packet on the wire.
+// - The decoder on arbitrary bytes: never panics, nothing decoded is over
+//   the limit, and where the bytes are split changes nothing.
+// - Auth bodies: any combination of the fields real clients send, as
+//   numbers or strings, parses to what it says; arbitrary text never panics.
+// - DANMU_MSG: valid JSON carrying the text and name for any danmaku.
+
+use danmaku::protocol::bilibili::{self, Auth, AuthError, Packet, PacketError, Ver};
+
+fn bili_packet(max_body: usize) -> impl Strategy<Value = Packet> {
+    (
+        any::<u16>(),
+        any::<u32>(),
+        any::<u32>(),
+        vec(any::<u8>(), 0..=max_body),
+    )
+        .prop_map(|(ver, op, seq, body)| Packet {
+            ver,
+            op,
+            seq,
+            body: body.into(),
+        })
+}
+
+/// Feeds `bytes` to a bilibili decoder in chunks of the given sizes
+/// (cycled); returns the packets and whether part of a packet was left
+/// buffered, or the first error.
+fn bili_decode_chunked(
+    max: usize,
+    bytes: &[u8],
+    chunks: &[usize],
+) -> Result<(Vec<Packet>, bool), PacketError> {
+    let mut decoder = bilibili::Decoder::new(max);
+    let mut packets = Vec::new();
+    let mut rest = bytes;
+    let mut sizes = chunks.iter().cycle();
+    while !rest.is_empty() {
+        let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+        let mut piece = &rest[..n];
+        rest = &rest[n..];
+        loop {
+            match decoder.decode(&mut piece) {
+                Ok(Some(p)) => {
+                    assert!(bilibili::HEADER_LEN + p.body.len() <= max);
+                    packets.push(p);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        assert!(piece.is_empty(), "Ok(None) only once the input is used up");
+    }
+    Ok((packets, decoder.is_mid_packet()))
+}
+
+fn encode_all(packets: &[Packet]) -> Vec<u8> {
+    packets.iter().flat_map(|p| p.encode().to_vec()).collect()
+}
+
+fn any_ver() -> impl Strategy<Value = Ver> {
+    prop_oneof![
+        Just(Ver::Plain),
+        Just(Ver::Control),
+        Just(Ver::Zlib),
+        Just(Ver::Brotli)
+    ]
+}
+
+/// A whole number as real clients write it (a JSON number) or as a string.
+fn number_json(n: u64, as_string: bool) -> serde_json::Value {
+    if as_string {
+        serde_json::Value::String(n.to_string())
+    } else {
+        n.into()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// Packets within the limit, split anywhere, decode to themselves.
+    #[test]
+    fn bili_packets_round_trip(
+        packets in vec(bili_packet(600), 0..8),
+        chunks in chunks(),
+    ) {
+        let bytes = encode_all(&packets);
+        let decoded = bili_decode_chunked(bilibili::HEADER_LEN + 600, &bytes, &chunks);
+        prop_assert_eq!(decoded, Ok((packets, false)));
+    }
+
+    /// The first packet over the limit is refused (as too big, with its
+    /// length) however the bytes arrive; the ones before it are decoded.
+    #[test]
+    fn bili_packets_over_the_limit_are_refused(
+        packets in vec(bili_packet(300), 1..6),
+        max in 0usize..=320,
+        chunks in chunks(),
+    ) {
+        let bytes = encode_all(&packets);
+        let decoded = bili_decode_chunked(max, &bytes, &chunks);
+        let fit = packets
+            .iter()
+            .take_while(|p| bilibili::HEADER_LEN + p.body.len() <= max)
+            .count();
+        match packets.get(fit) {
+            None => prop_assert_eq!(decoded, Ok((packets, false))),
+            Some(big) => {
+                let len = (bilibili::HEADER_LEN + big.body.len()) as u32;
+                prop_assert_eq!(decoded, Err(PacketError::TooBig { len, max }));
+            }
+        }
+    }
+
+    /// Any commands, in any version, come back as one plain message packet
+    /// each; a compressed batch is one packet of its version.
+    #[test]
+    fn bili_batches_round_trip(
+        commands in vec(vec(any::<u8>(), 0..200), 0..30),
+        ver in any_ver(),
+    ) {
+        let bytes = bilibili::encode_batch(ver, &commands);
+        let expected: Vec<Packet> = commands
+            .iter()
+            .map(|c| Packet { ver: 0, op: 5, seq: 0, body: c.clone().into() })
+            .collect();
+        prop_assert_eq!(bilibili::unpack(&bytes), Ok(expected.clone()));
+        let (outer, mid) = bili_decode_chunked(usize::MAX, &bytes, &[usize::MAX]).unwrap();
+        prop_assert!(!mid);
+        match ver {
+            _ if commands.is_empty() => prop_assert!(bytes.is_empty()),
+            Ver::Zlib | Ver::Brotli => {
+                prop_assert_eq!(outer.len(), 1);
+                prop_assert_eq!((outer[0].ver, outer[0].op), (ver.code(), 5));
+            }
+            Ver::Plain | Ver::Control => prop_assert_eq!(outer, expected),
+        }
+    }
+
+    /// Arbitrary bytes: no panic, and the split points change nothing.
+    #[test]
+    fn bili_decoder_takes_any_bytes(
+        bytes in prop_oneof![
+            vec(any::<u8>(), 0..400),
+            // Mostly plausible headers, so the body paths are reached.
+            (vec(bili_packet(100), 0..4), vec(any::<u8>(), 0..40), any::<Index>())
+                .prop_map(|(ps, junk, at)| {
+                    let mut b = encode_all(&ps);
+                    let at = at.index(b.len() + 1);
+                    b.splice(at..at, junk);
+                    b
+                }),
+        ],
+        max in 0usize..=200,
+        chunks in chunks(),
+    ) {
+        let whole = bili_decode_chunked(max, &bytes, &[usize::MAX]);
+        let split = bili_decode_chunked(max, &bytes, &chunks);
+        prop_assert_eq!(whole, split);
+        // And unpack, which also inflates, takes them without a panic.
+        let _ = bilibili::unpack(&bytes);
+    }
+
+    /// An auth body of the fields real clients send parses to its values,
+    /// numbers written as numbers or as strings alike.
+    #[test]
+    fn bili_auth_reads_its_fields(
+        roomid in any::<u64>(),
+        uid in proptest::option::of(any::<u64>()),
+        protover in proptest::option::of(0u64..6),
+        key in proptest::option::of(".{0,40}"),
+        strings in any::<(bool, bool, bool)>(),
+        extra in proptest::option::of(("[a-z]{1,8}", ".{0,10}")),
+    ) {
+        let mut body = serde_json::Map::new();
+        body.insert("roomid".into(), number_json(roomid, strings.0));
+        if let Some(uid) = uid {
+            body.insert("uid".into(), number_json(uid, strings.1));
+        }
+        if let Some(p) = protover {
+            body.insert("protover".into(), number_json(p, strings.2));
+        }
+        if let Some(k) = &key {
+            body.insert("key".into(), k.clone().into());
+        }
+        if let Some((name, value)) = extra {
+            if !["roomid", "uid", "protover", "key"].contains(&name.as_str()) {
+                body.insert(name, value.into());
+            }
+        }
+        let parsed = Auth::parse(serde_json::to_string(&body).unwrap().as_bytes());
+        match protover.map(|p| Ver::from_code(p as u16)) {
+            Some(None) => prop_assert_eq!(parsed, Err(AuthError::BadProtover)),
+            ver => prop_assert_eq!(parsed, Ok(Auth {
+                roomid,
+                uid: uid.unwrap_or(0),
+                protover: ver.flatten().unwrap_or(Ver::Plain),
+                key,
+            })),
+        }
+    }
+
+    /// Arbitrary text as an auth body never panics.
+    #[test]
+    fn bili_auth_takes_any_text(body in prop_oneof![
+        ".{0,80}",
+        r#"\{"roomid":[-+0-9.e"a-z]{0,24}(,"(uid|protover|key)":[-+0-9.e"a-z\[\]{}]{0,12}){0,3}\}"#,
+    ]) {
+        let _ = Auth::parse(body.as_bytes());
+    }
+
+    /// A DANMU_MSG is valid JSON carrying the danmaku's text and name,
+    /// whatever they hold.
+    #[test]
+    fn bili_danmu_msg_is_json_for_any_danmaku(
+        text in ".{0,60}",
+        name in ".{0,20}",
+        user in ".{0,20}",
+        id in any::<u64>(),
+        ts in any::<i64>(),
+        color in any::<u32>(),
+        size in any::<u16>(),
+        mode in proptest::sample::select(Mode::ALL.to_vec()),
+    ) {
+        let d = danmaku::danmaku::Danmaku {
+            id, room: "r".into(), user: user.clone(), name: name.clone(), text: text.clone(),
+            mode, color: Color(color), size, ts, vt: None, priority: false,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bilibili::danmu_msg(&d)).unwrap();
+        prop_assert_eq!(&v["info"][1], &serde_json::Value::from(text));
+        prop_assert_eq!(&v["info"][2][1], &serde_json::Value::from(name));
+        prop_assert_eq!(&v["info"][2][0], &serde_json::Value::from(bilibili::user_id(&user)));
+        prop_assert_eq!(&v["info"][0][3], &serde_json::Value::from(color & 0xff_ff_ff));
+        prop_assert_eq!(&v["info"][0][5], &serde_json::Value::from(id));
+    }
 }

@@ -67,6 +67,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 use serde::Deserialize;
 
+use super::bilibili::{member_hash, mode_code};
 use crate::danmaku::{Color, Danmaku, Mode, NewDanmaku};
 use crate::guard::filter::check_text;
 use crate::guard::{DEFAULT_SIZE, MAX_VIDEO_TIME, SIZE_RANGE};
@@ -79,26 +80,6 @@ pub const MAX_DEPTH: usize = 8;
 /// The longest value of a bad field quoted back in a [`DropReason`], in
 /// characters, so that the report of a hostile file stays small.
 const QUOTE_CHARS: usize = 32;
-
-/// bilibili's mode code for one of ours: scroll 1, bottom 4, top 5,
-/// reverse 6. The same codes serve the XML and the protobuf segments.
-pub fn bilibili_mode(mode: Mode) -> i32 {
-    match mode {
-        Mode::Scroll => 1,
-        Mode::Bottom => 4,
-        Mode::Top => 5,
-        Mode::Reverse => 6,
-    }
-}
-
-/// bilibili's user hash for one of our user ids: the CRC-32 (IEEE) of the
-/// id's UTF-8 bytes, in lower-case hex without leading zeros, which is how
-/// bilibili writes the `midHash` of a numeric user id. It is stable, and
-/// tools that block a user by hash work on it; it is not a secret (a
-/// short id is easy to recover from it, as on bilibili).
-pub fn user_hash(user: &str) -> String {
-    format!("{:x}", crc32fast::hash(user.as_bytes()))
-}
 
 /// Writes bilibili XML, one chunk at a time: [`header`](Self::header)
 /// once, [`d`](Self::d) per danmaku in id order, [`footer`](Self::footer)
@@ -143,11 +124,11 @@ impl XmlWriter {
         let _ = write!(
             out,
             "<d p=\"{vt:.5},{},{},{},{},0,{},{}\">",
-            bilibili_mode(d.mode),
+            i32::from(mode_code(d.mode)),
             d.size,
             d.color.0 & 0xff_ff_ff,
             d.ts.div_euclid(1000),
-            user_hash(&d.user),
+            member_hash(&d.user),
             d.id,
         );
         escape_into(&mut out, &d.text);
@@ -881,7 +862,7 @@ mod tests {
     fn a_row_has_the_eight_fields_of_a_real_export() {
         let d = danmaku(42, "hi", Mode::Top, Some(12.345678));
         let row = String::from_utf8(XmlWriter::new(1).d(&d)).unwrap();
-        let hash = format!("{:x}", crc32fast::hash(b"alice"));
+        let hash = member_hash("alice");
         assert_eq!(
             row,
             format!("<d p=\"12.34568,5,36,1223476,1700000123,0,{hash},42\">hi</d>\n")
@@ -895,7 +876,7 @@ mod tests {
             (Mode::Top, 5),
             (Mode::Reverse, 6),
         ] {
-            assert_eq!(bilibili_mode(mode), code);
+            assert_eq!(i32::from(mode_code(mode)), code);
         }
     }
 
@@ -963,7 +944,7 @@ mod tests {
             assert_eq!(b.size, d.size);
             assert_eq!(b.vt, d.vt);
             assert_eq!(b.ctime_ms, Some(1_700_000_123_000));
-            assert_eq!(b.user_hash.as_deref(), Some(user_hash("alice").as_str()));
+            assert_eq!(b.user_hash.as_deref(), Some(member_hash("alice").as_str()));
         }
     }
 

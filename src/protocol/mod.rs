@@ -4,6 +4,7 @@
 //! and no state, so the hub can encode a frame once and every transport can
 //! send the same bytes.
 
+pub mod bilibili;
 pub mod bilibili_xml;
 pub mod dplayer;
 pub mod frames;

@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 
 use prost::Message;
 
-use super::bilibili_xml::{bilibili_mode, user_hash};
+use super::bilibili::{member_hash, mode_code};
 use crate::danmaku::Danmaku;
 
 /// The length of a segment, in milliseconds of video: 6 minutes.
@@ -86,10 +86,10 @@ impl From<&Danmaku> for DanmakuElem {
         DanmakuElem {
             id: i64::try_from(d.id).unwrap_or(i64::MAX),
             progress,
-            mode: bilibili_mode(d.mode),
+            mode: i32::from(mode_code(d.mode)),
             fontsize: d.size.into(),
             color: d.color.0 & 0xff_ff_ff,
-            mid_hash: user_hash(&d.user),
+            mid_hash: member_hash(&d.user),
             content: d.text.clone(),
             ctime: d.ts.div_euclid(1000),
             weight: WEIGHT,
@@ -163,7 +163,7 @@ mod tests {
                 mode: 5,
                 fontsize: 25,
                 color: 0xfe0302,
-                mid_hash: user_hash("alice"),
+                mid_hash: member_hash("alice"),
                 content: "弹幕 <b>".into(),
                 ctime: 1_700_000_123,
                 weight: WEIGHT,
