@@ -518,7 +518,16 @@ mod tests {
     #[test]
     fn only_three_base64url_parts_look_like_a_jwt() {
         assert!(jwt_shaped("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln-_0"));
-        for key in ["", "guest", "a.b", "a..c", "a.b.c.d", "a.b.c d", "a.b=.c", "秘.密.钥"] {
+        for key in [
+            "",
+            "guest",
+            "a.b",
+            "a..c",
+            "a.b.c.d",
+            "a.b.c d",
+            "a.b=.c",
+            "秘.密.钥",
+        ] {
             assert!(!jwt_shaped(key), "{key:?}");
         }
     }

@@ -33,7 +33,7 @@ pub mod ws;
 use std::sync::Arc;
 
 use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio_util::task::TaskTracker;
 
@@ -53,8 +53,10 @@ pub struct App {
 /// Every route of the server (docs/protocol.md lists them), with the
 /// 404 and 405 answers for the rest.
 pub fn router(app: App) -> Router {
-    // The routes players call from other origins answer CORS.
-    let cors = from_fn_with_state(app.clone(), players::cors);
+    // The routes players call from other origins answer CORS, preflight
+    // included (an `OPTIONS` the method router must know to run the layer).
+    let cors_layer = from_fn_with_state(app.clone(), players::cors);
+    let cors = |route: MethodRouter<App>| route.options(players::options).layer(cors_layer.clone());
     Router::new()
         // The page, health and metrics.
         .route("/", get(http::page))
@@ -68,24 +70,19 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/rooms/{room}", get(http::room_stats))
         .route(
             "/api/v1/rooms/{room}/danmaku",
-            get(http::history).post(http::send).layer(cors.clone()),
+            cors(get(http::history).post(http::send)),
         )
         // Players and formats (docs/players.md).
         .route(
             "/dplayer/v3/",
-            get(players::dplayer_read)
-                .post(players::dplayer_send)
-                .layer(cors.clone()),
+            cors(get(players::dplayer_read).post(players::dplayer_send)),
         )
         .route(
             "/api/v1/rooms/{room}/danmaku.xml",
-            get(players::export_xml).layer(cors.clone()),
+            cors(get(players::export_xml)),
         )
         .route("/api/v1/rooms/{room}/import", post(players::import))
-        .route(
-            "/x/v2/dm/web/seg.so",
-            get(players::segment).layer(cors),
-        )
+        .route("/x/v2/dm/web/seg.so", cors(get(players::segment)))
         // Moderation: recall (authors and admins), then admins only.
         .route("/api/v1/rooms/{room}/danmaku/{id}", delete(admin::recall))
         .route(

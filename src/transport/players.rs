@@ -382,6 +382,12 @@ pub(super) async fn segment(
 /// How long a browser may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE_S: u32 = 600;
 
+/// `OPTIONS` on a CORS route: a preflight is answered by [`cors`] before
+/// it gets here; any other `OPTIONS` only learns that the route exists.
+pub(super) async fn options() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
 /// CORS for the routes players read and write from other origins. A read
 /// (`GET`, `HEAD`, or a preflight asking for one) follows
 /// `http.cors_allow_origins`, where `*` answers any origin with
