@@ -625,3 +625,112 @@ async fn reads_answer_any_origin_and_writes_only_configured_ones() {
     .await;
     assert_eq!(allow, None, "reads limited to the configured origins");
 }
+
+/// Texts, video times, modes, colours and sizes of a room's history.
+async fn contents(server: &Server, room: &str) -> Vec<Value> {
+    let (_, h) = get_json(server, &format!("/api/v1/rooms/{room}/danmaku?limit=1000")).await;
+    h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| json!([d["text"], d["vt"], d["mode"], d["color"], d["size"]]))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cli_round_trips_xml_and_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("d"), Some(&config()));
+    let url = server.url();
+    for (i, mode) in ["scroll", "top", "bottom", "reverse"].iter().enumerate() {
+        let body = json!({"text": format!("{mode} <&> {i}"), "mode": mode, "vt": i as f64 * 1.25,
+                          "color": "#12ab34", "size": 20 + i});
+        let (status, _) = call(
+            &server,
+            Method::POST,
+            "/api/v1/rooms/a/danmaku",
+            Some(&admin()),
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 201);
+    }
+    let original = contents(&server, "a").await;
+    let admin = admin();
+    for (format, ext) in [("xml", "xml"), ("jsonl", "jsonl")] {
+        let file = dir.path().join(format!("a.{ext}"));
+        let out = run_cli(&[
+            "export",
+            "--url",
+            &url,
+            "--room",
+            "a",
+            "--format",
+            format,
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("exported 4 danmaku"));
+        let room = format!("b{format}");
+        let report = run_cli_json(&[
+            "import",
+            "--url",
+            &url,
+            "--token",
+            &admin,
+            "--room",
+            &room,
+            file.to_str().unwrap(),
+        ]);
+        assert_eq!(report["imported"], 4, "{report}");
+        assert_eq!(contents(&server, &room).await, original, "{format}");
+        let again = dir.path().join(format!("again.{ext}"));
+        let out = run_cli(&[
+            "export",
+            "--url",
+            &url,
+            "--room",
+            &room,
+            "--format",
+            format,
+            "--out",
+            again.to_str().unwrap(),
+        ]);
+        assert!(out.status.success());
+        let reimported = format!("c{format}");
+        run_cli_json(&[
+            "import",
+            "--url",
+            &url,
+            "--token",
+            &admin,
+            "--room",
+            &reimported,
+            again.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            contents(&server, &reimported).await,
+            original,
+            "{format}, twice"
+        );
+    }
+    let bad = dir.path().join("bad.xml");
+    std::fs::write(&bad, "<i><d p=\"1,1,25,0\">cut").unwrap();
+    let out = run_cli(&[
+        "import",
+        "--url",
+        &url,
+        "--token",
+        &admin,
+        "--room",
+        "z",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_file"));
+}
