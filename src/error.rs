@@ -28,6 +28,11 @@ pub enum ErrorCode {
     InvalidQuery,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// The request body's `Content-Type` is not one the route reads.
+    UnsupportedMediaType,
+    /// An uploaded file was refused whole (not well-formed, a DTD, too
+    /// deep, not UTF-8, too many entries): nothing of it was stored.
+    InvalidFile,
     /// The request body did not arrive in time (`connection.body_timeout_s`,
     /// `body_min_rate_bytes_per_s`); the connection is closed after this.
     RequestTimeout,
@@ -80,6 +85,8 @@ impl ErrorCode {
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::InvalidQuery => "invalid_query",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::InvalidFile => "invalid_file",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnsupportedCommand => "unsupported_command",
             ErrorCode::UpgradeRequired => "upgrade_required",
@@ -108,7 +115,9 @@ impl ErrorCode {
             | ErrorCode::InvalidField
             | ErrorCode::InvalidQuery
             | ErrorCode::UnsupportedCommand
+            | ErrorCode::InvalidFile
             | ErrorCode::BlockedContent => StatusCode::BAD_REQUEST,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,

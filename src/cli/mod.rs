@@ -1,11 +1,12 @@
 //! The `danmaku` command line: `serve` (the default), `send`, `tail`,
-//! `bench`, `token` and `admin`.
+//! `bench`, `token`, `admin`, `import` and `export`.
 
 mod admin;
 mod send;
 mod serve;
 mod tail;
 mod token;
+mod transfer;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,10 @@ enum Command {
     Token(token::TokenArgs),
     /// Moderate: recall, mute, ban, room settings, held sends, audit log.
     Admin(admin::AdminArgs),
+    /// Load a bilibili XML or JSON lines file into a room (admins).
+    Import(transfer::ImportArgs),
+    /// Write a room's history as bilibili XML or JSON lines.
+    Export(transfer::ExportArgs),
 }
 
 /// Options of `danmaku serve`; each overrides the config file.
@@ -75,6 +80,8 @@ impl Cli {
             Some(Command::Bench(args)) => crate::bench::run(args).await,
             Some(Command::Token(args)) => token::run(args),
             Some(Command::Admin(args)) => admin::run(args).await,
+            Some(Command::Import(args)) => transfer::import(args).await,
+            Some(Command::Export(args)) => transfer::export(args).await,
         }
     }
 }

@@ -371,6 +371,9 @@ mod tests {
         async fn append(&self, _: NewDanmaku) -> Result<Danmaku, StoreError> {
             Err(StoreError::Closed)
         }
+        async fn append_many(&self, _: Vec<NewDanmaku>) -> Result<Vec<Danmaku>, StoreError> {
+            Err(StoreError::Closed)
+        }
         async fn after(&self, _: &str, _: u64, _: usize) -> Result<Vec<Danmaku>, StoreError> {
             Ok(Vec::new())
         }

@@ -18,14 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
-use crate::danmaku::Danmaku;
+use crate::danmaku::{now_ms, Danmaku, NewDanmaku};
 use crate::error::{ApiError, ErrorCode};
-use crate::guard::{self, Guard, GuardSetupError, SendRequest, Sender};
+use crate::guard::{self, Admin, Guard, GuardSetupError, SendRequest, Sender};
 use crate::hub::{Hub, RoomOrder, RoomStats};
 use crate::metrics::Metrics;
-use crate::moderation::{Held, Moderator, Verdict};
+use crate::moderation::{AuditEntry, Held, Moderator, Verdict};
 use crate::presence::Presence;
-use crate::store::{Store, StoreError};
+use crate::store::{ModerationStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 pub use memory::limit_arenas;
@@ -42,6 +42,8 @@ pub struct Node {
     store: Arc<dyn Store>,
     /// Mutes, bans, room settings, held sends and the audit log.
     moderator: Arc<Moderator>,
+    /// The audit log, for the actions that change no moderation state.
+    ledger: Arc<dyn ModerationStore>,
     /// This node's id in the cluster (`cluster.node_id`).
     node_id: String,
     /// Between the hub and the other nodes.
@@ -157,6 +159,7 @@ impl Node {
         .await?;
         let broker = backends::connect_broker(&config, relay.clone()).await?;
         let announcer = relay.clone();
+        let ledger = stores.ledger.clone();
         let moderator = Arc::new(
             Moderator::load(
                 stores.ledger,
@@ -223,6 +226,7 @@ impl Node {
             hub,
             store: stores.store,
             moderator,
+            ledger,
             node_id,
             relay,
             bus: broker.bus,
@@ -242,6 +246,19 @@ impl Node {
         self.guard
             .identify(token, ip)
             .inspect_err(|e| self.metrics.reject(e.code))
+    }
+
+    /// The sender behind a `key` as the ecosystem's clients send one (a
+    /// bilibili client's `key`, DPlayer's `token`): those clients always
+    /// send some value, usually not ours, so a value shaped like a JWT
+    /// (three dot-separated base64url parts) is verified, and refused if
+    /// invalid, while any other value is ignored and the caller is a guest.
+    pub fn identify_key(
+        &self,
+        key: Option<&str>,
+        ip: std::net::IpAddr,
+    ) -> Result<Sender, ApiError> {
+        self.identify(key.filter(|k| jwt_shaped(k)), ip)
     }
 
     /// Runs a send through the guard, then durably stores it, or holds it
@@ -340,6 +357,56 @@ impl Node {
         Ok(self.store.after(room, after, limit).await?)
     }
 
+    /// The newest danmaku of `room`: those among its newest `n` ids (fewer
+    /// when some were recalled), ascending.
+    pub async fn newest(&self, room: &str, n: usize) -> Result<Vec<Danmaku>, ApiError> {
+        guard::check_room(room)?;
+        let last = self.store.last_id(room).await?;
+        let after = last.saturating_sub(u64::try_from(n).unwrap_or(u64::MAX));
+        Ok(self.store.after(room, after, n).await?)
+    }
+
+    /// The newest id of `room` (0 if it has none), from the store.
+    pub async fn last_id(&self, room: &str) -> Result<u64, ApiError> {
+        guard::check_room(room)?;
+        Ok(self.store.last_id(room).await?)
+    }
+
+    /// Stores an import into `room` for `admin`: `news` in their order
+    /// (see [`Store::append_many`]; they reach viewers like any committed
+    /// danmaku), then one audit entry `import` with the counts (`dropped`
+    /// is how many entries of the file were left out). On a store error
+    /// the chunks committed before it stay, and no audit entry is written.
+    pub async fn import(
+        &self,
+        admin: &Admin,
+        room: &str,
+        news: Vec<NewDanmaku>,
+        dropped: usize,
+    ) -> Result<Vec<Danmaku>, ApiError> {
+        guard::check_room(room)?;
+        let count = news.len();
+        let stored = self.store.append_many(news).await.inspect_err(|e| {
+            tracing::error!(error = %e, room, count, "import failed; earlier chunks may be stored");
+        })?;
+        let entry = AuditEntry {
+            id: 0,
+            ts: now_ms(),
+            actor: admin.user().to_owned(),
+            action: "import".to_owned(),
+            room: Some(room.to_owned()),
+            target: None,
+            detail: serde_json::json!({
+                "imported": stored.len(),
+                "dropped": dropped,
+                "first_id": stored.first().map(|d| d.id),
+                "last_id": stored.last().map(|d| d.id),
+            }),
+        };
+        self.ledger.note(entry).await?;
+        Ok(stored)
+    }
+
     /// Danmaku of `room` by video time in `[from, to)`.
     pub async fn history_by_video_time(
         &self,
@@ -420,6 +487,18 @@ impl Node {
     }
 }
 
+/// Whether `key` is shaped like a JWT: three non-empty base64url parts
+/// separated by dots.
+fn jwt_shaped(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// `cluster.node_id`, or the host name and the listening port.
 fn node_id(config: &Config) -> String {
     config.cluster.node_id.clone().unwrap_or_else(|| {
@@ -430,4 +509,26 @@ fn node_id(config: &Config) -> String {
             .unwrap_or_else(|| "localhost".to_owned());
         format!("{host}:{}", config.listen.port())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jwt_shaped;
+
+    #[test]
+    fn only_three_base64url_parts_look_like_a_jwt() {
+        assert!(jwt_shaped("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln-_0"));
+        for key in [
+            "",
+            "guest",
+            "a.b",
+            "a..c",
+            "a.b.c.d",
+            "a.b.c d",
+            "a.b=.c",
+            "秘.密.钥",
+        ] {
+            assert!(!jwt_shaped(key), "{key:?}");
+        }
+    }
 }

@@ -39,6 +39,7 @@ macro_rules! conformance_tests {
             audit_is_newest_first,
             close_commits_what_is_queued_and_refuses_new,
             history_survives_reopen,
+            append_many_keeps_order_in_whole_chunks,
         );
     };
     (@checks $backing:expr; $($check:ident),* $(,)?) => {
@@ -607,4 +608,54 @@ pub(crate) async fn history_survives_reopen<B: Backing>(b: &B) {
     assert_eq!(d.id, 3);
     assert_eq!(store.after("a", 2, 10).await.unwrap(), vec![d]);
     assert_eq!(store.last_id("b").await.unwrap(), 1);
+}
+
+/// An import of three chunks (the default `max_batch` is 2,048) while
+/// other sends go to the same room: the import is stored in its order,
+/// each chunk is one commit with contiguous ids that no send interleaves,
+/// the room's ids stay contiguous, and an audit note is kept.
+pub(crate) async fn append_many_keeps_order_in_whole_chunks<B: Backing>(b: &B) {
+    const IMPORTED: usize = 2 * 2048 + 100;
+    let seen = Seen::default();
+    let store = Arc::new(b.open(seen.listener()).await);
+    let sends: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append(new("r", &format!("send {i}"))).await })
+        })
+        .collect();
+    let news = (0..IMPORTED)
+        .map(|i| new("r", &format!("import {i}")))
+        .collect();
+    let imported = store.append_many(news).await.unwrap();
+    for s in sends {
+        s.await.unwrap().unwrap();
+    }
+    let texts: Vec<String> = imported.iter().map(|d| d.text.clone()).collect();
+    let expected: Vec<String> = (0..IMPORTED).map(|i| format!("import {i}")).collect();
+    assert_eq!(texts, expected, "stored in the order given");
+    for chunk in imported.chunks(2048) {
+        let ids: Vec<u64> = chunk.iter().map(|d| d.id).collect();
+        let first = ids[0];
+        assert_eq!(
+            ids,
+            (first..first + chunk.len() as u64).collect::<Vec<_>>(),
+            "no send inside a chunk"
+        );
+        assert!(
+            seen.batches().iter().any(|b| b.as_slice() == chunk),
+            "each chunk published as one batch"
+        );
+    }
+    let n = (IMPORTED + 100) as u64;
+    assert_eq!(seen.ids("r"), (1..=n).collect::<Vec<_>>());
+    assert_eq!(store.last_id("r").await.unwrap(), n);
+    assert_eq!(store.append_many(Vec::new()).await.unwrap(), Vec::new());
+
+    let mut note = entry("import");
+    note.detail = serde_json::json!({ "imported": IMPORTED });
+    store.note(note).await.unwrap();
+    let audit = store.audit(1, None).await.unwrap();
+    assert_eq!(audit[0].action, "import");
+    assert_eq!(audit[0].detail["imported"], IMPORTED);
 }

@@ -70,6 +70,15 @@ pub trait Store: Send + Sync + 'static {
     /// commit.
     async fn append(&self, new: NewDanmaku) -> Result<Danmaku, StoreError>;
 
+    /// Stores many danmaku (an import) in their order, in group commits of
+    /// up to `store.max_batch`, each one op on the writer queue: within a
+    /// commit nothing else interleaves, so every room's ids follow the
+    /// order of `news`; other sends may only come between two commits.
+    /// Each commit goes to the commit listener like any batch (imported
+    /// danmaku are live). On error, the commits before it stay stored and
+    /// the rest is not: the error says nothing of how far it got.
+    async fn append_many(&self, news: Vec<NewDanmaku>) -> Result<Vec<Danmaku>, StoreError>;
+
     /// Up to `limit` danmaku of `room` with an id above `after`, ascending.
     async fn after(&self, room: &str, after: u64, limit: usize)
         -> Result<Vec<Danmaku>, StoreError>;
@@ -137,8 +146,33 @@ pub trait ModerationStore: Send + Sync + 'static {
         entry: AuditOf,
     ) -> Result<Option<Danmaku>, StoreError>;
 
+    /// Appends `entry` to the audit log alone: an action that changes no
+    /// moderation state (an import).
+    async fn note(&self, entry: AuditEntry) -> Result<(), StoreError>;
+
     /// Up to `limit` audit entries with an id below `before` (all when
     /// `None`), newest first.
     async fn audit(&self, limit: usize, before: Option<u64>)
         -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// [`Store::append_many`] for every backend: `news` cut into chunks of at
+/// most `max_batch`, each handed to `commit` (one op on the backend's
+/// writer queue) and awaited before the next is queued.
+pub(crate) async fn in_chunks<F, Fut>(
+    news: Vec<NewDanmaku>,
+    max_batch: usize,
+    mut commit: F,
+) -> Result<Vec<Danmaku>, StoreError>
+where
+    F: FnMut(Vec<NewDanmaku>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Danmaku>, StoreError>>,
+{
+    let mut stored = Vec::with_capacity(news.len());
+    let mut news = news.into_iter().peekable();
+    while news.peek().is_some() {
+        let chunk: Vec<NewDanmaku> = news.by_ref().take(max_batch.max(1)).collect();
+        stored.extend(commit(chunk).await?);
+    }
+    Ok(stored)
 }

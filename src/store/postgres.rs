@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
-use super::{AuditOf, Cause, CommitListener, ModerationStore, Store, StoreError};
+use super::{in_chunks, AuditOf, Cause, CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
@@ -174,6 +174,16 @@ enum Op {
 
 /// The writes other than appends.
 enum Job {
+    /// One chunk of an [`Store::append_many`]: committed alone.
+    Chunk {
+        news: Vec<NewDanmaku>,
+        reply: Reply<Vec<Danmaku>>,
+    },
+    /// An audit entry alone: [`ModerationStore::note`].
+    Note {
+        entry: AuditEntry,
+        reply: Reply<()>,
+    },
     Hold {
         new: NewDanmaku,
         reply: Reply<Held>,
@@ -198,6 +208,8 @@ pub struct PostgresStore {
     readers: Readers,
     /// Set by the writer while the database's disk is full.
     full: Arc<AtomicBool>,
+    /// `store.max_batch`: the largest chunk of an [`Store::append_many`].
+    max_batch: usize,
 }
 
 impl PostgresStore {
@@ -250,6 +262,7 @@ impl PostgresStore {
                 permits: Semaphore::new(config.read_connections),
             },
             full,
+            max_batch: config.max_batch,
         })
     }
 
@@ -270,6 +283,13 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn append(&self, new: NewDanmaku) -> Result<Danmaku, StoreError> {
         self.ask(|reply| Op::Append { new, reply }).await
+    }
+
+    async fn append_many(&self, news: Vec<NewDanmaku>) -> Result<Vec<Danmaku>, StoreError> {
+        in_chunks(news, self.max_batch, move |news| {
+            self.ask(move |reply| Op::Job(Job::Chunk { news, reply }))
+        })
+        .await
     }
 
     async fn after(
@@ -461,6 +481,10 @@ impl ModerationStore for PostgresStore {
             })
         })
         .await
+    }
+
+    async fn note(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.ask(|reply| Op::Job(Job::Note { entry, reply })).await
     }
 
     async fn approve(
@@ -950,10 +974,27 @@ impl Writer {
         news: &mut Vec<NewDanmaku>,
         replies: &mut Vec<Reply<Danmaku>>,
     ) {
+        match self.commit_batch(std::mem::take(news)).await {
+            Ok(stored) => {
+                for (reply, d) in replies.drain(..).zip(stored) {
+                    // The sender may have gone; its danmaku is stored anyway.
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One group commit of `batch`, measured, published once committed,
+    /// and its failure logged.
+    async fn commit_batch(&mut self, batch: Vec<NewDanmaku>) -> Result<Vec<Danmaku>, StoreError> {
         let started = std::time::Instant::now();
-        self.metrics.store_batch_size.observe(news.len() as f64);
-        let batch = std::mem::take(news);
-        let sends = replies.len();
+        let sends = batch.len();
+        self.metrics.store_batch_size.observe(sends as f64);
         let committed = self
             .write(sends as u64, async move |c: &mut Client| {
                 // One statement, its own transaction: answered only once
@@ -966,32 +1007,38 @@ impl Writer {
                 insert_numbered(c, batch, now_ms()).await
             })
             .await;
-        match committed {
+        match &committed {
             Ok(stored) => {
                 self.metrics
                     .store_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                self.publish(&stored);
-                for (reply, d) in replies.drain(..).zip(stored) {
-                    // The sender may have gone; its danmaku is stored anyway.
-                    let _ = reply.send(Ok(d));
-                }
+                self.publish(stored);
             }
-            Err(e) => {
-                // A full disk was logged once, when it filled, and a lost
-                // connection when it was lost.
-                if matches!(e, StoreError::Database(_)) {
-                    tracing::error!(error = %e, sends, "group commit failed");
-                }
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
+            // A full disk was logged once, when it filled, and a lost
+            // connection when it was lost.
+            Err(e @ StoreError::Database(_)) => {
+                tracing::error!(error = %e, sends, "group commit failed");
             }
+            Err(_) => {}
         }
+        committed
     }
 
     async fn run_job(&mut self, job: Job) {
         match job {
+            Job::Chunk { news, reply } => {
+                let _ = reply.send(self.commit_batch(news).await);
+            }
+            Job::Note { entry, reply } => {
+                let noted = self
+                    .write(1, async move |c: &mut Client| {
+                        let tx = c.transaction().await?;
+                        audit(&tx, &entry).await?;
+                        Ok(tx.commit().await?)
+                    })
+                    .await;
+                let _ = reply.send(noted);
+            }
             Job::Hold { new, reply } => {
                 let held = self
                     .write(1, async move |c: &mut Client| hold(c, new).await)

@@ -22,7 +22,7 @@ use rusqlite::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{AuditOf, CommitListener, ModerationStore, Store, StoreError};
+use super::{in_chunks, AuditOf, CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
@@ -133,6 +133,8 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     /// Set by the writer while the disk is full (see [`Writer::failed`]).
     full: Arc<AtomicBool>,
+    /// `store.max_batch`: the largest chunk of an [`Store::append_many`].
+    max_batch: usize,
 }
 
 impl SqliteStore {
@@ -194,6 +196,7 @@ impl SqliteStore {
                 permits: Arc::new(Semaphore::new(READERS)),
             }),
             full,
+            max_batch,
         })
     }
 
@@ -253,6 +256,19 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn append(&self, new: NewDanmaku) -> Result<Danmaku, StoreError> {
         self.ask(|reply| Op::Append { new, reply }).await
+    }
+
+    async fn append_many(&self, news: Vec<NewDanmaku>) -> Result<Vec<Danmaku>, StoreError> {
+        in_chunks(news, self.max_batch, move |mut chunk| {
+            // A job, not appends: it runs alone, after the sends queued
+            // before it are committed, so the chunk is one commit.
+            self.ask(move |reply| {
+                Op::Run(Box::new(move |w: &mut Writer| {
+                    let _ = reply.send(w.commit_batch(&mut chunk));
+                }))
+            })
+        })
+        .await
     }
 
     async fn after(
@@ -405,6 +421,15 @@ impl ModerationStore for SqliteStore {
 
     async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError> {
         self.on_writer(move |w| w.record(change, &entry)).await
+    }
+
+    async fn note(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.on_writer(move |w| {
+            let tx = w.conn.transaction()?;
+            audit(&tx, &entry)?;
+            Ok(tx.commit()?)
+        })
+        .await
     }
 
     async fn approve(
@@ -748,8 +773,27 @@ impl Writer {
         news: &mut Vec<NewDanmaku>,
         replies: &mut Vec<oneshot::Sender<Result<Danmaku, StoreError>>>,
     ) {
+        match self.commit_batch(news) {
+            Ok(stored) => {
+                for (reply, d) in replies.drain(..).zip(stored) {
+                    // The sender may have gone; its danmaku is stored anyway.
+                    let _ = reply.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One group commit of `news` (left empty), measured, published once
+    /// committed, and its failure classified and logged.
+    fn commit_batch(&mut self, news: &mut Vec<NewDanmaku>) -> Result<Vec<Danmaku>, StoreError> {
         let started = Instant::now();
-        self.metrics.store_batch_size.observe(news.len() as f64);
+        let sends = news.len();
+        self.metrics.store_batch_size.observe(sends as f64);
         match self.commit(news) {
             Ok(stored) => {
                 self.metrics
@@ -757,22 +801,16 @@ impl Writer {
                     .observe(started.elapsed().as_secs_f64());
                 self.mark_writable();
                 self.publish(&stored);
-                for (reply, d) in replies.drain(..).zip(stored) {
-                    // The sender may have gone; its danmaku is stored anyway.
-                    let _ = reply.send(Ok(d));
-                }
+                Ok(stored)
             }
             Err(e) => {
-                let sends = replies.len();
                 let e = self.failed(e, sends as u64);
                 // A full disk was logged once, when it filled.
                 if !matches!(e, StoreError::Full(_)) {
                     tracing::error!(error = %e, sends, "group commit failed");
                 }
                 news.clear();
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
+                Err(e)
             }
         }
     }

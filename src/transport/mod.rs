@@ -8,7 +8,8 @@
 //!   trusted reverse proxy, the forwarded one).
 //! - [`router`], here, names every route of the server, each served by one
 //!   route module: `http` (REST, health, metrics, the page), `ws` and `sse`
-//!   (feeds to viewers), `admin` (moderation).
+//!   (feeds to viewers), `admin` (moderation), `players` (DPlayer, bilibili
+//!   XML and segments, and the CORS of the routes players use).
 //! - The route modules read their input through leaves they share:
 //!   `params` (the room, ids and query string of every route), `body`
 //!   (request bodies and JSON, and the codes of a command that does not
@@ -23,6 +24,7 @@ pub mod client;
 pub mod deadlines;
 pub mod http;
 pub mod params;
+pub mod players;
 pub mod server;
 pub mod sse;
 pub mod timed_io;
@@ -30,7 +32,8 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post};
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +53,10 @@ pub struct App {
 /// Every route of the server (docs/protocol.md lists them), with the
 /// 404 and 405 answers for the rest.
 pub fn router(app: App) -> Router {
+    // The routes players call from other origins answer CORS, preflight
+    // included (an `OPTIONS` the method router must know to run the layer).
+    let cors_layer = from_fn_with_state(app.clone(), players::cors);
+    let cors = |route: MethodRouter<App>| route.options(players::options).layer(cors_layer.clone());
     Router::new()
         // The page, health and metrics.
         .route("/", get(http::page))
@@ -63,8 +70,19 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/rooms/{room}", get(http::room_stats))
         .route(
             "/api/v1/rooms/{room}/danmaku",
-            get(http::history).post(http::send),
+            cors(get(http::history).post(http::send)),
         )
+        // Players and formats (docs/players.md).
+        .route(
+            "/dplayer/v3/",
+            cors(get(players::dplayer_read).post(players::dplayer_send)),
+        )
+        .route(
+            "/api/v1/rooms/{room}/danmaku.xml",
+            cors(get(players::export_xml)),
+        )
+        .route("/api/v1/rooms/{room}/import", post(players::import))
+        .route("/x/v2/dm/web/seg.so", cors(get(players::segment)))
         // Moderation: recall (authors and admins), then admins only.
         .route("/api/v1/rooms/{room}/danmaku/{id}", delete(admin::recall))
         .route(

@@ -17,6 +17,7 @@ mod full_disk;
 mod guard;
 mod join;
 mod moderation;
+mod players;
 mod proxy;
 mod resume;
 mod rooms;
