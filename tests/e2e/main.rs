@@ -5,6 +5,7 @@ mod services;
 
 mod bad_input;
 mod bench;
+mod browser;
 mod cli;
 mod cluster;
 mod connection;

@@ -399,3 +399,28 @@ pub fn token(secret: &str, claims: Value) -> String {
     )
     .unwrap()
 }
+
+/// Runs `node SCRIPT ARGS…` in `tests/clients` (real npm clients and
+/// players, installed by `tests/clients/install.sh`) and returns its
+/// stdout; panics with its stderr if it fails. Fails, never skips, when the
+/// clients are not installed.
+pub fn node_client(script: &str, args: &[&str]) -> Vec<u8> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "the npm clients are not installed: run `bash tests/clients/install.sh`"
+    );
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node (Node.js 20 is needed): {e}"));
+    assert!(
+        out.status.success(),
+        "node {script} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

@@ -1,0 +1,120 @@
+//! Real players in a real browser: DPlayer (its v3 backend at `/dplayer/`)
+//! and ArtPlayer with its danmuku plugin (our bilibili XML export), each in
+//! Debian's Chromium driven by playwright-core (`tests/clients/players.mjs`),
+//! on a page of another origin, as on a site that embeds a player.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::server::*;
+
+/// A text that would be markup if a player inserted it as HTML.
+const MARKUP: &str = "<img src=x onerror=alert(1)>";
+
+/// A free port on 127.0.0.1 for the player page's own origin.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `players.mjs` and returns what it printed.
+fn players(args: &[&str]) -> Value {
+    let out = node_client("players.mjs", args);
+    serde_json::from_slice(&out).unwrap_or_else(|e| {
+        panic!(
+            "players.mjs printed no report ({e}): {}",
+            String::from_utf8_lossy(&out)
+        )
+    })
+}
+
+#[tokio::test]
+async fn dplayer_loads_history_sends_and_shows_markup_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = free_port();
+    let config =
+        format!("{EXEMPT_LOOPBACK}[http]\ncors_write_origins = [\"http://127.0.0.1:{page}\"]\n");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    for (text, vt) in [
+        ("hello from the past", 1.0),
+        (MARKUP, 2.0),
+        ("弹幕 🎉", 3.0),
+    ] {
+        let (status, body) = post(&server, "film", json!({"text": text, "vt": vt})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let report = players(&[
+        "dplayer",
+        &server.url(),
+        "film",
+        &page.to_string(),
+        "sent from DPlayer",
+    ]);
+
+    // DPlayer read the room's history through /dplayer/v3/ (cross-origin).
+    let loaded = report["loaded"].as_array().unwrap();
+    assert_eq!(loaded.len(), 3, "{report}");
+    // Its own send box posted through the guard: stored like any send.
+    assert_eq!(report["sent"], json!(true), "{report}");
+    let (_, history) = get_json(&server, "/api/v1/rooms/film/danmaku").await;
+    let texts: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"sent from DPlayer"), "{history}");
+    // DPlayer puts the text in with innerHTML: the markup shows as text,
+    // no element is made, nothing runs.
+    let drawn = report["drawn"].as_array().unwrap();
+    let markup = drawn
+        .iter()
+        .find(|d| d["text"] == MARKUP)
+        .unwrap_or_else(|| panic!("the markup danmaku is drawn as its text: {report}"));
+    assert_eq!(markup["imgs"], 0, "{report}");
+    assert!(drawn.iter().any(|d| d["text"] == "弹幕 🎉"), "{report}");
+    assert_eq!(report["alerts"], json!([]), "{report}");
+}
+
+#[tokio::test]
+async fn artplayer_shows_the_xml_export_at_each_danmakus_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
+    let timed = [
+        ("scrolls at one", 1.0, "scroll"),
+        ("top at two and a half", 2.5, "top"),
+        (MARKUP, 3.5, "bottom"),
+    ];
+    for (text, vt, mode) in timed {
+        let (status, body) = post(
+            &server,
+            "clip",
+            json!({"text": text, "vt": vt, "mode": mode}),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let report = players(&["artplayer", &server.url(), "clip", &free_port().to_string()]);
+
+    // When each danmaku first appeared, by the video's clock.
+    let mut first: HashMap<&str, f64> = HashMap::new();
+    for shown in report["shown"].as_array().unwrap() {
+        let text = shown["text"].as_str().unwrap();
+        first.entry(text).or_insert(shown["at"].as_f64().unwrap());
+    }
+    for (text, vt, _) in timed {
+        let at = first
+            .get(text)
+            .unwrap_or_else(|| panic!("{text:?} was never shown: {report}"));
+        assert!(
+            (at - vt).abs() <= 0.6,
+            "{text:?} at {at} s, its time is {vt} s"
+        );
+    }
+}
