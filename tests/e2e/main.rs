@@ -6,6 +6,7 @@ mod services;
 mod bad_input;
 mod bench;
 mod cli;
+mod clients;
 mod cluster;
 mod connection;
 mod crash;
