@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 /// The transport label of connection metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
-    /// `ws` or `sse`.
+    /// `ws`, `sse`, `bilibili_ws` (`/sub`) or `bilibili_tcp`.
     pub transport: &'static str,
 }
 

@@ -4,12 +4,13 @@ use std::io::Write;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ServeArgs;
 use crate::config::{Config, LogFormat};
 use crate::node::Node;
-use crate::transport::{server, App};
+use crate::transport::{bilibili, server, App};
 
 /// Starts the server and runs it until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -43,6 +44,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // The default node id names the port actually bound (`--listen :0`).
     config.listen = addr;
+    // Bound before the node starts, like the HTTP port, so that a port in
+    // use fails the start instead of a running server.
+    let bilibili_tcp = match config.bilibili.tcp_listen {
+        Some(at) => {
+            let tcp =
+                listen(at).with_context(|| format!("cannot listen for bilibili tcp on {at}"))?;
+            Some((tcp.local_addr()?, tcp))
+        }
+        None => None,
+    };
     let data = config.data.clone();
     let place = match (&config.store.url, &config.bus.url) {
         (None, None) => format!("data in {}", data.display()),
@@ -64,7 +75,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let banner = format!(
         "danmaku listening on http://{addr}\n  page       http://{addr}/\n  \
          websocket  ws://{addr}/ws?room=lobby\n  sse        http://{addr}/api/v1/rooms/lobby/stream\n  \
-         metrics    http://{addr}/metrics\n  data       {}\n",
+         bilibili   ws://{addr}/sub{}\n  metrics    http://{addr}/metrics\n  data       {}\n",
+        bilibili_tcp
+            .as_ref()
+            .map_or_else(String::new, |(at, _)| format!(", tcp {at}")),
         data.display()
     );
     let mut stdout = std::io::stdout();
@@ -77,7 +91,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         node,
         tasks: TaskTracker::new(),
     };
-    server::run(app, listener, signals.received()).await;
+    let stop_accepting = CancellationToken::new();
+    if let Some((at, tcp)) = bilibili_tcp {
+        tracing::info!(%at, "bilibili tcp listening on {at}");
+        // Stops accepting at the signal, with the HTTP listener; its
+        // connections are tasks the server's shutdown waits for.
+        let stopped = stop_accepting.clone().cancelled_owned();
+        app.tasks
+            .spawn(bilibili::serve_tcp(tcp, app.clone(), stopped));
+    }
+    let shutdown = async move {
+        signals.received().await;
+        stop_accepting.cancel();
+    };
+    server::run(app, listener, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -488,7 +488,7 @@ impl Node {
 }
 
 /// Whether `key` is shaped like a JWT: three non-empty base64url parts
-/// separated by dots.
+/// separated by dots. Bilibili's own keys are plain base64, without dots.
 fn jwt_shaped(key: &str) -> bool {
     let parts: Vec<&str> = key.split('.').collect();
     parts.len() == 3
@@ -513,6 +513,18 @@ fn node_id(config: &Config) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_three_base64url_parts_are_a_token() {
+        assert!(jwt_shaped("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_0"));
+        // Bilibili's keys: base64 with `+`, `/` and `=`, no dots.
+        assert!(!jwt_shaped("kD3xPq+9/AbC=="));
+        assert!(!jwt_shaped("a.b"));
+        assert!(!jwt_shaped("a.b.c.d"));
+        assert!(!jwt_shaped("a..c"));
+        assert!(!jwt_shaped("a.b+.c"));
+        assert!(!jwt_shaped(""));
+    }
     use super::jwt_shaped;
 
     #[test]

@@ -8,8 +8,9 @@
 //!   trusted reverse proxy, the forwarded one).
 //! - [`router`], here, names every route of the server, each served by one
 //!   route module: `http` (REST, health, metrics, the page), `ws` and `sse`
-//!   (feeds to viewers), `admin` (moderation), `players` (DPlayer, bilibili
-//!   XML and segments, and the CORS of the routes players use).
+//!   (feeds to viewers), `bilibili` (Bilibili live clients at `/sub`, and
+//!   its raw TCP listener), `admin` (moderation), `players` (DPlayer,
+//!   bilibili XML and segments, and the CORS of the routes players use).
 //! - The route modules read their input through leaves they share:
 //!   `params` (the room, ids and query string of every route), `body`
 //!   (request bodies and JSON, and the codes of a command that does not
@@ -17,17 +18,21 @@
 //!   token and client address). A route module imports no other route
 //!   module, and only this one imports them.
 
+pub mod accept;
 pub mod admin;
+pub mod bilibili;
 pub mod body;
 pub mod caller;
 pub mod client;
 pub mod deadlines;
 pub mod http;
+pub mod outbox;
 pub mod params;
 pub mod players;
 pub mod server;
 pub mod sse;
 pub mod timed_io;
+pub mod upgrade;
 pub mod ws;
 
 use std::sync::Arc;
@@ -64,6 +69,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(http::metrics))
         // Viewers.
         .route("/ws", get(ws::upgrade))
+        .route("/sub", get(bilibili::sub))
         .route("/api/v1/rooms/{room}/stream", get(sse::stream))
         // Rooms, history and sends.
         .route("/api/v1/rooms", get(http::list_rooms))

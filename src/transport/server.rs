@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::accept::{accept, tune};
 use super::deadlines::{Clock, Cut, Deadlines};
 use super::timed_io::TimedStream;
 use super::{client, router, App};
@@ -18,35 +19,35 @@ use crate::error::ApiError;
 use crate::guard::Admitted;
 use crate::metrics::{GaugeGuard, PhaseLabel};
 
-/// Serves `listener` until `shutdown` resolves, then shuts down gracefully:
-/// stop accepting, let HTTP requests in flight finish, commit and publish
-/// every acknowledged send, let viewers drain and close with "going away",
-/// and return once every connection task has ended (or the grace period
-/// has passed).
+/// Serves `listener` until `shutdown` resolves, then shuts down
+/// gracefully: stop accepting, let HTTP requests in flight finish, commit
+/// and publish every acknowledged send, let viewers drain and close with
+/// "going away", and return once every connection task has ended (or the
+/// grace period has passed). Other listeners' connections (the Bilibili
+/// TCP port) are tasks of `app.tasks` too, and drain alike.
 pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let router = router(app.clone());
     let stop = CancellationToken::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match app.node.guard.admit_connection(peer.ip()) {
-                    Ok(admitted) => {
-                        let conn = serve_connection(app.clone(), router.clone(), stream, peer, admitted, stop.clone());
-                        app.tasks.spawn(conn);
-                    }
-                    Err(e) => refuse(&app, stream, e),
-                },
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+    accept(
+        &app,
+        listener,
+        shutdown,
+        |stream, peer, admitted| match admitted {
+            Ok(admitted) => {
+                let conn = serve_connection(
+                    app.clone(),
+                    router.clone(),
+                    stream,
+                    peer,
+                    admitted,
+                    stop.clone(),
+                );
+                app.tasks.spawn(conn);
             }
-        }
-    }
-    drop(listener);
+            Err(e) => refuse(&app, stream, e),
+        },
+    )
+    .await;
     tracing::info!("shutting down: no longer accepting connections");
     stop.cancel();
     let grace = Duration::from_secs(app.node.config.connection.shutdown_grace_s);
@@ -98,13 +99,7 @@ async fn serve_connection(
     // place is given back when the last of them ends.
     let admitted = Arc::new(admitted);
     let _task = GaugeGuard::new(&app.node.metrics.tasks);
-    let _ = stream.set_nodelay(true);
-    let send_buffer = app.node.config.connection.send_buffer_bytes;
-    if send_buffer > 0 {
-        // Bounds the kernel memory a stalled client can pin, and makes it
-        // lag (and be cut off) instead of silently buffering megabytes.
-        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
-    }
+    tune(&stream, &app.node.config);
     let clock = Clock::new(Deadlines::new(&app.node.config.connection));
     let node = app.node.clone();
     let service = hyper::service::service_fn({

@@ -8,18 +8,10 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use crate::server::*;
+use crate::services::free_port;
 
 /// A text that would be markup if a player inserted it as HTML.
 const MARKUP: &str = "<img src=x onerror=alert(1)>";
-
-/// A free port on 127.0.0.1 for the player page's own origin.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Runs `players.mjs` and returns what it printed.
 fn players(args: &[&str]) -> Value {

@@ -7,6 +7,7 @@ mod bad_input;
 mod bench;
 mod browser;
 mod cli;
+mod clients;
 mod cluster;
 mod connection;
 mod crash;

@@ -400,16 +400,22 @@ pub fn token(secret: &str, claims: Value) -> String {
     .unwrap()
 }
 
-/// Runs `node SCRIPT ARGS…` in `tests/clients` (real npm clients and
-/// players, installed by `tests/clients/install.sh`) and returns its
-/// stdout; panics with its stderr if it fails. Fails, never skips, when the
-/// clients are not installed.
-pub fn node_client(script: &str, args: &[&str]) -> Vec<u8> {
+/// `tests/clients`, where the real npm clients and players and their
+/// driver scripts live. Fails, never skips, when they are not installed.
+pub fn clients_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
     assert!(
-        dir.join("node_modules").is_dir(),
-        "the npm clients are not installed: run `bash tests/clients/install.sh`"
+        dir.join("node_modules/bilibili-live-ws").is_dir()
+            && dir.join("node_modules/playwright-core").is_dir(),
+        "the real clients are not installed: run `bash tests/clients/install.sh` once"
     );
+    dir
+}
+
+/// Runs `node SCRIPT ARGS…` in [`clients_dir`] and returns its stdout;
+/// panics with its stderr if it fails.
+pub fn node_client(script: &str, args: &[&str]) -> Vec<u8> {
+    let dir = clients_dir();
     let out = Command::new("node")
         .arg(script)
         .args(args)

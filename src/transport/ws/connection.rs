@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::outbox::Outbox;
+use super::super::outbox::{linger, Outbox};
 use crate::error::ApiError;
 use crate::guard::Sender;
 use crate::hub::{encode_ws, DirectSink, Frame};
@@ -89,11 +89,6 @@ pub struct Connection {
     hello: Option<Bytes>,
 }
 
-/// How long a closed connection keeps reading (and discarding) before the
-/// socket is dropped, so that unread client bytes do not make the kernel
-/// reset the connection and destroy the close frame in flight.
-const LINGER: Duration = Duration::from_secs(2);
-
 /// The socket as the room's flusher sees it.
 struct Socket(Arc<TcpStream>);
 
@@ -153,7 +148,7 @@ impl Connection {
         );
         let _task = GaugeGuard::new(&metrics.tasks);
         match self.serve().await {
-            Ok(()) => self.linger().await,
+            Ok(()) => linger(&self.stream).await,
             Err(e) => tracing::debug!(
                 error = %e,
                 room = %self.room,
@@ -161,27 +156,6 @@ impl Connection {
                 "websocket connection ended"
             ),
         }
-    }
-
-    /// After the close frame is written: end our side, then read and discard
-    /// until the client closes too (or `LINGER` passes).
-    async fn linger(&mut self) {
-        let _ = socket2::SockRef::from(&*self.stream).shutdown(std::net::Shutdown::Write);
-        let mut scratch = [0u8; 512];
-        let drain = async {
-            loop {
-                if self.stream.readable().await.is_err() {
-                    break;
-                }
-                match self.stream.try_read(&mut scratch) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     async fn serve(&mut self) -> io::Result<()> {

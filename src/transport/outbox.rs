@@ -1,5 +1,6 @@
 //! A connection's outbound queue: whole frames, written with vectored,
-//! non-blocking writes.
+//! non-blocking writes; and how a connection ends once its last frame is
+//! written ([`linger`]). The WebSocket and Bilibili connections share both.
 //!
 //! Shared frames are `Bytes` clones of the hub's one encoding, so queueing
 //! a frame for a viewer copies a pointer, not the payload. The queue is
@@ -8,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
@@ -81,4 +83,30 @@ impl Outbox {
             }
         }
     }
+}
+
+/// How long a closed connection keeps reading (and discarding) before the
+/// socket is dropped, so that unread client bytes do not make the kernel
+/// reset the connection and destroy the close frame in flight.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After the last bytes (a close frame) are written: ends our side, then
+/// reads and discards until the client closes too (or `LINGER` passes).
+pub async fn linger(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let mut scratch = [0u8; 512];
+    let drain = async {
+        loop {
+            if stream.readable().await.is_err() {
+                break;
+            }
+            match stream.try_read(&mut scratch) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
