@@ -665,8 +665,9 @@ impl Config {
                 "connection.trusted_proxies must list at most 1000 networks",
             ),
             (
-                self.bilibili.room_prefix.len() <= 32,
-                "bilibili.room_prefix must be at most 32 characters",
+                self.bilibili.room_prefix.len() <= 32
+                    && crate::guard::check_room(&format!("{}0", self.bilibili.room_prefix)).is_ok(),
+                "bilibili.room_prefix must be at most 32 characters of a room name ([A-Za-z0-9_.:-])",
             ),
             (
                 self.http.cors_allow_origins.len() <= MAX_ORIGINS

@@ -154,9 +154,11 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
             }
         }
         Format::Jsonl => {
+            // Pages as large as the server gives (`limits.max_history`,
+            // whatever it is set to), until one comes back empty.
             let mut after = 0u64;
             loop {
-                let url = format!("{base}/danmaku?after={after}&limit=1000");
+                let url = format!("{base}/danmaku?after={after}");
                 let page: Value = checked(client.get(&url).send().await, &url)
                     .await?
                     .json()
@@ -169,8 +171,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
                 }
                 progress.add(items.len() as u64);
                 match items.last().and_then(|d| d["id"].as_u64()) {
-                    Some(id) if items.len() == 1000 => after = id,
-                    _ => break,
+                    Some(id) => after = id,
+                    None => break,
                 }
             }
         }

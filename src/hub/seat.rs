@@ -129,13 +129,20 @@ impl Seat {
         }
         let slices = &slices[..frames.len()];
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        let written = match sink.try_write(slices) {
-            // Full (or broken): the task finds out which on its own write.
-            Ok(0) | Err(_) => {
-                self.hand_back(s);
-                return None;
+        // Frames with nothing for this wire (a Bilibili viewer's share of a
+        // frame density control emptied) are taken without a write: a
+        // zero-length write would read as a full socket and wake the task.
+        let written = if total == 0 {
+            0
+        } else {
+            match sink.try_write(slices) {
+                // Full (or broken): the task finds out which on its own write.
+                Ok(0) | Err(_) => {
+                    self.hand_back(s);
+                    return None;
+                }
+                Ok(w) => w,
             }
-            Ok(w) => w,
         };
         if written < total {
             // Keep the rest, in order, for the viewer's task.

@@ -18,6 +18,12 @@ use tokio::net::TcpStream;
 /// dozen frames already fill a socket buffer.
 const MAX_SLICES: usize = 64;
 
+/// What a queued frame costs besides its bytes: its slot, and the
+/// allocation behind a small control frame (a pong, a heartbeat reply).
+/// Charged so that a client that sends tiny pings and never reads cannot
+/// queue far more memory than the limit on queued bytes says.
+const FRAME_OVERHEAD: usize = 128;
+
 /// Frames waiting for the socket.
 #[derive(Default)]
 pub struct Outbox {
@@ -28,11 +34,11 @@ pub struct Outbox {
 impl Outbox {
     /// Queues a whole frame.
     pub fn push(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
+        self.bytes += frame.len() + FRAME_OVERHEAD;
         self.frames.push_back(frame);
     }
 
-    /// Bytes waiting.
+    /// Bytes waiting, each frame charged [`FRAME_OVERHEAD`] more.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -71,15 +77,15 @@ impl Outbox {
 
     fn consume(&mut self, mut written: usize) {
         self.bytes -= written;
-        while written > 0 {
-            let front = self.frames.front_mut().expect("wrote more than was queued");
+        while let Some(front) = self.frames.front_mut() {
             if written >= front.len() {
                 written -= front.len();
                 self.frames.pop_front();
+                self.bytes -= FRAME_OVERHEAD;
             } else {
                 // Only this viewer's view of the shared bytes moves.
                 front.advance(written);
-                written = 0;
+                break;
             }
         }
     }

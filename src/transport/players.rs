@@ -300,12 +300,19 @@ pub(super) async fn import(
             .map(|item| item.into_new(&room, IMPORT_USER, IMPORT_USER))
             .collect();
         let dropped = imported.dropped.len();
-        let stored = app.node.import(&admin, &room, news, dropped).await?;
+        // On a task of its own: a client that hangs up does not cut an
+        // import off between two chunks (it runs to its end, and is
+        // audited).
+        let node = app.node.clone();
+        let (admin, into) = (admin.clone(), room.clone());
+        let stored = tokio::spawn(async move { node.import(&admin, &into, news, dropped).await })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
         Ok::<_, ApiError>(ImportReport {
             room: room.clone(),
-            imported: stored.len(),
-            first_id: stored.first().map(|d| d.id),
-            last_id: stored.last().map(|d| d.id),
+            imported: stored.count,
+            first_id: stored.first_id,
+            last_id: stored.last_id,
             dropped,
             dropped_lines: imported
                 .dropped
@@ -414,6 +421,26 @@ pub(super) async fn cors(State(app): State<App>, request: Request, next: Next) -
         &http.cors_write_origins
     };
     let origin = request.headers().get(header::ORIGIN).cloned();
+    // A browser sends a form or a `text/plain` POST to another origin
+    // without asking first, and hiding the answer would not undo the
+    // write: a write from a page of an origin not allowed is refused
+    // before it runs. Our own pages (same origin) and clients that are not
+    // browsers (no `Origin`) are not affected.
+    if !read && !preflight {
+        if let Some(o) = origin
+            .as_ref()
+            .filter(|o| !same_origin(o, request.headers()))
+        {
+            if !allowed.iter().any(|a| a.as_bytes() == o.as_bytes()) {
+                app.node.metrics.reject(ErrorCode::Forbidden);
+                return ApiError::new(
+                    ErrorCode::Forbidden,
+                    "writes from this page's origin are not allowed (http.cors_write_origins)",
+                )
+                .into_response();
+            }
+        }
+    }
     let mut response = if preflight {
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -451,4 +478,18 @@ pub(super) async fn cors(State(app): State<App>, request: Request, next: Next) -
         );
     }
     response
+}
+
+/// Whether `origin` is the server's own, as the request addressed it
+/// (`Host`): a page we served writing back to us.
+fn same_origin(origin: &HeaderValue, headers: &HeaderMap) -> bool {
+    let (Ok(origin), Some(host)) = (
+        origin.to_str(),
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    ) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }

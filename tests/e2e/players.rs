@@ -581,6 +581,44 @@ async fn reads_answer_any_origin_and_writes_only_configured_ones() {
         let (status, allow, _) = cors(&server, Method::OPTIONS, path, site, Some("POST")).await;
         assert_eq!((status, allow), (204, None), "{path}: refused by default");
     }
+    // A page elsewhere cannot make its visitors send: a form-like POST
+    // (text/plain, no preflight) from another origin is refused before it
+    // runs, and nothing is stored. Our own page and non-browser clients
+    // (no Origin) still send.
+    let url = format!("{}/api/v1/rooms/r/danmaku", server.url());
+    let own = server.url();
+    for (origin, body, want) in [
+        (Some(site), r#"{"text":"spam"}"#, 403),
+        (Some(own.as_str()), r#"{"text":"from our page"}"#, 201),
+        (None, r#"{"text":"from a bot"}"#, 201),
+    ] {
+        let mut req = http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{origin:?}");
+    }
+    let res = http()
+        .post(format!("{}/dplayer/v3/", server.url()))
+        .header("origin", site)
+        .header("content-type", "text/plain")
+        .body(r#"{"id":"r","author":"x","time":0,"text":"spam","color":16777215,"type":0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    let (_, history) = get_json(&server, "/api/v1/rooms/r/danmaku").await;
+    let texts: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["from our page", "from a bot"]);
     server.stop();
 
     let dir = tempfile::tempdir().unwrap();

@@ -338,7 +338,7 @@ impl Connection {
                     tracing::debug!(
                         reason = %close.reason,
                         client = %self.client,
-                        "closing a bilibili connection on bad input"
+                        "closing a bilibili connection"
                     );
                     self.close(close);
                 }
