@@ -396,6 +396,49 @@ mod tests {
         ))
     }
 
+    /// A sink for which danmaku frames hold nothing (a Bilibili viewer's
+    /// share of a frame density control emptied): only control frames
+    /// have bytes. Any write counts as one.
+    struct Picky {
+        writes: Mutex<usize>,
+    }
+
+    impl DirectSink for Picky {
+        fn bytes<'f>(&self, frame: &'f Frame) -> &'f Bytes {
+            static NOTHING: Bytes = Bytes::new();
+            match frame.kind() {
+                crate::hub::FrameKind::Danmaku { .. } => &NOTHING,
+                _ => frame.ws(),
+            }
+        }
+
+        fn try_write(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            *self.writes.lock().unwrap() += 1;
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+    }
+
+    #[test]
+    fn a_frame_with_nothing_for_the_viewer_is_taken_without_a_write_or_a_wake_up() {
+        let room = room();
+        let mut viewer = room.join();
+        room.seed_last_id(0);
+        let sink = Arc::new(Picky {
+            writes: Mutex::new(0),
+        });
+        viewer.attach(sink.clone());
+        assert!(viewer.park(0));
+        let metrics = Metrics::new();
+        room.push(&[danmaku(1)], Instant::now());
+        assert!(room.flush(&FanoutConfig::default(), &metrics));
+        room.pass_now(&FanoutConfig::default(), &metrics);
+        assert_eq!(*sink.writes.lock().unwrap(), 0, "nothing to write");
+        // Still parked, past the frame: its task was not woken for it.
+        let back = viewer.unpark();
+        assert_eq!(back.last_id, Some(1));
+        assert!(back.leftover.is_empty());
+    }
+
     #[test]
     fn a_parked_viewer_is_written_to_and_handed_back_with_the_rest_in_order() {
         let room = room();
