@@ -19,7 +19,7 @@
 //! | 3 | colour | decimal RGB |
 //! | 4 | sent at, unix seconds | `ts / 1000` |
 //! | 5 | pool | always 0 (the normal pool) |
-//! | 6 | user hash | [`user_hash`] of our user id |
+//! | 6 | user hash | [`member_hash`] of our user id (as the live protocol's) |
 //! | 7 | danmaku id | our id in the room |
 //!
 //! Text and attribute values are escaped with exactly the five named
@@ -93,7 +93,8 @@ pub struct XmlWriter {
 impl XmlWriter {
     /// A writer whose header says `<maxlimit>max_limit</maxlimit>`:
     /// bilibili's size of the video's danmaku pool. Players ignore it; the
-    /// route passes the most danmaku an export may hold.
+    /// export route passes the room's newest id (an upper bound on what
+    /// the file holds).
     pub fn new(max_limit: u64) -> XmlWriter {
         XmlWriter { max_limit }
     }
@@ -498,8 +499,9 @@ struct JsonLine {
 
 /// Reads our JSON lines (`application/x-ndjson`): one object per line, as
 /// the history API and `danmaku export --format jsonl` write them, with
-/// `text` and optionally `vt`, `mode`, `color`, `size` (and `ts`, kept as
-/// the time it was first sent). Blank lines are skipped; a line that is not
+/// `text` and optionally `vt`, `mode`, `color`, `size` (other fields, such
+/// as `id` and `ts`, are read past: the server numbers and dates what it
+/// stores). Blank lines are skipped; a line that is not
 /// such an object, or whose fields a send could not have, is dropped.
 pub fn parse_ndjson(input: &[u8], limits: &ImportLimits) -> Result<Imported, ImportError> {
     let text = utf8_within(input, limits)?;

@@ -93,19 +93,11 @@ pub fn post_answer(stored: Option<&Danmaku>) -> Vec<u8> {
     success(stored.map(Item::from))
 }
 
-/// The answer to a refused request: `{"code":1,"msg":"…"}`; DPlayer shows
-/// the `msg`.
-pub fn error_answer(message: &str) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Failure<'a> {
-        code: u8,
-        msg: &'a str,
-    }
-    serde_json::to_vec(&Failure {
-        code: 1,
-        msg: message,
-    })
-    .expect("an answer always serialises")
+/// The answer to a refused request: `{"code":1,"msg":"…"}` (DPlayer shows
+/// the `msg`), with `error`, the refusal as other routes give it, beside.
+pub fn error_answer(message: &str, error: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "code": 1, "msg": message, "error": error }))
+        .expect("a JSON value always serialises")
 }
 
 /// A danmaku as DPlayer posts it, checked for shape: what the guard then
@@ -321,10 +313,11 @@ mod tests {
         );
         let held: Value = serde_json::from_slice(&post_answer(None)).unwrap();
         assert_eq!(held, serde_json::json!({"code": 0, "data": null}));
-        let err: Value = serde_json::from_slice(&error_answer("text is \"empty\"")).unwrap();
+        let err: Value =
+            serde_json::from_slice(&error_answer("text is \"empty\"", &"details")).unwrap();
         assert_eq!(
             err,
-            serde_json::json!({"code": 1, "msg": "text is \"empty\""})
+            serde_json::json!({"code": 1, "msg": "text is \"empty\"", "error": "details"})
         );
     }
 

@@ -53,12 +53,8 @@ fn dplayer_answer(result: Result<Vec<u8>, ApiError>) -> Response {
     match result {
         Ok(body) => (json, body).into_response(),
         Err(e) => {
-            let body = serde_json::json!({
-                "code": 1,
-                "msg": format!("{}: {}", e.code.as_str(), e.message),
-                "error": &e,
-            });
-            let mut response = (json, body.to_string()).into_response();
+            let msg = format!("{}: {}", e.code.as_str(), e.message);
+            let mut response = (json, dplayer::error_answer(&msg, &e)).into_response();
             if let Some(seconds) = e.retry_after_s {
                 response
                     .headers_mut()
