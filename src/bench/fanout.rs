@@ -13,7 +13,7 @@ use super::audience::{Audience, Crowd, DRAIN};
 use super::cluster::Cluster;
 use super::progress::{Counters, Progress};
 use super::report::Report;
-use super::viewer::{now_micros, STAMP};
+use super::viewer::{now_micros, Protocol, STAMP};
 
 /// Connections opened at once while connecting viewers.
 const CONNECT_CONCURRENCY: usize = 256;
@@ -30,6 +30,8 @@ pub struct Plan {
     pub slow_viewers: usize,
     /// Load generator processes holding the viewers (1: this one).
     pub procs: usize,
+    /// The wire the viewers speak.
+    pub protocol: Protocol,
 }
 
 impl Plan {
@@ -52,6 +54,7 @@ impl Plan {
             duration: Duration::from_secs_f64(duration),
             slow_viewers: 0,
             procs: 1,
+            protocol: Protocol::Json,
         }
     }
 }
@@ -71,6 +74,7 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         viewers,
         slow_viewers: plan.slow_viewers,
         concurrency: CONNECT_CONCURRENCY,
+        protocol: plan.protocol,
     };
     let audience = Audience::gather(&crowd, plan.procs, &counters).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
@@ -150,6 +154,9 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         thinned: Some(seen.thinned),
         errors: Some(errors),
         procs: Some(plan.procs),
+        protocol: Some(plan.protocol.name()),
+        wire_bytes_per_danmaku: (seen.received > 0)
+            .then(|| seen.wire_bytes as f64 / seen.received as f64),
         ..Report::default()
     };
     if let Some(h) = counters.latency.lock().expect("latency lock").as_ref() {
