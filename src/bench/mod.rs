@@ -105,6 +105,24 @@ static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// number only.
 const BILIBILI_ROOM: &str = "7100";
 
+/// The room of a fanout: `--room`, or the default for `protocol`; an
+/// error if the protocol cannot name it.
+fn fanout_room(room: Option<String>, protocol: Protocol) -> anyhow::Result<String> {
+    let room = room.unwrap_or_else(|| {
+        match protocol {
+            Protocol::Json => "bench",
+            Protocol::Bilibili => BILIBILI_ROOM,
+        }
+        .to_owned()
+    });
+    if protocol == Protocol::Bilibili && room.parse::<u64>().is_err() {
+        anyhow::bail!(
+            "--protocol bilibili needs a numeric --room, not {room:?} (/sub names rooms by number)"
+        );
+    }
+    Ok(room)
+}
+
 /// `&token=…` for a WebSocket URL's query, or nothing.
 fn token_query() -> String {
     TOKEN
@@ -228,6 +246,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Scenario::Shard = args.scenario {
         return audience::serve_shard().await;
     }
+    // A room the viewers cannot name is refused before any node starts.
+    if let Scenario::Fanout { room, protocol, .. } = &args.scenario {
+        fanout_room(room.clone(), *protocol)?;
+    }
     let urls: Vec<String> = args.url.iter().chain(&args.cluster).cloned().collect();
     let cluster = cluster::Cluster::start(cluster::Spec {
         urls: &urls,
@@ -250,18 +272,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             slow_viewers,
             procs,
         } => {
-            let room = room.unwrap_or_else(|| {
-                match protocol {
-                    Protocol::Json => "bench",
-                    Protocol::Bilibili => BILIBILI_ROOM,
-                }
-                .to_owned()
-            });
-            if protocol == Protocol::Bilibili && room.parse::<u64>().is_err() {
-                anyhow::bail!(
-                    "--protocol bilibili needs a numeric --room (its /sub names rooms by number)"
-                );
-            }
+            let room = fanout_room(room, protocol)?;
             let mut plan =
                 fanout::Plan::new("fanout", vec![room], viewers, senders, rate, duration);
             plan.slow_viewers = slow_viewers;
