@@ -54,6 +54,10 @@ pub struct Crowd {
     pub concurrency: usize,
     /// The wire the viewers speak.
     pub protocol: Protocol,
+    /// Each room's newest id before the run, for viewers whose wire has no
+    /// hello frame to say where to start counting (Bilibili's); empty when
+    /// the wire says.
+    pub start_ids: Vec<u64>,
 }
 
 impl Crowd {
@@ -220,7 +224,10 @@ async fn connect(crowd: &Crowd, range: Range<usize>, counters: &Arc<Counters>) -
         });
         for (room, result) in futures_util::future::join_all(attempts).await {
             match result {
-                Ok(v) => {
+                Ok(mut v) => {
+                    if let Some(&last) = crowd.start_ids.get(room) {
+                        v.start_after(last);
+                    }
                     counters.connected.fetch_add(1, Ordering::Relaxed);
                     joined.connected[room] += 1;
                     viewers.push((room, v));
@@ -569,6 +576,7 @@ mod tests {
             slow_viewers: 2,
             concurrency: 1,
             protocol: Protocol::Bilibili,
+            start_ids: vec![0, 4, 9],
         };
         // Room i % 3, its viewers dealt over both nodes, 200 sampled ones
         // among those that keep up.

@@ -64,6 +64,7 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         slow_viewers: 0,
         concurrency: CONCURRENCY,
         protocol: Protocol::Json,
+        start_ids: Vec::new(),
     };
     let started = Instant::now();
     let audience = Audience::gather(&crowd, plan.procs, &counters).await?;

@@ -66,6 +66,14 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let rooms = plan.rooms.len();
     let viewers = rooms * plan.viewers_per_room;
 
+    // Bilibili viewers are not told where their room's ids start: the
+    // room's newest id before anything is sent is where they count from.
+    let mut start_ids = Vec::new();
+    if plan.protocol == Protocol::Bilibili {
+        for room in &plan.rooms {
+            start_ids.push(last_id(cluster, room).await?);
+        }
+    }
     // Viewers first, so that every danmaku sent has all its viewers.
     let connect_started = Instant::now();
     let crowd = Crowd {
@@ -75,6 +83,7 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         slow_viewers: plan.slow_viewers,
         concurrency: CONNECT_CONCURRENCY,
         protocol: plan.protocol,
+        start_ids,
     };
     let audience = Audience::gather(&crowd, plan.procs, &counters).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
@@ -163,6 +172,23 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         report.set_latency(h);
     }
     Ok(report)
+}
+
+/// The newest id of `room` (0 for a room without danmaku), as a node says.
+async fn last_id(cluster: &Cluster, room: &str) -> anyhow::Result<u64> {
+    let node = cluster.layout().sender(0);
+    let mut req = cluster
+        .http()
+        .get(format!("http://{node}/api/v1/rooms/{room}"))
+        .timeout(super::HTTP_TIMEOUT);
+    if let Some(token) = super::TOKEN.get() {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await?.error_for_status()?;
+    let body: serde_json::Value = res.json().await?;
+    body["last_id"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("room {room}: no last_id in {body}"))
 }
 
 /// When and how fast one sender sends.

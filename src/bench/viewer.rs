@@ -333,6 +333,12 @@ impl Viewer {
         })
     }
 
+    /// Counts from id `last + 1`: what a hello frame says on the JSON
+    /// wire, for a wire without one.
+    pub fn start_after(&mut self, last: u64) {
+        self.seen.next_id = last + 1;
+    }
+
     /// Reads until `last_id` holds a final id and the viewer has reached it,
     /// or the channel closes; returns what it saw.
     pub async fn run(

@@ -275,31 +275,27 @@ async fn bilibili_viewers_lose_nothing_and_read_fewer_bytes_than_json_ones() {
     // A room of a few hundred viewers gets a frame per danmaku at the
     // default writes_per_s; at 1,000 writes/s its frames carry several, as
     // a 10,000-viewer room's do by default, which is where brotli pays.
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!("[fanout]\nwrites_per_s = 1000\n{EXEMPT_LOOPBACK}"),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
+    let config = format!("[fanout]\nwrites_per_s = 1000\n{EXEMPT_LOOPBACK}");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
     let fanout = |protocol: &str| {
-        run_cli_json(&[
-            "bench",
-            "--json",
-            "--server-config",
-            config,
-            "fanout",
-            "--protocol",
-            protocol,
-            "--viewers",
-            "300",
-            "--senders",
-            "4",
-            "--rate",
-            "300",
-            "--duration",
-            "3",
-        ])
+        bench(
+            &server,
+            &[
+                "fanout",
+                "--protocol",
+                protocol,
+                "--room",
+                "7100",
+                "--viewers",
+                "300",
+                "--senders",
+                "4",
+                "--rate",
+                "300",
+                "--duration",
+                "3",
+            ],
+        )
     };
     let bilibili = fanout("bilibili");
     assert_eq!(bilibili["protocol"], "bilibili");
@@ -325,6 +321,17 @@ async fn bilibili_viewers_lose_nothing_and_read_fewer_bytes_than_json_ones() {
         json["wire_bytes_per_danmaku"].as_f64().unwrap(),
     );
     assert!(b > 0.0 && b < j, "bilibili {b} B/danmaku, json {j}");
+
+    // The room has history now, which Bilibili viewers are not sent: they
+    // count from the room's newest id, and nothing before it is lost.
+    let again = fanout("bilibili");
+    assert_eq!(
+        (&again["lost"], &again["errors"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    assert!(again["delivered_per_s"].as_f64().unwrap() > 0.0);
+    server.stop();
 
     // /sub names rooms by number: another room is refused before any
     // node starts.
