@@ -7,7 +7,9 @@
 //! them (`--place`). Viewers are lean hand-written WebSocket readers
 //! ([`viewer`]): they scan frames for ids and send times instead of parsing
 //! JSON, so that on a 2-core machine the generator is not what limits the
-//! figures; with `--procs` they are spread over child processes
+//! figures (Bilibili viewers, `fanout --protocol bilibili`, look each
+//! brotli message up in a per-process memo instead of inflating it:
+//! [`bili`]); with `--procs` they are spread over child processes
 //! ([`audience`]). The bench speaks only the public protocol, so it loads a
 //! cluster exactly as clients would.
 
