@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use super::cluster::Layout;
 use super::progress::Counters;
 use super::report::latency_histogram;
-use super::viewer::{source_ip, Seen, Viewer};
+use super::viewer::{source_ip, Protocol, Seen, Viewer};
 
 /// Viewers whose every danmaku's latency is measured (the others only
 /// check ids): enough for stable percentiles, few enough to stay cheap.
@@ -52,6 +52,12 @@ pub struct Crowd {
     pub slow_viewers: usize,
     /// Handshakes in flight at once, per process.
     pub concurrency: usize,
+    /// The wire the viewers speak.
+    pub protocol: Protocol,
+    /// Each room's newest id before the run, for viewers whose wire has no
+    /// hello frame to say where to start counting (Bilibili's); empty when
+    /// the wire says.
+    pub start_ids: Vec<u64>,
 }
 
 impl Crowd {
@@ -88,6 +94,8 @@ pub struct Totals {
     pub lagged: u64,
     /// Danmaku density control left out.
     pub thinned: u64,
+    /// Bytes the viewers read, frames and headers included.
+    pub wire_bytes: u64,
     /// When the last danmaku was received, µs since the epoch.
     pub last_delivery_us: u64,
 }
@@ -99,6 +107,7 @@ impl Totals {
         self.duplicated += other.duplicated;
         self.lagged += other.lagged;
         self.thinned += other.thinned;
+        self.wire_bytes += other.wire_bytes;
         self.last_delivery_us = self.last_delivery_us.max(other.last_delivery_us);
     }
 }
@@ -207,6 +216,7 @@ async fn connect(crowd: &Crowd, range: Range<usize>, counters: &Arc<Counters>) -
                 crowd.node(i),
                 source_ip(i),
                 &crowd.rooms[room],
+                crowd.protocol,
                 crowd.sampled(i),
                 crowd.slow(i),
             );
@@ -214,7 +224,10 @@ async fn connect(crowd: &Crowd, range: Range<usize>, counters: &Arc<Counters>) -
         });
         for (room, result) in futures_util::future::join_all(attempts).await {
             match result {
-                Ok(v) => {
+                Ok(mut v) => {
+                    if let Some(&last) = crowd.start_ids.get(room) {
+                        v.start_after(last);
+                    }
                     counters.connected.fetch_add(1, Ordering::Relaxed);
                     joined.connected[room] += 1;
                     viewers.push((room, v));
@@ -267,6 +280,7 @@ impl Local {
                 duplicated: seen.duplicated,
                 lagged: seen.lagged,
                 thinned: seen.thinned,
+                wire_bytes: seen.wire_bytes,
                 last_delivery_us: 0,
             });
         }
@@ -561,6 +575,8 @@ mod tests {
             viewers: 1000,
             slow_viewers: 2,
             concurrency: 1,
+            protocol: Protocol::Bilibili,
+            start_ids: vec![0, 4, 9],
         };
         // Room i % 3, its viewers dealt over both nodes, 200 sampled ones
         // among those that keep up.

@@ -13,7 +13,7 @@ use super::audience::{Audience, Crowd};
 use super::cluster::{Cluster, Layout};
 use super::progress::{Counters, Progress};
 use super::report::Report;
-use super::viewer::{now_micros, STAMP};
+use super::viewer::{now_micros, Protocol, STAMP};
 
 /// Handshakes in flight at once, per process.
 const CONCURRENCY: usize = 512;
@@ -63,6 +63,8 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         viewers: plan.connections,
         slow_viewers: 0,
         concurrency: CONCURRENCY,
+        protocol: Protocol::Json,
+        start_ids: Vec::new(),
     };
     let started = Instant::now();
     let audience = Audience::gather(&crowd, plan.procs, &counters).await?;

@@ -13,7 +13,7 @@ use super::audience::{Audience, Crowd, DRAIN};
 use super::cluster::Cluster;
 use super::progress::{Counters, Progress};
 use super::report::Report;
-use super::viewer::{now_micros, STAMP};
+use super::viewer::{now_micros, Protocol, STAMP};
 
 /// Connections opened at once while connecting viewers.
 const CONNECT_CONCURRENCY: usize = 256;
@@ -30,6 +30,8 @@ pub struct Plan {
     pub slow_viewers: usize,
     /// Load generator processes holding the viewers (1: this one).
     pub procs: usize,
+    /// The wire the viewers speak.
+    pub protocol: Protocol,
 }
 
 impl Plan {
@@ -52,6 +54,7 @@ impl Plan {
             duration: Duration::from_secs_f64(duration),
             slow_viewers: 0,
             procs: 1,
+            protocol: Protocol::Json,
         }
     }
 }
@@ -63,6 +66,14 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     let rooms = plan.rooms.len();
     let viewers = rooms * plan.viewers_per_room;
 
+    // Bilibili viewers are not told where their room's ids start: the
+    // room's newest id before anything is sent is where they count from.
+    let mut start_ids = Vec::new();
+    if plan.protocol == Protocol::Bilibili {
+        for room in &plan.rooms {
+            start_ids.push(last_id(cluster, room).await?);
+        }
+    }
     // Viewers first, so that every danmaku sent has all its viewers.
     let connect_started = Instant::now();
     let crowd = Crowd {
@@ -71,6 +82,8 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         viewers,
         slow_viewers: plan.slow_viewers,
         concurrency: CONNECT_CONCURRENCY,
+        protocol: plan.protocol,
+        start_ids,
     };
     let audience = Audience::gather(&crowd, plan.procs, &counters).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
@@ -150,12 +163,32 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
         thinned: Some(seen.thinned),
         errors: Some(errors),
         procs: Some(plan.procs),
+        protocol: Some(plan.protocol.name()),
+        wire_bytes_per_danmaku: (seen.received > 0)
+            .then(|| seen.wire_bytes as f64 / seen.received as f64),
         ..Report::default()
     };
     if let Some(h) = counters.latency.lock().expect("latency lock").as_ref() {
         report.set_latency(h);
     }
     Ok(report)
+}
+
+/// The newest id of `room` (0 for a room without danmaku), as a node says.
+async fn last_id(cluster: &Cluster, room: &str) -> anyhow::Result<u64> {
+    let node = cluster.layout().sender(0);
+    let mut req = cluster
+        .http()
+        .get(format!("http://{node}/api/v1/rooms/{room}"))
+        .timeout(super::HTTP_TIMEOUT);
+    if let Some(token) = super::TOKEN.get() {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await?.error_for_status()?;
+    let body: serde_json::Value = res.json().await?;
+    body["last_id"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("room {room}: no last_id in {body}"))
 }
 
 /// When and how fast one sender sends.

@@ -7,11 +7,14 @@
 //! them (`--place`). Viewers are lean hand-written WebSocket readers
 //! ([`viewer`]): they scan frames for ids and send times instead of parsing
 //! JSON, so that on a 2-core machine the generator is not what limits the
-//! figures; with `--procs` they are spread over child processes
+//! figures (Bilibili viewers, `fanout --protocol bilibili`, look each
+//! brotli message up in a per-process memo instead of inflating it:
+//! [`bili`]); with `--procs` they are spread over child processes
 //! ([`audience`]). The bench speaks only the public protocol, so it loads a
 //! cluster exactly as clients would.
 
 mod audience;
+mod bili;
 mod cluster;
 mod connect;
 mod database;
@@ -29,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{Args, Subcommand};
 
 pub use report::Report;
+use viewer::Protocol;
 
 /// Options of `danmaku bench`.
 #[derive(Debug, Args)]
@@ -99,6 +103,28 @@ fn rate_limited() -> bool {
 /// connection the bench opens reads it.
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The room of a Bilibili fanout without `--room`: `/sub` names rooms by
+/// number only.
+const BILIBILI_ROOM: &str = "7100";
+
+/// The room of a fanout: `--room`, or the default for `protocol`; an
+/// error if the protocol cannot name it.
+fn fanout_room(room: Option<String>, protocol: Protocol) -> anyhow::Result<String> {
+    let room = room.unwrap_or_else(|| {
+        match protocol {
+            Protocol::Json => "bench",
+            Protocol::Bilibili => BILIBILI_ROOM,
+        }
+        .to_owned()
+    });
+    if protocol == Protocol::Bilibili && room.parse::<u64>().is_err() {
+        anyhow::bail!(
+            "--protocol bilibili needs a numeric --room, not {room:?} (/sub names rooms by number)"
+        );
+    }
+    Ok(room)
+}
+
 /// `&token=…` for a WebSocket URL's query, or nothing.
 fn token_query() -> String {
     TOKEN
@@ -140,6 +166,11 @@ fn token_header() -> String {
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// N viewers in one room, S senders posting R danmaku/s in total over WebSocket.
+    ///
+    /// With `--protocol bilibili` the viewers speak Bilibili's live protocol
+    /// at `/sub` (brotli, protover 3) instead of our JSON WebSocket; the
+    /// senders are the same JSON WebSocket senders either way. The report
+    /// gives `wire_bytes_per_danmaku` for both, to compare them.
     Fanout {
         /// Viewers (WebSocket connections) in the room.
         #[arg(long, default_value_t = 1000)]
@@ -153,9 +184,14 @@ enum Scenario {
         /// Seconds of sending.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
-        /// The room.
-        #[arg(long, default_value = "bench")]
-        room: String,
+        /// The room (default `bench`, or `7100` with `--protocol bilibili`,
+        /// which needs a number).
+        #[arg(long)]
+        room: Option<String>,
+        /// What the viewers speak: our JSON WebSocket (`/ws`), or
+        /// Bilibili's live protocol with brotli (`/sub`, protover 3).
+        #[arg(long, value_enum, default_value_t)]
+        protocol: Protocol,
         /// Of the viewers, this many read too slowly on purpose: they should
         /// be reported as lagged (and their losses counted), never silently.
         #[arg(long, default_value_t = 0)]
@@ -212,6 +248,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Scenario::Shard = args.scenario {
         return audience::serve_shard().await;
     }
+    // A room the viewers cannot name is refused before any node starts.
+    if let Scenario::Fanout { room, protocol, .. } = &args.scenario {
+        fanout_room(room.clone(), *protocol)?;
+    }
     let urls: Vec<String> = args.url.iter().chain(&args.cluster).cloned().collect();
     let cluster = cluster::Cluster::start(cluster::Spec {
         urls: &urls,
@@ -230,13 +270,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             duration,
             room,
+            protocol,
             slow_viewers,
             procs,
         } => {
+            let room = fanout_room(room, protocol)?;
             let mut plan =
                 fanout::Plan::new("fanout", vec![room], viewers, senders, rate, duration);
             plan.slow_viewers = slow_viewers;
             plan.procs = procs;
+            plan.protocol = protocol;
             fanout::run(&cluster, plan).await?
         }
         Scenario::Rooms {

@@ -12,6 +12,8 @@ use super::soak::SoakFigures;
 pub struct Report {
     /// `fanout`, `rooms`, `ingest`, `soak` or `connect`.
     pub scenario: &'static str,
+    /// What the viewers spoke (fanout, rooms): `json` or `bilibili`.
+    pub protocol: Option<&'static str>,
     /// Viewers in total.
     pub viewers: Option<usize>,
     /// Rooms.
@@ -27,6 +29,10 @@ pub struct Report {
     /// Deliveries (danmaku received by viewers) per second of sending: the
     /// rate the server kept up with.
     pub delivered_per_s: Option<f64>,
+    /// Bytes the viewers read off their sockets (frames, headers and
+    /// compression included) per danmaku they received: what a danmaku
+    /// costs the wire in `protocol` (fanout, rooms).
+    pub wire_bytes_per_danmaku: Option<f64>,
     /// Latency percentiles, ms: send to receipt (fanout, rooms) or send to
     /// acknowledgement (ingest).
     pub p50_ms: Option<f64>,

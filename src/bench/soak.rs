@@ -25,7 +25,7 @@ use super::cluster::{Cluster, Layout};
 use super::post_danmaku as post;
 use super::progress::{Counters, Progress};
 use super::report::Report;
-use super::viewer::{handshake, now_micros, source_ip, Seen, Viewer, STAMP};
+use super::viewer::{handshake, now_micros, source_ip, ws_target, Protocol, Seen, Viewer, STAMP};
 
 /// The hot room.
 const HOT: &str = "soak-hot";
@@ -127,7 +127,14 @@ pub async fn run(cluster: &Cluster, plan: Plan) -> anyhow::Result<Report> {
     for chunk in indices.chunks(CONNECT_CONCURRENCY) {
         let attempts = chunk.iter().map(|&i| {
             let sample = i % SAMPLE_EVERY_NTH == 0;
-            Viewer::connect(layout.viewer(HOT, i), source_ip(i), HOT, sample, false)
+            Viewer::connect(
+                layout.viewer(HOT, i),
+                source_ip(i),
+                HOT,
+                Protocol::Json,
+                sample,
+                false,
+            )
         });
         for result in futures_util::future::join_all(attempts).await {
             match result {
@@ -378,7 +385,8 @@ impl Churner {
         abrupt: bool,
         c: &Counters,
     ) -> bool {
-        let Ok((mut stream, _)) = handshake(node, self.source, query, false).await else {
+        let Ok((mut stream, _)) = handshake(node, self.source, &ws_target(query), false).await
+        else {
             return false;
         };
         c.connected.fetch_add(1, Ordering::Relaxed);

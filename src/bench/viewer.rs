@@ -3,6 +3,8 @@
 //! It reads server frames (unmasked) straight from a `TcpStream` and scans
 //! danmaku frames for `{"id":` and the sender's timestamp instead of parsing
 //! the JSON, so that thousands of viewers cost the generator little CPU.
+//! With [`Protocol::Bilibili`] it speaks the Bilibili live protocol at
+//! `/sub` instead, and looks its brotli messages up in a memo ([`super::bili`]).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use memchr::memmem::{self, Finder};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
@@ -48,17 +51,46 @@ pub fn source_ip(i: usize) -> Ipv4Addr {
 /// that accepts but never answers must not hold a run forever.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The wire a viewer speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Our JSON WebSocket protocol at `/ws`.
+    #[default]
+    Json,
+    /// Bilibili's live protocol at `/sub`, brotli-compressed (protover 3).
+    /// Rooms must then be numbers (`/sub` names a room by its `roomid`).
+    Bilibili,
+}
+
+impl Protocol {
+    /// Its name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Json => "json",
+            Protocol::Bilibili => "bilibili",
+        }
+    }
+}
+
+/// The request target of a JSON WebSocket viewer of `query` (a room, and
+/// any more of the query string), with the bench's token.
+pub fn ws_target(query: &str) -> String {
+    format!("/ws?room={query}{}", super::token_query())
+}
+
 /// Opens a TCP connection from `source` and completes the WebSocket
-/// handshake; returns the stream and whatever followed the response.
+/// handshake for `target` (path and query); returns the stream and
+/// whatever followed the response.
 pub async fn handshake(
     addr: SocketAddr,
     source: Ipv4Addr,
-    room: &str,
+    target: &str,
     small_buffer: bool,
 ) -> io::Result<(TcpStream, BytesMut)> {
     tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake_untimed(addr, source, room, small_buffer),
+        handshake_untimed(addr, source, target, small_buffer),
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "WebSocket handshake timed out"))?
@@ -67,7 +99,7 @@ pub async fn handshake(
 async fn handshake_untimed(
     addr: SocketAddr,
     source: Ipv4Addr,
-    room: &str,
+    target: &str,
     small_buffer: bool,
 ) -> io::Result<(TcpStream, BytesMut)> {
     let socket = TcpSocket::new_v4()?;
@@ -78,9 +110,8 @@ async fn handshake_untimed(
     let mut stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
     let request = format!(
-        "GET /ws?room={room}{} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: YmVuY2htYXJrLWtleS0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        super::token_query()
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: YmVuY2htYXJrLWtleS0xMg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(1024);
@@ -116,6 +147,9 @@ pub struct Seen {
     pub lagged: u64,
     /// Danmaku the server's density control left out of frames.
     pub thinned: u64,
+    /// Bytes read off the socket after the handshake: frames, headers and
+    /// all, what the viewer cost the wire.
+    pub wire_bytes: u64,
     /// Send-to-receipt latencies, µs (sampled viewers only), not yet
     /// shared with the counters.
     latency: Option<Histogram<u64>>,
@@ -134,7 +168,13 @@ pub struct Viewer {
     /// idle viewer of a 130,000-connection run holds only this), doubled
     /// up to `MAX_READ` whenever a read fills it.
     read_size: usize,
+    /// When a Bilibili viewer sends its next heartbeat (none on JSON).
+    next_beat: Option<tokio::time::Instant>,
 }
+
+/// How often a Bilibili viewer sends a heartbeat, as real clients do (the
+/// server closes one silent for 70 s).
+const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The first read size of a viewer that keeps up, and of a slow one.
 const FIRST_READ: usize = 4096;
@@ -177,6 +217,34 @@ fn number_after(hay: &[u8], key: &Finder<'_>, from: usize) -> Option<(u64, usize
 }
 
 impl Seen {
+    /// Counts danmaku `id` received: in order, after a gap (the ids
+    /// skipped are lost), or again (a duplicate). Before the first id is
+    /// known (no hello frame said where to start), any id starts the count.
+    pub(super) fn tally(&mut self, id: u64) {
+        self.received += 1;
+        if self.next_id == 0 || id == self.next_id {
+            self.next_id = id + 1;
+        } else if id > self.next_id {
+            self.lost += id - self.next_id;
+            self.next_id = id + 1;
+        } else {
+            self.duplicated += 1;
+        }
+    }
+
+    /// Whether this viewer measures latency.
+    pub(super) fn sampling(&self) -> bool {
+        self.latency.is_some()
+    }
+
+    /// Records one latency: received at `now`, sent at `sent` (µs since the
+    /// epoch, the sender's stamp). Nothing on a viewer that does not sample.
+    pub(super) fn sample(&mut self, now: u64, sent: u64) {
+        if let Some(h) = self.latency.as_mut() {
+            let _ = h.record(now.saturating_sub(sent).max(1));
+        }
+    }
+
     /// Tallies one text frame from the server.
     fn scan(&mut self, payload: &[u8]) {
         if payload.starts_with(br#"{"type":"danmaku""#) {
@@ -186,22 +254,14 @@ impl Seen {
             let head = &payload[..keys.items.find(payload).unwrap_or(0)];
             let thinned = number_after(head, &keys.thinned, 0).map(|(n, _)| n);
             let last = number_after(head, &keys.last, 0).map(|(n, _)| n);
-            let now = self.latency.as_ref().map(|_| now_micros());
+            let now = self.sampling().then(now_micros);
             let mut pos = 0;
             while let Some((id, after)) = number_after(payload, &keys.id, pos) {
                 pos = after;
-                self.received += 1;
-                if self.next_id == 0 || id == self.next_id {
-                    self.next_id = id + 1;
-                } else if id > self.next_id {
-                    self.lost += id - self.next_id;
-                    self.next_id = id + 1;
-                } else {
-                    self.duplicated += 1;
-                }
-                if let (Some(h), Some(now)) = (self.latency.as_mut(), now) {
+                self.tally(id);
+                if let Some(now) = now {
                     if let Some((sent, _)) = number_after(payload, &keys.stamp, pos) {
-                        let _ = h.record(now.saturating_sub(sent).max(1));
+                        self.sample(now, sent);
                     }
                 }
             }
@@ -224,15 +284,39 @@ impl Seen {
 }
 
 impl Viewer {
-    /// Connects a viewer to `room`.
+    /// Connects a viewer to `room` over `protocol`; a Bilibili viewer is
+    /// connected once its auth is answered, so that it is in the room.
     pub async fn connect(
         addr: SocketAddr,
         source: Ipv4Addr,
         room: &str,
+        protocol: Protocol,
         sample: bool,
         slow: bool,
     ) -> io::Result<Viewer> {
-        let (stream, buf) = handshake(addr, source, room, slow).await?;
+        let (stream, buf, next_beat) = match protocol {
+            Protocol::Json => {
+                let (stream, buf) = handshake(addr, source, &ws_target(room), slow).await?;
+                (stream, buf, None)
+            }
+            Protocol::Bilibili => {
+                let roomid = room.parse().map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("room {room:?} is not a number, which /sub needs"),
+                    )
+                })?;
+                let (mut stream, mut buf) = handshake(addr, source, "/sub", slow).await?;
+                tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    super::bili::join(&mut stream, &mut buf, roomid),
+                )
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "auth reply timed out"))??;
+                let next_beat = tokio::time::Instant::now() + HEARTBEAT_EVERY;
+                (stream, buf, Some(next_beat))
+            }
+        };
         // A slow viewer reads a little every 50 ms through a tiny receive
         // buffer, so that it falls behind any real rate.
         let pause = slow.then_some(std::time::Duration::from_millis(50));
@@ -241,11 +325,18 @@ impl Viewer {
             buf,
             pause,
             read_size: if slow { SLOW_READ } else { FIRST_READ },
+            next_beat,
             seen: Seen {
                 latency: sample.then(latency_histogram),
                 ..Seen::default()
             },
         })
+    }
+
+    /// Counts from id `last + 1`: what a hello frame says on the JSON
+    /// wire, for a wire without one.
+    pub fn start_after(&mut self, last: u64) {
+        self.seen.next_id = last + 1;
     }
 
     /// Reads until `last_id` holds a final id and the viewer has reached it,
@@ -269,6 +360,13 @@ impl Viewer {
             let chunk = self.read_size;
             self.buf.reserve(chunk);
             let mut limited = (&mut self.stream).take(chunk as u64);
+            let next_beat = self.next_beat;
+            let beat = async move {
+                match next_beat {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let read = tokio::select! {
                 r = limited.read_buf(&mut self.buf) => r,
                 changed = last_id.changed() => {
@@ -277,13 +375,22 @@ impl Viewer {
                     }
                     continue;
                 }
+                () = beat => {
+                    self.next_beat = next_beat.map(|at| at + HEARTBEAT_EVERY);
+                    if self.stream.write_all(&super::bili::heartbeat_frame()).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             };
             match read {
                 Ok(0) | Err(_) => break,
-                Ok(n) if n == chunk && self.pause.is_none() => {
-                    self.read_size = (chunk * 2).min(MAX_READ);
+                Ok(n) => {
+                    self.seen.wire_bytes += n as u64;
+                    if n == chunk && self.pause.is_none() {
+                        self.read_size = (chunk * 2).min(MAX_READ);
+                    }
                 }
-                Ok(_) => {}
             }
             let before = self.seen.received;
             if self.parse_frames().await.is_err() {
@@ -317,38 +424,80 @@ impl Viewer {
     }
 
     async fn parse_frames(&mut self) -> io::Result<()> {
-        loop {
-            let buf = &self.buf[..];
-            if buf.len() < 2 {
-                return Ok(());
-            }
-            let opcode = buf[0] & 0x0f;
-            let (len, header) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 if buf.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&buf[2..10]);
-                    (u64::from_be_bytes(b) as usize, 10)
-                }
-                126 | 127 => return Ok(()),
-                n => (n as usize, 2),
-            };
-            if buf.len() < header + len {
-                return Ok(());
-            }
+        while let Some((opcode, header, len)) = frame_at(&self.buf) {
+            let payload = &self.buf[header..header + len];
             match opcode {
-                0x1 => self.seen.scan(&self.buf[header..header + len]),
+                0x1 => self.seen.scan(payload),
+                0x2 => super::bili::scan(&mut self.seen, payload),
                 0x8 => return Err(io::ErrorKind::ConnectionAborted.into()),
                 0x9 => {
-                    // Pong with an all-zero mask: the payload goes as it is.
-                    let mut pong = vec![0x8A, 0x80 | len as u8, 0, 0, 0, 0];
-                    pong.extend_from_slice(&buf[header..header + len]);
+                    let pong = masked_frame(0xA, payload);
                     self.stream.write_all(&pong).await?;
                 }
                 _ => {}
             }
             self.buf.advance(header + len);
         }
+        Ok(())
+    }
+}
+
+/// The WebSocket frame at the front of `buf`, once it is whole: its
+/// opcode, header length and payload length. A masked frame's payload is
+/// read as it is: only the bench masks, and with an all-zero mask.
+pub fn frame_at(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let (&first, &second) = (buf.first()?, buf.get(1)?);
+    let (len, header) = match second & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?])),
+            4,
+        ),
+        127 => {
+            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(b)).ok()?, 10)
+        }
+        n => (usize::from(n), 2),
+    };
+    let header: usize = header + if second & 0x80 != 0 { 4 } else { 0 };
+    (buf.len() >= header.checked_add(len)?).then_some((first & 0x0f, header, len))
+}
+
+/// A final client frame of `opcode` carrying `payload`, masked (as clients
+/// must) with an all-zero mask, so that the payload goes as it is.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n => match u16::try_from(n) {
+            Ok(n) => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        },
+    }
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[cfg(test)]
+impl Seen {
+    /// A viewer that samples latency, for the tests of other modules.
+    pub(super) fn sampling_for_test() -> Seen {
+        Seen {
+            latency: Some(latency_histogram()),
+            ..Seen::default()
+        }
+    }
+
+    /// The least latency recorded, µs.
+    pub(super) fn latency_min_for_test(&self) -> u64 {
+        self.latency.as_ref().map_or(0, Histogram::min)
     }
 }
 

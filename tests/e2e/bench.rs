@@ -268,3 +268,81 @@ async fn connections_from_two_generator_processes_are_counted_online_and_all_rec
         assert!(n["open_files_peak"].as_u64().unwrap() >= 100, "{n}");
     }
 }
+
+#[tokio::test]
+async fn bilibili_viewers_lose_nothing_and_read_fewer_bytes_than_json_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    // A room of a few hundred viewers gets a frame per danmaku at the
+    // default writes_per_s; at 1,000 writes/s its frames carry several, as
+    // a 10,000-viewer room's do by default, which is where brotli pays.
+    let config = format!("[fanout]\nwrites_per_s = 1000\n{EXEMPT_LOOPBACK}");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    let fanout = |protocol: &str| {
+        bench(
+            &server,
+            &[
+                "fanout",
+                "--protocol",
+                protocol,
+                "--room",
+                "7100",
+                "--viewers",
+                "300",
+                "--senders",
+                "4",
+                "--rate",
+                "300",
+                "--duration",
+                "3",
+            ],
+        )
+    };
+    let bilibili = fanout("bilibili");
+    assert_eq!(bilibili["protocol"], "bilibili");
+    assert_eq!(bilibili["errors"], 0, "{bilibili}");
+    assert_eq!(bilibili["lost"], 0, "{bilibili}");
+    assert_eq!(bilibili["duplicated"], 0, "{bilibili}");
+    assert_eq!(bilibili["viewers"], 300);
+    let sent = bilibili["sent"].as_f64().unwrap();
+    assert!(sent >= 800.0, "{bilibili}");
+    // Every viewer received every danmaku.
+    let delivered = bilibili["delivered_per_s"].as_f64().unwrap() * 3.0;
+    assert_eq!(delivered.round(), sent * 300.0, "{bilibili}");
+    assert!(
+        bilibili["p99_ms"].as_f64().is_some(),
+        "latency from the stamps"
+    );
+
+    let json = fanout("json");
+    assert_eq!(json["protocol"], "json");
+    assert_eq!(json["lost"], 0, "{json}");
+    let (b, j) = (
+        bilibili["wire_bytes_per_danmaku"].as_f64().unwrap(),
+        json["wire_bytes_per_danmaku"].as_f64().unwrap(),
+    );
+    assert!(b > 0.0 && b < j, "bilibili {b} B/danmaku, json {j}");
+
+    // The room has history now, which Bilibili viewers are not sent: they
+    // count from the room's newest id, and nothing before it is lost.
+    let again = fanout("bilibili");
+    assert_eq!(
+        (&again["lost"], &again["errors"]),
+        (&json!(0), &json!(0)),
+        "{again}"
+    );
+    assert!(again["delivered_per_s"].as_f64().unwrap() > 0.0);
+    server.stop();
+
+    // /sub names rooms by number: another room is refused before any
+    // node starts.
+    let out = run_cli(&[
+        "bench",
+        "fanout",
+        "--protocol",
+        "bilibili",
+        "--room",
+        "hall",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("numeric --room"));
+}
