@@ -4,7 +4,6 @@
 //! true}` for the actions the server answers with 204). A refusal exits
 //! non-zero with the server's error on stderr.
 
-use anyhow::{bail, Context};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -213,15 +212,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     if let Some(body) = body {
         req = req.json(&body);
     }
-    let res = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = res.status();
-    let text = res.text().await.context("cannot read the answer")?;
-    if !status.is_success() {
-        bail!("{status}: {text}");
-    }
+    let text = super::answer(req, &url).await?;
     if text.is_empty() {
         println!("{}", json!({ "ok": true }));
     } else {

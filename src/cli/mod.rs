@@ -109,3 +109,20 @@ fn ws_url(http: &str) -> String {
 
 /// The default server URL of the client commands.
 const DEFAULT_URL: &str = "http://127.0.0.1:7100";
+
+/// Sends a request to the server at `url` (for `send`, `admin` and
+/// `import`) and returns the answer's text, or an error carrying the
+/// status and the server's error body when it was refused.
+async fn answer(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let res = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = res.status();
+    let text = res.text().await.context("cannot read the answer")?;
+    if !status.is_success() {
+        anyhow::bail!("{status}: {text}");
+    }
+    Ok(text)
+}

@@ -1,6 +1,5 @@
 //! `danmaku send`: one danmaku over HTTP.
 
-use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::DEFAULT_URL;
@@ -53,17 +52,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<()> {
             body[key] = v;
         }
     }
-    let res = reqwest::Client::new()
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = res.status();
-    let text = res.text().await.context("cannot read the answer")?;
-    if !status.is_success() {
-        bail!("{status}: {text}");
-    }
+    let text = super::answer(reqwest::Client::new().post(&url).json(&body), &url).await?;
     println!("{text}");
     Ok(())
 }

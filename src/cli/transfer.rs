@@ -87,15 +87,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     if let Some(token) = &args.token {
         req = req.bearer_auth(token);
     }
-    let res = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = res.status();
-    let text = res.text().await.context("cannot read the answer")?;
-    if !status.is_success() {
-        bail!("{status}: {text}");
-    }
+    let text = super::answer(req, &url).await?;
     println!("{text}");
     Ok(())
 }

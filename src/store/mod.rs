@@ -176,3 +176,24 @@ where
     }
     Ok(stored)
 }
+
+/// Answers every sender of a group commit: each its stored danmaku, in
+/// order, or all the commit's error.
+pub(crate) fn answer_all(
+    replies: &mut Vec<tokio::sync::oneshot::Sender<Result<Danmaku, StoreError>>>,
+    committed: Result<Vec<Danmaku>, StoreError>,
+) {
+    match committed {
+        Ok(stored) => {
+            for (reply, d) in replies.drain(..).zip(stored) {
+                // The sender may have gone; its danmaku is stored anyway.
+                let _ = reply.send(Ok(d));
+            }
+        }
+        Err(e) => {
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}

@@ -35,7 +35,9 @@ use tokio::time::Instant;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
-use super::{in_chunks, AuditOf, Cause, CommitListener, ModerationStore, Store, StoreError};
+use super::{
+    answer_all, in_chunks, AuditOf, Cause, CommitListener, ModerationStore, Store, StoreError,
+};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
@@ -974,19 +976,8 @@ impl Writer {
         news: &mut Vec<NewDanmaku>,
         replies: &mut Vec<Reply<Danmaku>>,
     ) {
-        match self.commit_batch(std::mem::take(news)).await {
-            Ok(stored) => {
-                for (reply, d) in replies.drain(..).zip(stored) {
-                    // The sender may have gone; its danmaku is stored anyway.
-                    let _ = reply.send(Ok(d));
-                }
-            }
-            Err(e) => {
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+        let committed = self.commit_batch(std::mem::take(news)).await;
+        answer_all(replies, committed);
     }
 
     /// One group commit of `batch`, measured, published once committed,

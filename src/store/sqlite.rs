@@ -22,7 +22,7 @@ use rusqlite::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{in_chunks, AuditOf, CommitListener, ModerationStore, Store, StoreError};
+use super::{answer_all, in_chunks, AuditOf, CommitListener, ModerationStore, Store, StoreError};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
@@ -773,19 +773,8 @@ impl Writer {
         news: &mut Vec<NewDanmaku>,
         replies: &mut Vec<oneshot::Sender<Result<Danmaku, StoreError>>>,
     ) {
-        match self.commit_batch(news) {
-            Ok(stored) => {
-                for (reply, d) in replies.drain(..).zip(stored) {
-                    // The sender may have gone; its danmaku is stored anyway.
-                    let _ = reply.send(Ok(d));
-                }
-            }
-            Err(e) => {
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
+        let committed = self.commit_batch(news);
+        answer_all(replies, committed);
     }
 
     /// One group commit of `news` (left empty), measured, published once

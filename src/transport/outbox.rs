@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The most slices one write takes: Linux's IOV_MAX is 1024, and a few
 /// dozen frames already fill a socket buffer.
@@ -29,6 +30,8 @@ const FRAME_OVERHEAD: usize = 128;
 pub struct Outbox {
     frames: VecDeque<Bytes>,
     bytes: usize,
+    /// Since when queued bytes have been waiting with no write progress.
+    stalled_since: Option<Instant>,
 }
 
 impl Outbox {
@@ -48,9 +51,35 @@ impl Outbox {
         self.frames.is_empty()
     }
 
+    /// When a write timeout of `write_timeout` runs out for what waits
+    /// now, if the socket has stopped taking it.
+    pub fn stall_deadline(&self, write_timeout: Duration) -> Option<Instant> {
+        self.stalled_since.map(|since| since + write_timeout)
+    }
+
+    /// Whether the socket has taken nothing for `write_timeout` while
+    /// bytes waited: the client is gone or will not read.
+    pub fn stalled_out(&self, write_timeout: Duration) -> bool {
+        self.stall_deadline(write_timeout)
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Writes as much as the socket takes without blocking, and notes when
+    /// the socket stops taking what waits ([`stalled_out`](Self::stalled_out)).
+    pub fn write_to(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let wrote = self.write_now(stream)?;
+        self.stalled_since = match self.stalled_since {
+            _ if self.frames.is_empty() => None,
+            _ if wrote > 0 => Some(Instant::now()),
+            None => Some(Instant::now()),
+            waiting => waiting,
+        };
+        Ok(())
+    }
+
     /// Writes as much as the socket takes without blocking. Returns the
     /// bytes written; `Ok(0)` with frames left means the socket is full.
-    pub fn write_to(&mut self, stream: &TcpStream) -> io::Result<usize> {
+    fn write_now(&mut self, stream: &TcpStream) -> io::Result<usize> {
         let mut total = 0;
         while !self.frames.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];

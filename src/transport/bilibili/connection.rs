@@ -132,8 +132,6 @@ pub(super) struct Connection {
     state: State,
     /// When the last whole packet arrived.
     last_heard: Instant,
-    /// Since when queued bytes have been waiting with no write progress.
-    stalled_since: Option<Instant>,
 }
 
 /// The socket as the room's flusher sees it: the frame's packing for this
@@ -209,7 +207,6 @@ impl Connection {
             outbox: Outbox::default(),
             state: State::Authenticating { until },
             last_heard: now,
-            stalled_since: None,
         }
     }
 
@@ -544,14 +541,7 @@ impl Connection {
     }
 
     fn write(&mut self) -> io::Result<()> {
-        let wrote = self.outbox.write_to(&self.stream)?;
-        self.stalled_since = match self.stalled_since {
-            _ if self.outbox.is_empty() => None,
-            _ if wrote > 0 => Some(Instant::now()),
-            None => Some(Instant::now()),
-            waiting => waiting,
-        };
-        Ok(())
+        self.outbox.write_to(&self.stream)
     }
 
     fn deadline(&self, idle: Duration, write_timeout: Duration) -> Instant {
@@ -561,18 +551,14 @@ impl Connection {
             // Only the write timeout is left to wait for.
             State::Closing => Instant::now() + write_timeout,
         };
-        match self.stalled_since {
-            Some(since) => deadline.min(since + write_timeout),
-            None => deadline,
-        }
+        self.outbox
+            .stall_deadline(write_timeout)
+            .map_or(deadline, |stalled| deadline.min(stalled))
     }
 
     fn on_timer(&mut self, idle: Duration, write_timeout: Duration) -> io::Result<()> {
         let now = Instant::now();
-        if self
-            .stalled_since
-            .is_some_and(|since| now >= since + write_timeout)
-        {
+        if self.outbox.stalled_out(write_timeout) {
             // The socket took nothing for the whole timeout: a close frame
             // could not get through either.
             self.node.metrics.slow_disconnects.inc();

@@ -84,8 +84,6 @@ pub struct Connection {
     state: State,
     last_heard: Instant,
     last_ping: Instant,
-    /// Since when queued bytes have been waiting with no write progress.
-    stalled_since: Option<Instant>,
     hello: Option<Bytes>,
 }
 
@@ -133,7 +131,6 @@ impl Connection {
             state: State::Open,
             last_heard: now,
             last_ping: now,
-            stalled_since: None,
             hello: Some(hello),
         }
     }
@@ -290,14 +287,7 @@ impl Connection {
     }
 
     fn write(&mut self) -> io::Result<()> {
-        let wrote = self.outbox.write_to(&self.stream)?;
-        self.stalled_since = match self.stalled_since {
-            _ if self.outbox.is_empty() => None,
-            _ if wrote > 0 => Some(Instant::now()),
-            None => Some(Instant::now()),
-            waiting => waiting,
-        };
-        Ok(())
+        self.outbox.write_to(&self.stream)
     }
 
     fn read(&mut self) -> io::Result<()> {
@@ -429,10 +419,9 @@ impl Connection {
 
     fn deadline(&self, ping_every: Duration, idle: Duration, write_timeout: Duration) -> Instant {
         let deadline = (self.last_ping + ping_every).min(self.last_heard + idle);
-        match self.stalled_since {
-            Some(since) => deadline.min(since + write_timeout),
-            None => deadline,
-        }
+        self.outbox
+            .stall_deadline(write_timeout)
+            .map_or(deadline, |stalled| deadline.min(stalled))
     }
 
     fn on_timer(
@@ -442,10 +431,7 @@ impl Connection {
         write_timeout: Duration,
     ) -> io::Result<()> {
         let now = Instant::now();
-        if self
-            .stalled_since
-            .is_some_and(|since| now >= since + write_timeout)
-        {
+        if self.outbox.stalled_out(write_timeout) {
             // The socket took nothing for the whole timeout: a close frame
             // could not get through either.
             self.node.metrics.slow_disconnects.inc();
