@@ -216,22 +216,25 @@ impl Moderator {
     }
 
     /// Lifts a mute of `user` in `room` (or everywhere); `not_found` if
-    /// there is no such active mute.
+    /// the shared store holds no such mute (one made on another node
+    /// counts before this node has heard of it).
     pub async fn unmute(
         &self,
         actor: &str,
         room: Option<&str>,
         user: &str,
     ) -> Result<(), ApiError> {
-        if !self.live.mutes(room).iter().any(|m| m.user == user) {
-            return Err(ApiError::new(ErrorCode::NotFound, "no such active mute"));
-        }
+        // Asked of the shared store, not of this node's copy, which may
+        // not have heard yet of a mute made on another node.
         let entry = entry(actor, "unmute", room, user.to_owned(), json!({}));
         let change = Change::Unmute {
             room: room.map(str::to_owned),
             user: user.to_owned(),
         };
-        self.change(change, entry).await
+        if !self.change_found(change, entry).await? {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such mute"));
+        }
+        Ok(())
     }
 
     /// Bans an address for `seconds`, or for good without.
@@ -251,13 +254,14 @@ impl Moderator {
         Ok(ban)
     }
 
-    /// Lifts a ban; `not_found` if the address has no active ban.
+    /// Lifts a ban; `not_found` if the shared store holds no ban of the
+    /// address (one made on another node counts before this node heard).
     pub async fn unban(&self, actor: &str, ip: IpAddr) -> Result<(), ApiError> {
-        if !self.live.bans().iter().any(|b| b.ip == ip) {
-            return Err(ApiError::new(ErrorCode::NotFound, "no such active ban"));
-        }
         let entry = entry(actor, "unban", None, ip.to_string(), json!({}));
-        self.change(Change::Unban(ip), entry).await
+        if !self.change_found(Change::Unban(ip), entry).await? {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such ban"));
+        }
+        Ok(())
     }
 
     /// Changes a room's settings; returns them as they now are.
@@ -322,10 +326,19 @@ impl Moderator {
     /// Records a change of the live state (a mute, a ban, room settings)
     /// with its audit entry, then makes it take effect and announces it.
     async fn change(&self, change: Change, entry: AuditEntry) -> Result<(), ApiError> {
-        // Only recalls and rejections can find nothing to change.
-        self.ledger.record(change.clone(), entry).await?;
+        // Mutes, bans and room settings always find something to change.
+        self.change_found(change, entry).await.map(drop)
+    }
+
+    /// Records `change` durably, then applies and announces it; false (and
+    /// nothing written, applied or announced) if the store held nothing it
+    /// changes (an unmute or unban of nobody).
+    async fn change_found(&self, change: Change, entry: AuditEntry) -> Result<bool, ApiError> {
+        if !self.ledger.record(change.clone(), entry).await? {
+            return Ok(false);
+        }
         self.took_effect(Event::Moderated { change });
-        Ok(())
+        Ok(true)
     }
 
     /// The answer to an approval or rejection of `taken`: `None` means the
@@ -768,6 +781,30 @@ mod tests {
         muting.await.unwrap();
         assert!(reloads > 10, "the reloads overlapped the mutes");
         assert_eq!(b.live().mutes(None).len(), 300);
+    }
+
+    #[tokio::test]
+    async fn a_mute_or_ban_made_elsewhere_is_lifted_before_it_is_heard() {
+        let (_dir, store, _) = store();
+        // No bus between them: B has not heard of A's mute and ban.
+        let (a, b) = (isolated(&store).await, isolated(&store).await);
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        a.mute("admin", Some("r"), "u", 60).await.unwrap();
+        a.ban("admin", ip, Some(60)).await.unwrap();
+        assert!(!muted(&b, "r", "u"));
+        b.unmute("admin", Some("r"), "u").await.unwrap();
+        b.unban("admin", ip).await.unwrap();
+        // Gone from the shared store: a second lift finds nothing, and A
+        // loses them at its next reload.
+        let again = b.unmute("admin", Some("r"), "u").await.unwrap_err();
+        assert_eq!(again.code, ErrorCode::NotFound);
+        assert_eq!(
+            b.unban("admin", ip).await.unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        a.reload().await.unwrap();
+        assert!(!muted(&a, "r", "u"));
+        assert!(a.live().check_ip(ip).is_ok());
     }
 
     #[tokio::test]

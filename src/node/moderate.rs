@@ -44,7 +44,7 @@ impl Node {
     }
 
     /// Lifts a mute of `user` in `room` (or everywhere); `not_found` if
-    /// there is no such active mute.
+    /// the shared store holds no such mute.
     pub async fn unmute(
         &self,
         admin: &Admin,

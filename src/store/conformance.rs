@@ -279,9 +279,21 @@ pub(crate) async fn ids_past_i64_max_name_nothing<B: Backing>(b: &B) {
         store.audit(10, None).await.unwrap().is_empty(),
         "nothing was changed"
     );
-    // Every entry lies below an id past the largest.
+    // Lifting a mute or a ban nobody has changes nothing either.
     let unban = Change::Unban([192, 0, 2, 1].into());
-    assert!(store.record(unban, entry("unban")).await.unwrap());
+    assert!(!store.record(unban, entry("unban")).await.unwrap());
+    let unmute = Change::Unmute {
+        room: Some("r".into()),
+        user: "nobody".into(),
+    };
+    assert!(!store.record(unmute, entry("unmute")).await.unwrap());
+    assert!(store.audit(10, None).await.unwrap().is_empty());
+    // Every entry lies below an id past the largest.
+    let banned = Change::Ban(Ban {
+        ip: [192, 0, 2, 1].into(),
+        until: None,
+    });
+    assert!(store.record(banned, entry("ban")).await.unwrap());
     assert_eq!(store.audit(10, Some(u64::MAX)).await.unwrap().len(), 1);
     assert_eq!(texts(&store, "r").await.len(), 2);
 }
@@ -464,7 +476,10 @@ pub(crate) async fn moderation_state_round_trips<B: Backing>(b: &B) {
             room: None,
             user: "alice".into(),
         },
-        Change::Ban(ban([192, 0, 2, 1], None)),
+        Change::Ban(Ban {
+            ip: [192, 0, 2, 1].into(),
+            until: None,
+        }),
         Change::Ban(ban([192, 0, 2, 2], Some(later))),
         Change::Ban(ban([192, 0, 2, 3], Some(later))),
         Change::Unban([192, 0, 2, 3].into()),
@@ -525,7 +540,10 @@ pub(crate) async fn audit_is_newest_first<B: Backing>(b: &B) {
             detail: serde_json::json!({ "i": i, "why": "spam \"quoted\"" }),
             ..entry(&format!("action{i}"))
         };
-        let change = Change::Unban([192, 0, 2, i].into());
+        let change = Change::Ban(Ban {
+            ip: [192, 0, 2, i].into(),
+            until: None,
+        });
         assert!(store.record(change, written).await.unwrap());
     }
     let log = store.audit(10, None).await.unwrap();

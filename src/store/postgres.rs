@@ -1332,8 +1332,8 @@ async fn record(c: &mut Client, change: Change, entry: &AuditEntry) -> Result<bo
                 "DELETE FROM mutes WHERE room = $1 AND \"user\" = $2",
                 &[(&room.unwrap_or_default(), Type::TEXT), (&user, Type::TEXT)],
             )
-            .await?;
-            true
+            .await?
+                > 0
         }
         Change::Ban(b) => {
             tx.execute_typed(
@@ -1349,8 +1349,8 @@ async fn record(c: &mut Client, change: Change, entry: &AuditEntry) -> Result<bo
                 "DELETE FROM bans WHERE ip = $1",
                 &[(&ip.to_string(), Type::TEXT)],
             )
-            .await?;
-            true
+            .await?
+                > 0
         }
         Change::Room(r) => {
             let slow_mode_s = i64::from(r.slow_mode_s);

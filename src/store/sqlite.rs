@@ -850,8 +850,7 @@ impl Writer {
                 tx.execute(
                     "DELETE FROM mutes WHERE room = ?1 AND user = ?2",
                     params![room.unwrap_or_default(), user],
-                )?;
-                true
+                )? > 0
             }
             Change::Ban(b) => {
                 tx.execute(
@@ -861,8 +860,7 @@ impl Writer {
                 true
             }
             Change::Unban(ip) => {
-                tx.execute("DELETE FROM bans WHERE ip = ?1", [ip.to_string()])?;
-                true
+                tx.execute("DELETE FROM bans WHERE ip = ?1", [ip.to_string()])? > 0
             }
             Change::Room(r) => {
                 tx.execute(
