@@ -175,6 +175,20 @@ impl Frame {
     /// the frame holds nothing for such a viewer (every danmaku thinned):
     /// write nothing then, since an empty body is not a packet.
     pub fn bilibili(&self, wire: BiliWire) -> &Bytes {
+        if wire.websocket {
+            // The raw packets behind a header: compressed once for both
+            // wires.
+            return self.bili[wire.slot()].get_or_init(|| {
+                let raw = self.bilibili(BiliWire {
+                    websocket: false,
+                    ..wire
+                });
+                if raw.is_empty() {
+                    return Bytes::new();
+                }
+                websocket::frame(websocket::Opcode::Binary, raw)
+            });
+        }
         self.bili[wire.slot()].get_or_init(|| {
             let commands: Vec<Vec<u8>> = match &self.kind {
                 FrameKind::Danmaku { items, .. } => items.iter().map(bilibili::danmu_msg).collect(),
@@ -184,13 +198,7 @@ impl Frame {
             if commands.is_empty() {
                 return Bytes::new();
             }
-            if wire.websocket {
-                websocket::frame_with(websocket::Opcode::Binary, |buf| {
-                    bilibili::write_batch(buf, wire.ver, &commands)
-                })
-            } else {
-                bilibili::encode_batch(wire.ver, &commands)
-            }
+            bilibili::encode_batch(wire.ver, &commands)
         })
     }
 }

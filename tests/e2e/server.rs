@@ -161,6 +161,17 @@ pub async fn get_json(server: &Server, path: &str) -> (u16, Value) {
     (status, res.json().await.unwrap())
 }
 
+/// The texts of a room's history (its first 1,000 danmaku), in id order.
+pub async fn texts(server: &Server, room: &str) -> Vec<String> {
+    let (_, h) = get_json(server, &format!("/api/v1/rooms/{room}/danmaku?limit=1000")).await;
+    h["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// GETs a text document.
 pub async fn get_text(server: &Server, path: &str) -> String {
     let res = http()
