@@ -57,12 +57,17 @@ async fn a_ping_flood_that_never_reads_is_cut_off() {
         &dir.path().join("data"),
         Some("[connection]\nwrite_timeout_s = 2\n"),
     );
-    let mut stream = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    // A small receive buffer, so that the unread pongs fill it in a
+    // fraction of a second rather than after megabytes of autotuning: the
+    // test measures the server's cut-off, not the kernel's buffers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
     raw_ws_handshake(&mut stream, &server.addr, "flood").await;
-    // Masked ping frames (zero mask), as fast as the socket takes them,
-    // without ever reading the pongs.
-    let ping = [0x89u8, 0x80, 0, 0, 0, 0];
-    let flood = async { while stream.write_all(&ping).await.is_ok() {} };
+    // Masked ping frames (zero mask), a thousand per write, as fast as the
+    // socket takes them, without ever reading the pongs.
+    let pings = [0x89u8, 0x80, 0, 0, 0, 0].repeat(1000);
+    let flood = async { while stream.write_all(&pings).await.is_ok() {} };
     let cut = tokio::time::timeout(Duration::from_secs(30), flood).await;
     assert!(cut.is_ok(), "the server never cut the flooding connection");
     // The server stopped reading once the unread pongs piled up, and then
