@@ -94,13 +94,18 @@ impl Reading {
 fn sample(m: &Metrics, earlier: &Reading, later: &Reading, online: u64, cluster: u64) -> Sample {
     // A tick may come late on a busy runtime: rates are per real second.
     let seconds = later.at.duration_since(earlier.at).as_secs_f64().max(0.001);
-    let rate =
-        |pick: fn(&Reading) -> u64| pick(later).saturating_sub(pick(earlier)) as f64 / seconds;
+    // Rounded: the dashboard shows a few digits, and JSON stays short.
+    let rate = |pick: fn(&Reading) -> u64| {
+        round(
+            pick(later).saturating_sub(pick(earlier)) as f64 / seconds,
+            100.0,
+        )
+    };
     let percentiles = |latency: &Latency, pick: fn(&Reading) -> &LatencySnapshot| {
         let ms = |q| {
             latency
                 .quantile(pick(earlier), pick(later), q)
-                .map(|s| s * 1000.0)
+                .map(|s| round(s * 1000.0, 1000.0))
         };
         Percentiles {
             p50: ms(0.5),
@@ -120,6 +125,11 @@ fn sample(m: &Metrics, earlier: &Reading, later: &Reading, online: u64, cluster:
         dropped_per_s: rate(|r| r.dropped),
         rejected_per_s: rate(|r| r.rejected),
     }
+}
+
+/// `x` to the nearest `1 / per`.
+fn round(x: f64, per: f64) -> f64 {
+    (x * per).round() / per
 }
 
 /// The last [`KEPT`] samples, oldest first.
