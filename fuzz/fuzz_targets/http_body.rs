@@ -39,8 +39,9 @@ use danmaku::guard::{self, SendRequest, Sender};
 use danmaku::hub::RoomOrder;
 use danmaku::transport::body::parse_json;
 use danmaku::transport::params::{
-    next_cursor, parse_query, path_id, AuditQuery, HistoryQuery, HistoryRange, RoomsQuery,
-    StreamQuery, WsQuery, MAX_AUDIT_PAGE, MAX_ROOMS_PAGE,
+    next_cursor, parse_query, path_id, AuditQuery, DensityQuery, HistoryQuery, HistoryRange,
+    RoomsQuery, StatsQuery, StreamQuery, WsQuery, MAX_AUDIT_PAGE, MAX_DENSITY_BUCKET_S,
+    MAX_ROOMS_PAGE, MIN_DENSITY_BUCKET_S,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -165,6 +166,18 @@ fn query_strings(query: &str) {
         assert!((1..=MAX_AUDIT_PAGE).contains(&limit));
         assert!(before.is_none_or(|b| b <= MAX_ID));
     }
+
+    let density = refused(
+        parse_query::<DensityQuery>(Some(query)),
+        ErrorCode::InvalidQuery,
+    );
+    if let Some(bucket) = density.and_then(|q| refused(q.check(), ErrorCode::InvalidQuery)) {
+        assert!((MIN_DENSITY_BUCKET_S..=MAX_DENSITY_BUCKET_S).contains(&bucket));
+    }
+    let _ = refused(
+        parse_query::<StatsQuery>(Some(query)),
+        ErrorCode::InvalidQuery,
+    );
 
     let rooms = refused(
         parse_query::<RoomsQuery>(Some(query)),
