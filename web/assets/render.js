@@ -32,7 +32,7 @@
     showName: false,
     scrollSeconds: 8,
     fixedSeconds: 4, // how long a top or bottom danmaku stays
-    waitSeconds: 1, // how long a danmaku may wait for a free lane before it counts as overflow
+    waitSeconds: 1.5, // how long a danmaku may wait for a free lane before it counts as overflow
     maxWaiting: 64, // danmaku waiting for a lane at most (more: overflow at once)
   };
   const POOL_MAX = 64; // spare elements kept for reuse
