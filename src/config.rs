@@ -39,6 +39,8 @@ pub struct Config {
     pub bilibili: BilibiliConfig,
     /// Cross-origin access for players on other sites.
     pub http: HttpConfig,
+    /// The pages the server serves.
+    pub web: WebConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             bilibili: BilibiliConfig::default(),
             http: HttpConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -212,6 +215,32 @@ impl Default for HttpConfig {
             cors_write_origins: Vec::new(),
         }
     }
+}
+
+/// The pages the server serves (docs/web.md).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// The address people reach this server at (`https://live.example`),
+    /// used for the event wall's QR code. Unset: the host the wall page
+    /// was loaded from, over `http`.
+    pub public_url: Option<String>,
+}
+
+/// The longest `web.public_url`.
+const MAX_PUBLIC_URL: usize = 200;
+
+/// Whether `url` is an `http(s)://` address that can go into a QR code
+/// and a page as it is: no spaces, quotes or angle brackets.
+fn is_public_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|rest| !rest.is_empty())
+        && url.len() <= MAX_PUBLIC_URL
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\'' | b'<' | b'>' | b'\\'))
 }
 
 /// SQLite's `synchronous` setting in WAL mode.
@@ -673,6 +702,10 @@ impl Config {
                 self.http.cors_allow_origins.len() <= MAX_ORIGINS
                     && self.http.cors_write_origins.len() <= MAX_ORIGINS,
                 "http.cors_allow_origins and http.cors_write_origins must list at most 100 origins",
+            ),
+            (
+                self.web.public_url.as_deref().is_none_or(is_public_url),
+                "web.public_url must be an http:// or https:// address of at most 200 characters, without spaces or quotes",
             ),
             (
                 !self.http.cors_write_origins.iter().any(|o| o == "*"),

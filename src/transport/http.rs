@@ -1,10 +1,10 @@
-//! HTTP routes: the REST API (rooms, history, sends), health, metrics and
-//! the page. [`router`](super::router) mounts them.
+//! HTTP routes: the REST API (rooms, history, sends), health and metrics.
+//! [`router`](super::router) mounts them.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
@@ -15,14 +15,6 @@ use crate::danmaku::Danmaku;
 use crate::error::ApiError;
 use crate::guard::{SendRequest, Sender};
 use crate::node::Sent;
-
-/// The page at `/`, served from the binary.
-const INDEX_HTML: &str = include_str!("../../web/index.html");
-
-/// The page.
-pub(super) async fn page() -> Html<&'static str> {
-    Html(INDEX_HTML)
-}
 
 /// 200 whenever the process serves HTTP; the body says whether the node
 /// is degraded (it still serves reads and viewers then), and why.

@@ -7,7 +7,8 @@
 //!   `deadlines`; `client` derives each request's client address (behind a
 //!   trusted reverse proxy, the forwarded one).
 //! - [`router`], here, names every route of the server, each served by one
-//!   route module: `http` (REST, health, metrics, the page), `ws` and `sse`
+//!   route module: `http` (REST, health, metrics), `web` (the pages, their
+//!   assets and the wall's QR code), `ws` and `sse`
 //!   (feeds to viewers), `bilibili` (Bilibili live clients at `/sub`, and
 //!   its raw TCP listener), `admin` (moderation), `players` (DPlayer,
 //!   bilibili XML and segments, and the CORS of the routes players use).
@@ -33,6 +34,7 @@ pub mod server;
 pub mod sse;
 pub mod timed_io;
 pub mod upgrade;
+pub mod web;
 pub mod ws;
 
 use std::sync::Arc;
@@ -58,13 +60,25 @@ pub struct App {
 /// Every route of the server (docs/protocol.md lists them), with the
 /// 404 and 405 answers for the rest.
 pub fn router(app: App) -> Router {
+    // Hash and compress the pages' files now, not on the first request.
+    web::assets::bundle();
     // The routes players call from other origins answer CORS, preflight
     // included (an `OPTIONS` the method router must know to run the layer).
     let cors_layer = from_fn_with_state(app.clone(), players::cors);
     let cors = |route: MethodRouter<App>| route.options(players::options).layer(cors_layer.clone());
     Router::new()
-        // The page, health and metrics.
-        .route("/", get(http::page))
+        // The pages (docs/web.md) and their files.
+        .route("/", get(web::home))
+        .route("/r/{room}", get(web::live))
+        .route("/v/{room}", get(web::player))
+        .route("/overlay/{room}", get(web::overlay))
+        .route("/wall/{room}", get(web::wall))
+        .route("/wall/{room}/phone", get(web::phone_url))
+        .route("/wall/{room}/qr.svg", get(web::qr_code))
+        .route("/m/{room}", get(web::phone))
+        .route("/admin", get(web::admin))
+        .route("/assets/{*file}", get(web::asset))
+        // Health and metrics.
         .route("/healthz", get(http::healthz))
         .route("/metrics", get(http::metrics))
         // Viewers.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real clients the compatibility and browser tests drive
-# (tests/e2e/clients.rs): Debian's Chromium, the npm packages pinned by
+# (tests/e2e/clients.rs, browser.rs, web/): Debian's Chromium and zbarimg, the npm packages pinned by
 # package-lock.json, and the PyPI packages pinned by requirements.lock into
 # target/clients-venv. `.ci/run` runs it before the README's test command;
 # run it once yourself before `cargo test` on a new machine. Idempotent.
@@ -8,11 +8,16 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-if ! command -v chromium >/dev/null; then
-  echo "installing Debian's chromium"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; then
+# Debian packages: Chromium for the page tests, zbarimg (zbar-tools) to
+# decode the event wall's QR code from a screenshot.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v zbarimg >/dev/null || need+=(zbar-tools)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing Debian's ${need[*]}"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 fi
 chromium --version

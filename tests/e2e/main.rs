@@ -25,3 +25,4 @@ mod resume;
 mod rooms;
 mod shutdown;
 mod slow_consumer;
+mod web;

@@ -1,0 +1,183 @@
+//! The web front (docs/web.md): how the pages and their files are served,
+//! and, one module per page, each page in Debian's Chromium driven by
+//! playwright-core (`tests/clients/pages/*.mjs`).
+
+mod admin;
+mod live;
+mod overlay;
+mod player;
+mod wall;
+
+use serde_json::Value;
+
+use crate::server::*;
+
+/// Runs `tests/clients/pages/SCRIPT` with `args` and returns the JSON
+/// report it printed.
+pub fn page_script(script: &str, args: &[&str]) -> Value {
+    let out = node_client(&format!("pages/{script}"), args);
+    serde_json::from_slice(&out).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no report ({e}): {}",
+            String::from_utf8_lossy(&out)
+        )
+    })
+}
+
+/// Every page route, with a valid room where it takes one.
+const PAGES: [&str; 8] = [
+    "/",
+    "/r/lobby",
+    "/v/film",
+    "/overlay/stream",
+    "/wall/hall",
+    "/m/hall",
+    "/admin",
+    "/r/a.b:c-d_e",
+];
+
+#[tokio::test]
+async fn every_page_forbids_inline_script_and_names_only_hashed_assets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    for path in PAGES {
+        let res = http()
+            .get(format!("{}{path}", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let h = res.headers().clone();
+        assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        let framing = if path == "/admin" {
+            "frame-ancestors 'none'"
+        } else {
+            "frame-ancestors *"
+        };
+        assert!(csp.contains(framing), "{path}: {csp}");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["cache-control"], "no-cache");
+        let page = res.text().await.unwrap();
+        // Nothing a policy without 'unsafe-inline' would block, so that the
+        // pages work as they are tested: no inline script, handler or style.
+        for forbidden in [
+            "<script>",
+            " style=",
+            " onclick=",
+            " onload=",
+            "javascript:",
+            "<style",
+        ] {
+            assert!(!page.contains(forbidden), "{path} has {forbidden}");
+        }
+        for reference in page.split("\"/assets/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            // `render.0123456789.js`: a ten-digit hash before the extension.
+            let hash = name.rsplit('.').nth(1).unwrap_or("");
+            assert!(
+                hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{path} names {name}, not a hashed asset"
+            );
+            let res = http()
+                .get(format!("{}/assets/{name}", server.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{name}");
+            assert_eq!(
+                res.headers()["cache-control"],
+                "public, max-age=31536000, immutable"
+            );
+        }
+        // No page loads anything from another site.
+        assert!(
+            !page.contains("src=\"http") && !page.contains("href=\"http"),
+            "{path}"
+        );
+    }
+    assert_eq!(get_json(&server, "/r/bad%20room").await.0, 400);
+    assert_eq!(get_json(&server, "/assets/nothing.js").await.0, 404);
+    server.stop();
+}
+
+#[tokio::test]
+async fn assets_are_compressed_and_revalidated() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let url = format!("{}/assets/danmaku.css", server.url());
+    let plain = http().get(&url).send().await.unwrap();
+    assert_eq!(plain.headers()["cache-control"], "no-cache");
+    let etag = plain.headers()["etag"].clone();
+    let body = plain.bytes().await.unwrap();
+    let again = http()
+        .get(&url)
+        .header("if-none-match", etag.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"], etag);
+    // Every asset of some size goes out compressed to a client that
+    // takes brotli, and smaller than it is.
+    let mut compressed = 0;
+    for path in PAGES {
+        let page = get_text(&server, path).await;
+        for reference in page.split("\"/assets/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            let url = format!("{}/assets/{name}", server.url());
+            let size = http()
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len();
+            if size < 4096 {
+                continue;
+            }
+            let res = http()
+                .get(&url)
+                .header("accept-encoding", "gzip, br")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.headers()["content-encoding"], "br", "{name}");
+            assert_eq!(res.headers()["vary"], "accept-encoding", "{name}");
+            assert!(res.bytes().await.unwrap().len() < size * 9 / 10, "{name}");
+            compressed += 1;
+        }
+    }
+    assert!(compressed > 0, "no asset was big enough to compress");
+    assert!(!body.is_empty());
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_walls_phone_address_is_the_public_url_or_the_host_it_was_loaded_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), None);
+    let (status, body) = get_json(&server, "/wall/hall/phone").await;
+    assert_eq!(status, 200);
+    let host = server.url().trim_start_matches("http://").to_owned();
+    assert_eq!(body["url"], format!("http://{host}/m/hall"));
+    let svg = http()
+        .get(format!("{}/wall/hall/qr.svg", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    assert!(svg.text().await.unwrap().contains("<svg"));
+    server.stop();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[web]\npublic_url = \"https://live.example/\"\n";
+    let server = Server::start(&dir.path().join("data"), Some(config));
+    let (_, body) = get_json(&server, "/wall/hall/phone").await;
+    assert_eq!(body["url"], "https://live.example/m/hall");
+    server.stop();
+}

@@ -1,0 +1,1 @@
+//! Browser tests of the player page (filled in by its page's work).
