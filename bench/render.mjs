@@ -17,6 +17,7 @@
 // forced garbage collection (CDP HeapProfiler.collectGarbage, then Performance.getMetrics
 // JSHeapUsedSize) at the start and at the end, DOM nodes, and the renderer's counters.
 import http from 'node:http';
+import os from 'node:os';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -74,6 +75,21 @@ try {
   await page.goto(url);
   if (server) await page.waitForFunction(() => document.documentElement.dataset.state === 'live');
   else await page.evaluate((max) => (window.renderer = new DM.Renderer(document.getElementById('stage'), { fontSize: 25, maxOnScreen: max })), max);
+  // Time spent in the renderer's frame callback (script only; style, layout and paint come
+  // after it): tells the renderer's own cost apart from a busy machine's.
+  await page.evaluate(() => {
+    const r = window.renderer || DM.overlay.renderer;
+    const tick = r.tick;
+    window.__tick = { ms: 0, n: 0, worst: 0 };
+    r.tick = (t) => {
+      const t0 = performance.now();
+      tick(t);
+      const ms = performance.now() - t0;
+      window.__tick.ms += ms;
+      window.__tick.n++;
+      window.__tick.worst = Math.max(window.__tick.worst, ms);
+    };
+  });
   const cdp = await page.context().newCDPSession(page);
   await cdp.send('Performance.enable');
   const start = await heap(cdp);
@@ -153,6 +169,7 @@ try {
     return window.__frames;
   });
   const stats = await page.evaluate(() => (window.renderer || DM.overlay.renderer).stats());
+  const tick = await page.evaluate(() => window.__tick);
   const end = await heap(cdp);
   const summary = {
     feed: server ? 'server: HTTP sends to a real room, drawn by its /overlay page' : 'local: generated in the page',
@@ -168,6 +185,9 @@ try {
     dropped_frames: frames.dropped,
     worst_frame_ms: Number(frames.worst.toFixed(1)),
     renderer: stats,
+    renderer_ms_per_frame: Number((tick.ms / Math.max(1, tick.n)).toFixed(3)),
+    renderer_worst_ms: Number(tick.worst.toFixed(1)),
+    load_average: os.loadavg().map((l) => Number(l.toFixed(2))),
     heap_start: start,
     heap_end: end,
     heap_growth_bytes: end.js_heap_used_bytes - start.js_heap_used_bytes,

@@ -93,6 +93,13 @@ async function two() {
   for (const [key, page, sent] of [['a', a, sentA], ['b', b, sentB]]) {
     out[key] = { sent, stage: await stageTexts(page), recent: await recent(page), ...(await hygiene(page)) };
   }
+  // Every visible control has an accessible name (a label, aria-label or its text).
+  out.unnamed = await a.evaluate(() =>
+    [...document.querySelectorAll('input, select, button')]
+      .filter((e) => e.offsetParent !== null && !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+      .map((e) => e.outerHTML)
+  );
+  out.sendButtons = await a.getByRole('button', { name: 'Send', exact: true }).count();
   return out;
 }
 

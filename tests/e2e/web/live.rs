@@ -47,6 +47,9 @@ async fn two_pages_see_each_others_danmaku_own_highlighted_and_markup_as_text() 
         let hello = recent.iter().find(|r| r["text"] == "hello from A").unwrap();
         assert_eq!(hello["who"], "alice", "{page}");
     }
+    // Every control can be found by its name; the send button is "Send".
+    assert_eq!(report["unnamed"], json!([]), "{report}");
+    assert_eq!(report["sendButtons"], 1, "{report}");
     let stored = texts(&server, "duo").await;
     assert_eq!(stored, ["hello from A", MARKUP]);
 }
