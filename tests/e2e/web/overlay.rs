@@ -69,3 +69,29 @@ async fn the_overlay_is_transparent_and_hides_by_mode_word_and_user() {
     assert_transparent_but_for_danmaku(&report);
     assert_eq!(shown(&report), ALL, "{report}");
 }
+
+#[tokio::test]
+async fn pausing_freezes_danmaku_resuming_goes_on_without_a_jump_and_recalls_vanish() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
+    let report = page_script("overlay.mjs", &["motion", &server.url(), "motion"]);
+    let x = |k: &str| report["x"][k].as_f64().unwrap();
+    let step = report["step"].as_f64().unwrap();
+    // It scrolls leftwards...
+    assert!(x("moved") < x("before") - step, "{report}");
+    // ...stands still while paused (0.7 s would be some 40 frames of travel)...
+    assert_eq!(x("later"), x("paused"), "{report}");
+    // ...and goes on from there: a couple of frames' travel (20 allows for a
+    // loaded machine), not the paused time's (42 frames).
+    let shift = x("paused") - x("resumed");
+    assert!(shift > 0.0 && shift <= 20.0 * step, "{report}");
+    // A recall takes it off the screen.
+    assert_eq!(
+        report["recalled"],
+        json!({"before": 1, "status": 204, "after": 0}),
+        "{report}"
+    );
+    for key in ["errors", "csp", "dialogs"] {
+        assert_eq!(report["problems"][key], json!([]), "{key}: {report}");
+    }
+}
