@@ -230,5 +230,10 @@ async function restart() {
     { timeout: WAIT }
   );
   await page.waitForTimeout(300); // a duplicate would arrive now, if at all
-  return { states: await page.evaluate(() => window.__states), recent: await recent(page), ...(await hygiene(page)) };
+  // Reconnecting (and the room list's refresh) while the server is down are expected to fail,
+  // and Chromium logs each try.
+  const refused = (e) => /WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/.test(e);
+  const wsFailures = page.problems.errors.filter(refused).length;
+  page.problems.errors = page.problems.errors.filter((e) => !refused(e));
+  return { states: await page.evaluate(() => window.__states), recent: await recent(page), wsFailures, ...(await hygiene(page)) };
 }
