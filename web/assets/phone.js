@@ -77,7 +77,7 @@
       // Cleared only once the server took it; a refusal keeps the text to fix and resend.
       text.value = '';
       if (result.held != null) say('held', DM.describeError('held'));
-      else say('ok', 'Sent ✓ It is on the wall.');
+      else say('ok', 'Sent ✓');
     } catch (e) {
       say('err', e instanceof DM.SendError ? e.words : DM.describeError('network'));
     } finally {

@@ -83,7 +83,10 @@
         .then((res) => (res.ok ? res.json() : Promise.reject(new Error('HTTP ' + res.status))))
         .then((body) => {
           const url = String(body.url || '');
-          $('phone-url').textContent = url;
+          // Host and path apart, so a narrow column breaks the line between them.
+          const at = url.indexOf('/', url.indexOf('//') + 2);
+          const cut = at < 0 ? url.length : at;
+          $('phone-url').replaceChildren(url.slice(0, cut), document.createElement('wbr'), url.slice(cut));
           $('qr-img').alt = 'QR code of ' + url;
         })
         .catch(() => setTimeout(showAddress, 5000)); // the server may be restarting

@@ -8,22 +8,21 @@
 //                                            to sending too fast; the nickname kept
 //   node pages/wall.mjs xss SERVER ROOM      markup as text, nickname and ?title= on the wall
 //
-// WALL_SCREENSHOTS=DIR also saves wall.png and phone.png there (docs/img).
+//   node pages/wall.mjs shots SERVER ROOM DIR  saves wall.png and phone.png in DIR (docs/img)
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { launch, open, report } from './browser.mjs';
 
-const [scenario, server, room] = process.argv.slice(2);
+const [scenario, server, room, dir] = process.argv.slice(2);
 const WAIT = 20000;
 const PHONE = { viewport: { width: 360, height: 740 }, mobile: true };
 const XSS = '<img src=x onerror=alert(1)>';
-const shots = process.env.WALL_SCREENSHOTS;
 
 const browser = await launch();
 try {
-  const scenarios = { qr, flow, refuse, xss };
+  const scenarios = { qr, flow, refuse, xss, shots };
   if (!scenarios[scenario]) throw new Error('unknown scenario ' + scenario);
   const out = await scenarios[scenario]();
   await browser.close();
@@ -162,14 +161,6 @@ async function flow() {
   const two = await waitOnline(wall.page, 2);
   await second.context.close();
   const back = await waitOnline(wall.page, 1);
-  if (shots) {
-    for (const t of ['Great talk!', 'こんにちは 👋', 'Where are the slides?', '+1', 'Loving this 🎉']) {
-      await phoneSend(phone.page, t, { colour: 'White', mode: 'Scroll', name: 'Ana' });
-    }
-    await phone.page.screenshot({ path: path.join(shots, 'phone.png') });
-    await wall.page.waitForTimeout(1500);
-    await wall.page.screenshot({ path: path.join(shots, 'wall.png') });
-  }
   return {
     qr: qrCode,
     online: { alone, withPhone, two, back },
@@ -212,4 +203,27 @@ async function xss() {
     })),
     { sent, shown, problems, phoneProblems: phone.problems }
   );
+}
+
+async function shots() {
+  const wall = await openWall('?title=' + encodeURIComponent('Rust Meetup · Q&A'));
+  const phone = await open(browser, server + '/m/' + room, PHONE);
+  const sends = [
+    ['Great talk!', 'White', 'Scroll', 'Ana'],
+    ['こんにちは 👋', 'Cyan', 'Scroll', 'Ken'],
+    ['Where are the slides?', 'Yellow', 'Scroll', ''],
+    ['+1 to async traits', 'White', 'Scroll', 'Lee'],
+    ['Welcome everyone!', 'Pink', 'Scroll', 'Host'],
+    ['弾幕 is so much fun', 'Green', 'Scroll', ''],
+    ['Loving this 🎉', 'Orange', 'Scroll', 'Mia'],
+    ['Can you zoom in a bit?', 'White', 'Scroll', 'Ana'],
+  ];
+  for (const [text, colour, mode, name] of sends) {
+    await phoneSend(phone.page, text, { colour, mode, name });
+    await wall.page.waitForTimeout(700);
+  }
+  await wall.page.waitForTimeout(1200);
+  await wall.page.screenshot({ path: path.join(dir, 'wall.png') });
+  await phone.page.screenshot({ path: path.join(dir, 'phone.png') });
+  return { saved: [path.join(dir, 'wall.png'), path.join(dir, 'phone.png')] };
 }

@@ -19,7 +19,11 @@ fn assert_clean(problems: &Value, what: &str, expected: &[u16]) {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|p| !refused.iter().any(|r| p.as_str().unwrap().contains(r.as_str())))
+            .filter(|p| {
+                !refused
+                    .iter()
+                    .any(|r| p.as_str().unwrap().contains(r.as_str()))
+            })
             .collect();
         assert!(unexpected.is_empty(), "{what} {kind}: {problems}");
     }
@@ -65,7 +69,10 @@ async fn a_phone_that_scans_the_walls_qr_code_sends_to_the_wall() {
     // Sent, said so, the field cleared; on the wall in its colour, with
     // the nickname.
     let sent = &r["phone"]["sent"];
-    assert!(sent["status"].as_str().unwrap().starts_with("Sent ✓"), "{r}");
+    assert!(
+        sent["status"].as_str().unwrap().starts_with("Sent ✓"),
+        "{r}"
+    );
     assert_eq!(sent["left"], "");
     assert_eq!(r["wall"]["shown"]["name"], "Ana");
     assert_eq!(r["wall"]["shown"]["text"], "hello from a phone 你好 🎉");
