@@ -5,9 +5,9 @@
 // Opens /overlay/ROOM?QUERY at 640x360, sends a fixed set of danmaku (modes, a word, a name),
 // waits until the visible ones are on screen, then screenshots with a transparent background.
 // Prints {"shown":[texts ever drawn], "state", "alpha":{"clear":[alpha at points no danmaku
-// covers], "text":[alpha at danmaku centres]}, "html", alerts, csp, imgs}.
+// covers], "text":[alpha near danmaku glyphs]}, "problems", "imgs"}.
 import zlib from 'node:zlib';
-import { launch } from './browser.mjs';
+import { launch, open, report } from './browser.mjs';
 
 const [scenario, server, room, query] = process.argv.slice(2);
 const WAIT = 20000;
@@ -23,32 +23,22 @@ const SENDS = [
 ];
 
 const browser = await launch();
-try {
-  if (scenario !== 'show') throw new Error('unknown scenario ' + scenario);
-  process.stdout.write(JSON.stringify(await show()) + '\n');
-} finally {
-  await browser.close();
-}
+if (scenario !== 'show') throw new Error('unknown scenario ' + scenario);
+const result = await show();
+await browser.close();
+report(result);
 
 async function show() {
-  const context = await browser.newContext({ viewport: { width: 640, height: 360 } });
-  const page = await context.newPage();
-  const alerts = [];
-  page.on('dialog', (d) => {
-    alerts.push(d.message());
-    d.dismiss().catch(() => {});
-  });
-  await page.addInitScript(() => {
-    window.__csp = [];
-    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
-    // Every danmaku ever drawn, however briefly.
+  const url = server + '/overlay/' + room + (query ? '?' + query : '');
+  const { page, problems } = await open(browser, url, { viewport: { width: 640, height: 360 } });
+  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
+  // Every danmaku ever drawn, however briefly (nothing is drawn before the sends below).
+  await page.evaluate(() => {
     window.__shown = new Set();
     new MutationObserver((records) => {
       for (const r of records) for (const n of r.addedNodes) if (n.classList && n.classList.contains('dm')) window.__shown.add(n.textContent);
-    }).observe(document, { childList: true, subtree: true });
+    }).observe(document.getElementById('stage'), { childList: true });
   });
-  await page.goto(server + '/overlay/' + room + (query ? '?' + query : ''));
-  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
   for (const body of SENDS) {
     const res = await fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify(body) });
     if (res.status !== 201) throw new Error('send ' + res.status + ' ' + (await res.text()));
@@ -93,8 +83,7 @@ async function show() {
     state: await page.evaluate(() => document.documentElement.dataset.state),
     size: [image.width, image.height],
     alpha: { clear: points.clear.map(([x, y]) => image.alpha(x, y)), text: points.text.map(around) },
-    alerts,
-    csp: await page.evaluate(() => window.__csp),
+    problems,
     imgs: await page.evaluate(() => document.querySelectorAll('img').length),
   };
 }
