@@ -8,11 +8,15 @@
 //                                            to sending too fast; the nickname kept
 //   node pages/wall.mjs xss SERVER ROOM      markup as text, nickname and ?title= on the wall
 //
+//   node pages/wall.mjs restart SERVER ROOM  prints {"live":true} once the wall is live, then reads
+//                                            a line of tab-separated texts from stdin (sent while
+//                                            the server restarted) and waits for them on the wall
 //   node pages/wall.mjs shots SERVER ROOM DIR  saves wall.png and phone.png in DIR (docs/img)
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import readline from 'node:readline';
 import { launch, open, report } from './browser.mjs';
 
 const [scenario, server, room, dir] = process.argv.slice(2);
@@ -22,7 +26,7 @@ const XSS = '<img src=x onerror=alert(1)>';
 
 const browser = await launch();
 try {
-  const scenarios = { qr, flow, refuse, xss, shots };
+  const scenarios = { qr, flow, refuse, xss, restart, shots };
   if (!scenarios[scenario]) throw new Error('unknown scenario ' + scenario);
   const out = await scenarios[scenario]();
   await browser.close();
@@ -226,4 +230,34 @@ async function shots() {
   await wall.page.screenshot({ path: path.join(dir, 'wall.png') });
   await phone.page.screenshot({ path: path.join(dir, 'phone.png') });
   return { saved: [path.join(dir, 'wall.png'), path.join(dir, 'phone.png')] };
+}
+
+async function restart() {
+  const { context, problems } = await open(browser, 'about:blank');
+  const page = context.pages()[0];
+  await page.addInitScript(() => {
+    // Every state the page showed, and every danmaku it drew, however briefly.
+    window.__states = [];
+    window.__drawn = [];
+    new MutationObserver(() => {
+      const s = document.getElementById('state');
+      if (s && window.__states[window.__states.length - 1] !== s.textContent) window.__states.push(s.textContent);
+      for (const el of document.querySelectorAll('#stage .dm:not(.dm-measure)')) {
+        if (!el.dataset.seen) {
+          el.dataset.seen = el.dataset.id;
+          window.__drawn.push(el.lastChild.textContent);
+        }
+      }
+    }).observe(document, { childList: true, subtree: true, characterData: true, attributes: true });
+  });
+  await page.goto(server + '/wall/' + room);
+  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
+  process.stdout.write(JSON.stringify({ live: true }) + '\n');
+  const lines = readline.createInterface({ input: process.stdin });
+  const want = (await lines[Symbol.asyncIterator]().next()).value.split('\t');
+  lines.close();
+  await page.waitForFunction((want) => want.every((t) => window.__drawn.includes(t)), want, { timeout: WAIT });
+  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
+  await page.waitForTimeout(500); // a duplicate would be drawn by now
+  return Object.assign(await page.evaluate(() => ({ states: window.__states, drawn: window.__drawn })), { problems });
 }

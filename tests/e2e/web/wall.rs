@@ -2,7 +2,10 @@
 //! (`/m/{room}`), driven by `tests/clients/pages/wall.mjs`: the QR code is
 //! read from a screenshot with zbarimg, as a phone's camera would.
 
-use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
 
 use super::page_script;
 use crate::server::*;
@@ -172,5 +175,66 @@ async fn behind_a_proxy_the_qr_code_names_the_public_url() {
     assert_eq!(r["decoded"], "https://live.example/m/hall", "{r}");
     assert_eq!(r["text"], "https://live.example/m/hall");
     assert_clean(&r["problems"], "wall", &[]);
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_wall_reconnects_after_a_restart_and_shows_what_was_sent_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
+    let addr = server.addr.clone();
+    let mut node = Command::new("node")
+        .args(["pages/wall.mjs", "restart", &server.url(), "hall"])
+        .current_dir(clients_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut out = BufReader::new(node.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), r#"{"live":true}"#);
+
+    let (status, _) = post(&server, "hall", json!({"text": "before the restart"})).await;
+    assert_eq!(status, 201);
+    server.stop();
+    // Sent while the wall waits to reconnect: only `since` brings them.
+    let server = Server::start_at(&data, Some(EXEMPT_LOOPBACK), &addr);
+    let mut want = vec!["before the restart".to_owned()];
+    for i in 1..=3 {
+        let text = format!("while the wall was away {i}");
+        let (status, body) = post(&server, "hall", json!({ "text": text })).await;
+        assert_eq!(status, 201, "{body}");
+        want.push(text);
+    }
+    writeln!(node.stdin.take().unwrap(), "{}", want.join("\t")).unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(node.wait().unwrap().success(), "wall.mjs failed: {rest}");
+    let r: Value = serde_json::from_str(&rest).unwrap();
+
+    // The wall said so, then was live again.
+    let states = r["states"].as_array().unwrap();
+    assert!(
+        states.iter().any(|s| s
+            .as_str()
+            .unwrap()
+            .starts_with("connection lost, reconnecting")),
+        "{r}"
+    );
+    assert_eq!(states.last().unwrap(), "live", "{r}");
+    // Each danmaku drawn once, in order.
+    assert_eq!(r["drawn"], json!(want), "{r}");
+    // The browser logs each refused reconnect; nothing else went wrong.
+    let errors = r["problems"]["errors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.as_str().unwrap().contains("WebSocket connection")),
+        "{r}"
+    );
+    assert_eq!(r["problems"]["dialogs"], json!([]));
+    assert_eq!(r["problems"]["csp"], json!([]));
     server.stop();
 }
