@@ -53,6 +53,10 @@ const ASSETS: &[Source] = embed!("assets":
     "live.css",
     "overlay.js",
     "overlay.css",
+    "wall.js",
+    "wall.css",
+    "phone.js",
+    "phone.css",
 );
 
 /// One servable file: its bytes in each encoding, and its headers.
