@@ -47,6 +47,12 @@ const PAGES: &[Source] = embed!("pages":
 /// Every file under `web/assets/`; one line each.
 const ASSETS: &[Source] = embed!("assets":
     "danmaku.css",
+    "render.js",
+    "client.js",
+    "live.js",
+    "live.css",
+    "overlay.js",
+    "overlay.css",
 );
 
 /// One servable file: its bytes in each encoding, and its headers.

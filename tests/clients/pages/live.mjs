@@ -1,0 +1,234 @@
+// Drives the live room page (web/pages/live.html) in Debian's Chromium, for tests/e2e/web/live.rs.
+//
+//   node pages/live.mjs two     SERVER ROOM    two pages send to each other (markup as text and name)
+//   node pages/live.mjs badroom SERVER         a room name that is markup, in the path
+//   node pages/live.mjs burst   SERVER ROOM N  N danmaku at once: are scrolling ones ever on top of each other?
+//   node pages/live.mjs errors  SERVER ROOM    a blocked word, then sends until rate limited
+//   node pages/live.mjs token   SERVER ROOM TOKEN   sign in with ?token=, send
+//   node pages/live.mjs restart SERVER ROOM    prints {"live":true} once live, then waits for a
+//                                             line "TEXT1\tTEXT2..." on stdin (sent after the
+//                                             server restarted) and reports when all are shown
+//
+// Prints one JSON report on stdout. Every page also reports CSP violations, alerts and <img>s.
+import readline from 'node:readline';
+import { launch } from './browser.mjs';
+
+const [scenario, server, room, ...rest] = process.argv.slice(2);
+const MARKUP = '<img src=x onerror=alert(1)>';
+const WAIT = 20000;
+
+const browser = await launch();
+try {
+  const report = await ({ two, badroom, burst, errors, token, restart })[scenario]();
+  process.stdout.write(JSON.stringify(report) + '\n');
+} finally {
+  await browser.close();
+}
+
+// A page with its alerts and CSP violations recorded.
+async function open(path) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const seen = { alerts: [], errors: [] };
+  page.on('dialog', (d) => {
+    seen.alerts.push(d.message());
+    d.dismiss().catch(() => {});
+  });
+  page.on('pageerror', (e) => seen.errors.push(String(e)));
+  await page.addInitScript(() => {
+    window.__csp = [];
+    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
+  });
+  const response = await page.goto(server + path);
+  page.status = response ? response.status() : 0;
+  page.seen = seen;
+  return page;
+}
+
+async function live(page) {
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: WAIT });
+}
+
+// What a user could notice went wrong on a page.
+async function hygiene(page) {
+  return {
+    alerts: page.seen.alerts,
+    errors: page.seen.errors,
+    csp: await page.evaluate(() => window.__csp),
+    imgs: await page.evaluate(() => document.querySelectorAll('img').length),
+  };
+}
+
+async function send(page, text, name) {
+  if (name !== undefined) await page.getByLabel('display name').fill(name);
+  const box = page.getByLabel('danmaku', { exact: true });
+  await box.fill(text);
+  await box.press('Enter');
+  // The answer, in words, replaces "sending…".
+  await page.waitForFunction(() => {
+    const m = document.getElementById('formMsg').textContent;
+    return m && m !== 'sending…';
+  }, null, { timeout: WAIT });
+  return page.evaluate(() => document.getElementById('formMsg').textContent);
+}
+
+function stageTexts(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('#stage .dm')].map((e) => ({ id: e.dataset.id, text: e.textContent, own: e.classList.contains('dm-own') }))
+  );
+}
+
+function recent(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('#recent li')].map((li) => ({
+      id: Number(li.dataset.id),
+      who: li.querySelector('.who').textContent,
+      text: li.querySelector('.text').textContent,
+      own: li.classList.contains('own'),
+    }))
+  );
+}
+
+async function waitShown(page, texts) {
+  await page.waitForFunction(
+    (want) => {
+      const have = new Set([...document.querySelectorAll('#stage .dm')].map((e) => e.textContent));
+      return want.every((t) => have.has(t));
+    },
+    texts,
+    { timeout: WAIT }
+  );
+}
+
+async function two() {
+  const a = await open('/r/' + room);
+  const b = await open('/r/' + room);
+  await live(a);
+  await live(b);
+  const sentA = await send(a, 'hello from A', 'alice');
+  const sentB = await send(b, MARKUP, MARKUP);
+  await waitShown(a, ['hello from A', MARKUP]);
+  await waitShown(b, ['hello from A', MARKUP]);
+  const out = {};
+  for (const [key, page, sent] of [['a', a, sentA], ['b', b, sentB]]) {
+    out[key] = { sent, stage: await stageTexts(page), recent: await recent(page), ...(await hygiene(page)) };
+  }
+  return out;
+}
+
+async function badroom() {
+  const page = await open('/r/' + encodeURIComponent(MARKUP));
+  await page.waitForTimeout(500);
+  const roomErr = page.status === 200 ? await page.evaluate(() => document.getElementById('roomErr').textContent) : null;
+  return { status: page.status, roomErr, ...(await hygiene(page)) };
+}
+
+async function burst() {
+  const n = Number(rest[0]) || 100;
+  const page = await open('/r/' + room);
+  await live(page);
+  // Watch every frame for a while, starting before the burst arrives.
+  const watching = page.evaluate((frames) => {
+    return new Promise((done) => {
+      const overlaps = [];
+      const seen = new Set();
+      let frame = 0;
+      let most = 0;
+      const step = () => {
+        frame++;
+        const boxes = [...document.querySelectorAll('#stage .dm-scroll:not(.dm-measure), #stage .dm-reverse:not(.dm-measure)')].map((e) => [
+          e.dataset.id,
+          e.getBoundingClientRect(),
+        ]);
+        most = Math.max(most, boxes.length);
+        for (const [id] of boxes) seen.add(id);
+        for (let i = 0; i < boxes.length; i++) {
+          for (let j = i + 1; j < boxes.length; j++) {
+            const [ia, a] = boxes[i];
+            const [ib, b] = boxes[j];
+            // Touching edges are not an overlap; half a pixel covers rounding.
+            if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5) {
+              if (overlaps.length < 20) overlaps.push({ frame, a: ia, b: ib, ra: [a.left, a.top, a.width, a.height], rb: [b.left, b.top, b.width, b.height] });
+            }
+          }
+        }
+        if (frame < frames) requestAnimationFrame(step);
+        else done({ frames: frame, overlaps, seen: seen.size, most });
+      };
+      requestAnimationFrame(step);
+    });
+  }, 240);
+  const modes = ['scroll', 'scroll', 'scroll', 'reverse'];
+  const sends = [];
+  for (let i = 0; i < n; i++) {
+    const body = { text: 'burst ' + i + ' ' + '弹幕🎉'.repeat(i % 7) + 'x'.repeat((i * 13) % 40), mode: modes[i % 4], size: [18, 25, 36, 25][i % 4] };
+    sends.push(fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify(body) }).then((r) => r.status));
+  }
+  const statuses = await Promise.all(sends);
+  const watched = await watching;
+  const stats = await page.evaluate(() => ({
+    onScreen: Number(document.getElementById('onScreen').textContent),
+    overflow: Number(document.getElementById('overflow').textContent),
+  }));
+  return { stored: statuses.filter((s) => s === 201).length, ...watched, stats, ...(await hygiene(page)) };
+}
+
+async function errors() {
+  const page = await open('/r/' + room);
+  await live(page);
+  const blocked = await send(page, 'this has forbiddenword in it');
+  const answers = [];
+  for (let i = 0; i < 8; i++) {
+    const answer = await send(page, 'quick send ' + i);
+    answers.push(answer);
+    if (/too fast/.test(answer)) break;
+    // Wait for the next send to be told apart from this answer.
+    await page.evaluate(() => (document.getElementById('formMsg').textContent = ''));
+  }
+  return { blocked, answers, ...(await hygiene(page)) };
+}
+
+async function token() {
+  const page = await open('/r/' + room + '?token=' + encodeURIComponent(rest[0]) + '&keep=1');
+  await live(page);
+  const sent = await send(page, 'signed in and sending');
+  await waitShown(page, ['signed in and sending']);
+  return {
+    href: await page.evaluate(() => location.href),
+    stored: await page.evaluate(() => sessionStorage.getItem('danmaku.token')),
+    local: await page.evaluate(() => Object.keys(localStorage).filter((k) => localStorage.getItem(k).includes('.'))),
+    who: await page.evaluate(() => document.getElementById('who').textContent),
+    sent,
+    stage: await stageTexts(page),
+    ...(await hygiene(page)),
+  };
+}
+
+async function restart() {
+  const page = await open('/r/' + room);
+  await live(page);
+  // Every state the page shows, in order.
+  await page.evaluate(() => {
+    window.__states = ['live'];
+    const pill = document.getElementById('status');
+    new MutationObserver(() => {
+      const s = pill.className.replace('pill', '').trim();
+      if (window.__states[window.__states.length - 1] !== s) window.__states.push(s);
+    }).observe(pill, { attributes: true, childList: true, characterData: true, subtree: true });
+  });
+  process.stdout.write(JSON.stringify({ live: true }) + '\n');
+  const lines = readline.createInterface({ input: process.stdin });
+  const [line] = await lines[Symbol.asyncIterator]().next().then((r) => [r.value]);
+  lines.close();
+  const texts = line.split('\t');
+  await page.waitForFunction(
+    (want) => {
+      const have = new Set([...document.querySelectorAll('#recent .text')].map((e) => e.textContent));
+      return want.every((t) => have.has(t));
+    },
+    texts,
+    { timeout: WAIT }
+  );
+  await page.waitForTimeout(300); // a duplicate would arrive now, if at all
+  return { states: await page.evaluate(() => window.__states), recent: await recent(page), ...(await hygiene(page)) };
+}
