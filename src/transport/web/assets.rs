@@ -53,6 +53,11 @@ const ASSETS: &[Source] = embed!("assets":
     "live.css",
     "overlay.js",
     "overlay.css",
+    "admin.js",
+    "admin.css",
+    "vendor/uplot/uPlot.iife.min.js",
+    "vendor/uplot/uPlot.min.css",
+    "vendor/uplot/LICENSE.txt",
 );
 
 /// One servable file: its bytes in each encoding, and its headers.
