@@ -17,6 +17,7 @@
   let token = sessionStorage.getItem(KEY) || '';
   let timers = [];
   let statsAfter = null;
+  let statRooms = []; // the busiest rooms, as the last stats answer had them
   let current = null; // {name, viewer}
   const rooms = new Map(); // name -> {online, rate}
 
@@ -117,6 +118,7 @@
     refreshBans();
     refreshAudit(true);
     every(5000, refreshRooms);
+    every(1000, roomPoint);
     every(2000, () => current && refreshHeld());
     every(10000, () => current && refreshMutes());
     every(30000, refreshBans);
@@ -133,6 +135,7 @@
     }
     timers = [];
     statsAfter = null;
+    statRooms = [];
     closeRoom();
     charts.destroy();
   }
@@ -149,7 +152,10 @@
           ['in /s', '#3160e0'],
           ['out /s', '#1a7f45'],
         ],
-        cOnline: [['online', '#7a3fd0']],
+        cOnline: [
+          ['this node', '#7a3fd0'],
+          ['all nodes', '#c8a8f0'],
+        ],
         cLat: [
           ['ack p50', '#3160e0'],
           ['ack p99', '#9db3f0'],
@@ -231,7 +237,7 @@
       for (const p of s.samples || []) {
         const x = p.t / 1000;
         charts.push('cRate', x, [p.received_per_s, p.deliveries_per_s]);
-        charts.push('cOnline', x, [p.online]);
+        charts.push('cOnline', x, [p.online, p.online_cluster]);
         charts.push('cLat', x, [
           pick(p.send_ack_ms, 'p50'),
           pick(p.send_ack_ms, 'p99'),
@@ -242,12 +248,13 @@
         statsAfter = p.t;
       }
       for (const id of ['cRate', 'cOnline', 'cLat', 'cLoss']) charts.draw(id);
-      for (const r of s.rooms || []) rooms.set(r.room, { online: r.online, rate: r.rate_per_s });
-      await roomPoint(s.rooms || []);
+      statRooms = s.rooms || [];
+      for (const r of statRooms) rooms.set(r.room, { online: r.online, rate: r.rate_per_s });
       renderRooms();
       $('statsMsg').textContent = 'updated ' + new Date().toLocaleTimeString();
     } catch (e) {
       if (!token) return;
+      statRooms = [];
       $('statsMsg').textContent =
         e.status === 404 ? 'this server has no stats endpoint' : 'stats: ' + String(e.message);
       next = e.status === 404 ? 10000 : 2000;
@@ -255,8 +262,8 @@
     if (token) timers.push(setTimeout(pollStats, next));
   }
 
-  /** One point of the open room's chart: from the stats' rooms, else the room's own figures. */
-  async function roomPoint(statRooms) {
+  /** One point a second of the open room's chart: from the stats' rooms, else the room's own figures. */
+  async function roomPoint() {
     if (!current) return;
     const name = current.name;
     let r = statRooms.find((x) => x.room === name);
@@ -588,9 +595,9 @@
         'tr',
         {},
         el('td', {}, String(a.id)),
-        el('td', {}, new Date(a.ts).toLocaleString()),
+        el('td', { class: 'nowrap' }, new Date(a.ts).toLocaleString()),
         el('td', {}, a.actor || ''),
-        el('td', {}, a.action || ''),
+        el('td', { class: 'nowrap' }, a.action || ''),
         el('td', {}, a.room || ''),
         el('td', {}, a.target || ''),
         el('td', { class: 'detail' }, a.detail == null ? '' : JSON.stringify(a.detail))

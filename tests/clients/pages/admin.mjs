@@ -49,10 +49,6 @@ try {
   out.statsPolls = urls.filter((u) => u.includes('/api/v1/admin/stats')).length;
   out.statsAfter = urls.some((u) => /\/api\/v1\/admin\/stats\?after=\d+/.test(u));
   out.statsMsg = await page.textContent('#statsMsg');
-  out.points = await page.evaluate(() => {
-    // The x axis is drawn with tick labels once the chart has data: count its labelled ticks.
-    return [...document.querySelectorAll('#cRate .u-axis')].map((a) => a.textContent.trim().length);
-  });
 
   // The room, found with the search box and opened with Enter.
   await page.getByLabel('search rooms').fill(room);
