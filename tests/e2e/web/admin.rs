@@ -54,7 +54,10 @@ async fn an_admin_moderates_a_live_room_from_the_dashboard() {
     // A wrong token is refused in words; the form stays and nothing is kept.
     let wrong = &report["wrong"];
     assert!(
-        wrong["message"].as_str().unwrap().starts_with("unauthorized"),
+        wrong["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unauthorized"),
         "{wrong}"
     );
     assert_eq!(wrong["signinVisible"], true);
@@ -62,7 +65,6 @@ async fn an_admin_moderates_a_live_room_from_the_dashboard() {
     assert_eq!(wrong["stored"], 0);
     assert_eq!(report["storedInSession"], true);
     assert_eq!(report["inLocalStorage"], 0);
-
 
     // The held sends, shown as text, approved with j / a / k / a.
     assert_eq!(report["roomName"], room);
