@@ -3,6 +3,7 @@
 mod server;
 mod services;
 
+mod admin_stats;
 mod bad_input;
 mod bench;
 mod browser;
@@ -14,6 +15,7 @@ mod crash;
 mod deadlines;
 mod delivery;
 mod density;
+mod density_graph;
 mod edges;
 mod full_disk;
 mod guard;
