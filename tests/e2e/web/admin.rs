@@ -116,16 +116,19 @@ async fn an_admin_moderates_a_live_room_from_the_dashboard() {
     // The token never left the Authorization header.
     assert_eq!(report["tokenInUrl"], json!([]), "{report:#}");
     assert!(!strings(&report["urls"]).is_empty());
-    for side in ["problems", "viewerProblems"] {
+    // Neither page broke the policy, ran injected script or threw. The
+    // admin's one failed load is the wrong token's 401; the room page may
+    // miss only its favicon (it names none).
+    for (side, allowed) in [
+        ("problems", "status of 401"),
+        ("viewerProblems", "status of 404"),
+    ] {
         let p = &report[side];
         assert_eq!(p["csp"], json!([]), "{side}: {p}");
         assert_eq!(p["dialogs"], json!([]), "{side}: {p}");
-        // The wrong token's 401 is the one failed load the browser may log.
         let errors = strings(&p["errors"]);
-        assert!(
-            errors.iter().all(|e| e.contains("status of 401")),
-            "{side}: {p}"
-        );
+        assert!(errors.len() <= 1, "{side}: {p}");
+        assert!(errors.iter().all(|e| e.contains(allowed)), "{side}: {p}");
     }
     // Charts drawn from the stats endpoint, polled about once a second.
     assert!(report["canvases"].as_u64().unwrap() >= 4, "{report:#}");
