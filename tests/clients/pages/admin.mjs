@@ -49,6 +49,15 @@ try {
   out.statsPolls = urls.filter((u) => u.includes('/api/v1/admin/stats')).length;
   out.statsAfter = urls.some((u) => /\/api\/v1\/admin\/stats\?after=\d+/.test(u));
   out.statsMsg = await page.textContent('#statsMsg');
+  // An empty uPlot chart draws nothing (no ticks, no grid): inked pixels mean lines were drawn.
+  out.inked = await page.$$eval('#dash .charts canvas', (cs) =>
+    cs.map((c) => {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+      return n;
+    })
+  );
 
   // The room, found with the search box and opened with Enter.
   await page.getByLabel('search rooms').fill(room);
