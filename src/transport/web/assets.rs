@@ -57,6 +57,11 @@ const ASSETS: &[Source] = embed!("assets":
     "wall.css",
     "phone.js",
     "phone.css",
+    "admin.js",
+    "admin.css",
+    "vendor/uplot/uPlot.iife.min.js",
+    "vendor/uplot/uPlot.min.css",
+    "vendor/uplot/LICENSE.txt",
 );
 
 /// One servable file: its bytes in each encoding, and its headers.
