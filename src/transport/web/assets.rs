@@ -53,6 +53,8 @@ const ASSETS: &[Source] = embed!("assets":
     "live.css",
     "overlay.js",
     "overlay.css",
+    "player.js",
+    "player.css",
 );
 
 /// One servable file: its bytes in each encoding, and its headers.
