@@ -376,6 +376,7 @@
     if (!d || !bucket) return;
     const n = Math.max(1, Math.ceil(d / bucket));
     graph.setAttribute('viewBox', '0 0 ' + n + ' 100');
+    graph.dataset.bucketS = String(bucket);
     let max = 0;
     for (let i = 0; i < n; i++) max = Math.max(max, counts[i] || 0);
     const bars = [];
