@@ -3,6 +3,12 @@
 //! One [`Metrics`] value is created per node and shared by reference; each
 //! metric is a cheap atomic (histograms take a short lock), so the hot path
 //! only updates them once per write, never once per danmaku per viewer.
+//!
+//! The two latencies the admin dashboard charts are [`Latency`]s: a
+//! Prometheus histogram that also keeps bucket counts of its own, which the
+//! node's stats sampler reads (prometheus_client exposes none).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -46,6 +52,9 @@ pub struct Metrics {
     pub received: Counter,
     /// Sends and commands refused, by error code.
     pub rejected: Family<CodeLabel, Counter>,
+    /// Every refusal of `rejected`, whatever its code: the family has no
+    /// total to read.
+    rejected_total: AtomicU64,
     /// Danmaku written to viewers (one per danmaku per viewer).
     pub deliveries: Counter,
     /// Frames the hub encoded (each shared by all viewers of a room).
@@ -60,11 +69,11 @@ pub struct Metrics {
     /// ran out of time.
     pub http_timeouts: Family<PhaseLabel, Counter>,
     /// Seconds from receiving a send to acknowledging it (includes commit).
-    pub send_ack_seconds: Histogram,
+    pub send_ack_seconds: Latency,
     /// Seconds from commit to a frame being handed to a viewer's socket (queued
     /// for the non-blocking write that follows at once), observed on one
     /// viewer in 16 so that a big room does not take this lock per viewer.
-    pub fanout_seconds: Histogram,
+    pub fanout_seconds: Latency,
     /// Danmaku density control left out of hot rooms' frames (stored, not
     /// sent live).
     pub thinned: Counter,
@@ -104,9 +113,98 @@ pub struct Metrics {
     pub limits_fallbacks: Counter,
 }
 
+/// The upper bounds of every latency histogram's buckets: 50 µs .. ~13 s,
+/// doubling.
+fn latency_bounds() -> Vec<f64> {
+    exponential_buckets(0.000_05, 2.0, 19).collect()
+}
+
 fn latency_buckets() -> Histogram {
-    // 50 µs .. ~13 s, doubling.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+    Histogram::new(latency_bounds())
+}
+
+/// A latency histogram whose bucket counts can be read back: each
+/// observation goes to the Prometheus histogram and adds one to a counter
+/// of its own bucket (one atomic add), so that the distribution over any
+/// interval is the difference of two [`Latency::snapshot`]s.
+pub struct Latency {
+    histogram: Histogram,
+    /// The buckets' upper bounds (inclusive, as Prometheus's `le`),
+    /// ascending; a last bucket without bound follows them.
+    bounds: Vec<f64>,
+    /// Observations so far in each bucket (not summed across buckets):
+    /// `bounds.len() + 1` of them.
+    counts: Box<[AtomicU64]>,
+}
+
+/// A [`Latency`]'s bucket counts at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencySnapshot(Vec<u64>);
+
+impl Latency {
+    /// A latency with buckets up to these bounds, ascending.
+    pub fn new(bounds: Vec<f64>) -> Latency {
+        Latency {
+            histogram: Histogram::new(bounds.iter().copied()),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+        }
+    }
+
+    /// Records one latency, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        self.histogram.observe(seconds);
+        // The first bucket whose bound holds it (NaN: the first).
+        let bucket = self.bounds.partition_point(|&bound| bound < seconds);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The bucket counts now.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot(
+            self.counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
+
+    /// The `q`-quantile (0 to 1), in seconds, of the latencies observed
+    /// between snapshots `earlier` and `later`; `None` if there were none.
+    /// As Prometheus's `histogram_quantile`: linear within the bucket the
+    /// rank falls in, and the largest bound for the unbounded last bucket.
+    pub fn quantile(
+        &self,
+        earlier: &LatencySnapshot,
+        later: &LatencySnapshot,
+        q: f64,
+    ) -> Option<f64> {
+        let counts: Vec<u64> = later
+            .0
+            .iter()
+            .zip(earlier.0.iter().chain(std::iter::repeat(&0)))
+            .map(|(l, e)| l.saturating_sub(*e))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let Some(&upper) = self.bounds.get(i) else {
+                    return Some(lower);
+                };
+                let within = (rank - below as f64).max(0.0) / n as f64;
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        // Unreachable with a rank of at most the total; the largest bound.
+        self.bounds.last().copied()
+    }
 }
 
 impl Metrics {
@@ -136,14 +234,15 @@ impl Metrics {
             rooms: Gauge::default(),
             received: Counter::default(),
             rejected: Family::default(),
+            rejected_total: AtomicU64::new(0),
             deliveries: Counter::default(),
             frames: Counter::default(),
             dropped: Counter::default(),
             lags: Counter::default(),
             slow_disconnects: Counter::default(),
             http_timeouts: Family::default(),
-            send_ack_seconds: latency_buckets(),
-            fanout_seconds: latency_buckets(),
+            send_ack_seconds: Latency::new(latency_bounds()),
+            fanout_seconds: Latency::new(latency_bounds()),
             pass_seconds: latency_buckets(),
             bus_lag_seconds: latency_buckets(),
             thinned: Counter::default(),
@@ -206,12 +305,12 @@ impl Metrics {
         registry.register(
             "send_ack_seconds",
             "Seconds from receiving a send to acknowledging it",
-            m.send_ack_seconds.clone(),
+            m.send_ack_seconds.histogram.clone(),
         );
         registry.register(
             "fanout_seconds",
             "Seconds from commit to a frame being handed to a viewer's socket (1 viewer in 16)",
-            m.fanout_seconds.clone(),
+            m.fanout_seconds.histogram.clone(),
         );
         registry.register(
             "thinned",
@@ -305,6 +404,12 @@ impl Metrics {
                 code: code.as_str(),
             })
             .inc();
+        self.rejected_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refusals so far, of every code.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected_total.load(Ordering::Relaxed)
     }
 }
 
@@ -335,5 +440,72 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(got: Option<f64>, want: f64) {
+        let got = got.expect("a quantile");
+        assert!((got - want).abs() < 1e-9, "got {got}, want {want}");
+    }
+
+    #[test]
+    fn quantiles_cover_only_what_was_observed_between_two_snapshots() {
+        let latency = Latency::new(vec![1.0, 2.0, 4.0, 8.0]);
+        let start = latency.snapshot();
+        assert_eq!(latency.quantile(&start, &latency.snapshot(), 0.5), None);
+        for _ in 0..100 {
+            latency.observe(0.5);
+        }
+        let first = latency.snapshot();
+        // All in (0, 1]: the rank's share of the bucket.
+        close(latency.quantile(&start, &first, 0.5), 0.5);
+        close(latency.quantile(&start, &first, 0.9), 0.9);
+
+        // The next interval: 10 in (2, 4], nothing of the 100 before.
+        for _ in 0..10 {
+            latency.observe(3.0);
+        }
+        let second = latency.snapshot();
+        close(latency.quantile(&first, &second, 0.5), 3.0);
+        close(latency.quantile(&first, &second, 0.99), 3.98);
+        // Both intervals: 100 of 110 below 1 s, so p90 is still there.
+        close(latency.quantile(&start, &second, 0.9), 0.99);
+        close(
+            latency.quantile(&start, &second, 0.95),
+            2.0 + 2.0 * 4.5 / 10.0,
+        );
+        assert_eq!(latency.quantile(&second, &latency.snapshot(), 0.99), None);
+    }
+
+    #[test]
+    fn a_bound_holds_its_own_value_and_the_last_bucket_has_none() {
+        let latency = Latency::new(vec![1.0, 2.0]);
+        let start = latency.snapshot();
+        latency.observe(1.0);
+        // `le` is inclusive: 1.0 lies in (0, 1].
+        close(latency.quantile(&start, &latency.snapshot(), 1.0), 1.0);
+        let before = latency.snapshot();
+        latency.observe(100.0);
+        latency.observe(f64::INFINITY);
+        // Beyond the last bound, the quantile is that bound.
+        close(latency.quantile(&before, &latency.snapshot(), 0.5), 2.0);
+    }
+
+    #[test]
+    fn the_latencies_still_render_as_prometheus_histograms() {
+        let metrics = Metrics::new();
+        metrics.send_ack_seconds.observe(0.003);
+        metrics.fanout_seconds.observe(0.001);
+        let text = metrics.render();
+        assert!(
+            text.contains("danmaku_send_ack_seconds_bucket{le=\"0.0032\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("danmaku_send_ack_seconds_count 1"), "{text}");
+        assert!(text.contains("danmaku_fanout_seconds_count 1"), "{text}");
     }
 }

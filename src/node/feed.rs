@@ -362,6 +362,7 @@ mod tests {
     use super::*;
     use crate::danmaku::NewDanmaku;
     use crate::hub::Hub;
+    use crate::store::Density;
 
     /// A store whose danmaku after id 1 were all recalled.
     struct Recalled;
@@ -385,6 +386,9 @@ mod tests {
             _: usize,
         ) -> Result<Vec<Danmaku>, StoreError> {
             Ok(Vec::new())
+        }
+        async fn density(&self, _: &str, _: f64, _: usize) -> Result<Density, StoreError> {
+            Ok(Density::default())
         }
         async fn get(&self, _: &str, _: u64) -> Result<Option<Danmaku>, StoreError> {
             Ok(None)

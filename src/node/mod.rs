@@ -25,7 +25,7 @@ use crate::hub::{Hub, RoomOrder, RoomStats};
 use crate::metrics::Metrics;
 use crate::moderation::{AuditEntry, Held, Moderator, Verdict};
 use crate::presence::Presence;
-use crate::store::{ModerationStore, Store, StoreError};
+use crate::store::{Density, ModerationStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 pub use memory::limit_arenas;
@@ -461,6 +461,18 @@ impl Node {
     ) -> Result<Vec<Danmaku>, ApiError> {
         guard::check_room(room)?;
         Ok(self.store.by_video_time(room, from, to, limit).await?)
+    }
+
+    /// How many danmaku of `room` lie in each bucket of `bucket_s` seconds
+    /// of video time, counted by the store (see [`Store::density`]).
+    pub async fn density(
+        &self,
+        room: &str,
+        bucket_s: f64,
+        max_buckets: usize,
+    ) -> Result<Density, ApiError> {
+        guard::check_room(room)?;
+        Ok(self.store.density(room, bucket_s, max_buckets).await?)
     }
 
     /// The figures of one room (also one the hub does not hold right now).

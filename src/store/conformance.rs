@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{AuditOf, CommitListener, ModerationStore, Store, StoreError};
+use super::{AuditOf, CommitListener, Density, ModerationStore, Store, StoreError};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku, MAX_ID};
 use crate::moderation::{AuditEntry, Ban, Change, Mute, RoomSettings};
 
@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
         $crate::store::conformance::conformance_tests!(@checks $backing;
             ids_are_contiguous_per_room,
             reads_return_what_was_stored,
+            density_counts_by_video_time_in_the_database,
             ids_past_i64_max_name_nothing,
             a_recall_leaves_a_hole,
             approving_stores_releases_and_audits_together,
@@ -250,6 +251,58 @@ pub(crate) async fn reads_return_what_was_stored<B: Backing>(b: &B) {
     assert_eq!(store.last_id("r").await.unwrap(), 4);
     assert_eq!(store.last_id("other").await.unwrap(), 1);
     assert_eq!(store.last_id("nobody").await.unwrap(), 0);
+}
+
+/// `density` counts a room's danmaku per bucket of video time, from 0,
+/// leaving out those without one, other rooms', and those at or past the
+/// cap (counted apart, however far: no overflow).
+pub(crate) async fn density_counts_by_video_time_in_the_database<B: Backing>(b: &B) {
+    let store = b.open(Seen::default().listener()).await;
+    let at = |room: &str, vt: Option<f64>| NewDanmaku {
+        vt,
+        ..new(room, "x")
+    };
+    let vts = [
+        Some(0.0),
+        Some(4.9),
+        Some(5.0),
+        None,
+        Some(12.0),
+        Some(12.5),
+        Some(29.99),
+    ];
+    let mut news: Vec<NewDanmaku> = vts.iter().map(|&vt| at("r", vt)).collect();
+    news.push(at("other", Some(1.0)));
+    news.push(at("far", Some(2_592_000.0)));
+    news.push(at("far", Some(0.05)));
+    store.append_many(news).await.unwrap();
+
+    let density = |room, bucket, max| store.density(room, bucket, max);
+    let counts = |counts: &[u64], beyond| Density {
+        counts: counts.to_vec(),
+        beyond,
+    };
+    assert_eq!(
+        density("r", 5.0, 100).await.unwrap(),
+        counts(&[2, 1, 2, 0, 0, 1], 0)
+    );
+    // [0, 10) and [10, 20); 29.99 lies past the cap of two buckets.
+    assert_eq!(density("r", 10.0, 2).await.unwrap(), counts(&[3, 2], 1));
+    assert_eq!(density("r", 10.0, 0).await.unwrap(), counts(&[], 6));
+    let fine = density("r", 0.5, 10_000).await.unwrap();
+    assert_eq!(fine.counts.len(), 60, "29.99 s is in bucket 59");
+    assert_eq!(fine.counts.iter().sum::<u64>(), 6);
+    assert_eq!(
+        (fine.counts[9], fine.counts[10], fine.counts[24]),
+        (1, 1, 1)
+    );
+    assert_eq!(density("other", 5.0, 100).await.unwrap(), counts(&[1], 0));
+    // 30 days in buckets of 0.1 s: past any cap, counted as beyond.
+    assert_eq!(density("far", 0.1, 10_000).await.unwrap(), counts(&[1], 1));
+    assert_eq!(
+        density("nobody", 5.0, 100).await.unwrap(),
+        Density::default()
+    );
 }
 
 /// Ids and limits past the largest signed 64-bit integer name nothing and

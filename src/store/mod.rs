@@ -62,6 +62,41 @@ pub enum StoreError {
     Worker(String),
 }
 
+/// A room's danmaku counted by video time ([`Store::density`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Density {
+    /// `counts[i]`: the danmaku of bucket `i`, up to the last bucket below
+    /// the cap that holds any (empty when none does).
+    pub counts: Vec<u64>,
+    /// The danmaku at or past the cap (`max_buckets * bucket_s` seconds),
+    /// left out of `counts`.
+    pub beyond: u64,
+}
+
+impl Density {
+    /// The density of `(bucket, count)` rows as a query grouped them, in
+    /// any order, where every bucket at or past `max_buckets` counts as
+    /// beyond: the one reading of both backends' rows.
+    pub(crate) fn from_groups(
+        groups: impl IntoIterator<Item = (u64, u64)>,
+        max_buckets: usize,
+    ) -> Density {
+        let mut density = Density::default();
+        for (bucket, count) in groups {
+            match usize::try_from(bucket) {
+                Ok(i) if i < max_buckets => {
+                    if density.counts.len() <= i {
+                        density.counts.resize(i + 1, 0);
+                    }
+                    density.counts[i] += count;
+                }
+                _ => density.beyond += count,
+            }
+        }
+        density
+    }
+}
+
 /// Durable danmaku history.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -92,6 +127,18 @@ pub trait Store: Send + Sync + 'static {
         to: f64,
         limit: usize,
     ) -> Result<Vec<Danmaku>, StoreError>;
+
+    /// How many danmaku of `room` lie in each video-time bucket of
+    /// `bucket_s` seconds (finite, above 0), counted by the database: bucket
+    /// `i` holds those with a video time in `[i * bucket_s, (i + 1) *
+    /// bucket_s)`, for `i` below `max_buckets`; danmaku without one are not
+    /// counted. See [`Density`].
+    async fn density(
+        &self,
+        room: &str,
+        bucket_s: f64,
+        max_buckets: usize,
+    ) -> Result<Density, StoreError>;
 
     /// One stored danmaku, if it exists (and was not recalled).
     async fn get(&self, room: &str, id: u64) -> Result<Option<Danmaku>, StoreError>;

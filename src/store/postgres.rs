@@ -36,7 +36,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, GenericClient, NoTls, Row, Transaction};
 
 use super::{
-    answer_all, in_chunks, AuditOf, Cause, CommitListener, ModerationStore, Store, StoreError,
+    answer_all, in_chunks, AuditOf, Cause, CommitListener, Density, ModerationStore, Store,
+    StoreError,
 };
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
@@ -344,6 +345,31 @@ impl Store for PostgresStore {
                 danmaku_of,
             )
             .await
+    }
+
+    async fn density(
+        &self,
+        room: &str,
+        bucket_s: f64,
+        max_buckets: usize,
+    ) -> Result<Density, StoreError> {
+        // The cap before the cast: a far-off video time in a tiny bucket
+        // neither overflows a bigint nor makes millions of groups.
+        let cap = max_buckets as f64;
+        let groups = self
+            .readers
+            .rows(
+                "SELECT LEAST(floor(vt / $2), $3)::int8 AS bucket, count(*) FROM danmaku \
+                 WHERE room = $1 AND vt IS NOT NULL AND vt >= 0 GROUP BY bucket",
+                &[
+                    (&room, Type::TEXT),
+                    (&bucket_s, Type::FLOAT8),
+                    (&cap, Type::FLOAT8),
+                ],
+                |r| Ok((narrow::<i64, u64>(r, 0)?, narrow::<i64, u64>(r, 1)?)),
+            )
+            .await?;
+        Ok(Density::from_groups(groups, max_buckets))
     }
 
     async fn get(&self, room: &str, id: u64) -> Result<Option<Danmaku>, StoreError> {

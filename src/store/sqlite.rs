@@ -22,7 +22,9 @@ use rusqlite::{
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::{answer_all, in_chunks, AuditOf, CommitListener, ModerationStore, Store, StoreError};
+use super::{
+    answer_all, in_chunks, AuditOf, CommitListener, Density, ModerationStore, Store, StoreError,
+};
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
@@ -108,6 +110,13 @@ CREATE TABLE IF NOT EXISTS audit (
 ";
 
 const COLUMNS: &str = "id, room, user, name, text, mode, color, size, ts, vt";
+
+/// [`Store::density`]: read from the `(room, vt)` index alone (a room's
+/// danmaku without a video time are not even visited), with the buckets at
+/// or past the cap (`?3`) in one group, so that a far-off video time cannot
+/// make millions of them.
+const DENSITY: &str = "SELECT MIN(CAST(vt / ?2 AS INTEGER), ?3) AS bucket, COUNT(*) \
+     FROM danmaku WHERE room = ?1 AND vt IS NOT NULL AND vt >= 0 GROUP BY bucket";
 
 /// Work for the writer other than an append: it runs on the writer's
 /// connection and sends its own reply.
@@ -307,6 +316,25 @@ impl Store for SqliteStore {
             ))?;
             let rows = stmt.query_map(params![room, from, to, sql_limit(limit)], row_to_danmaku)?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn density(
+        &self,
+        room: &str,
+        bucket_s: f64,
+        max_buckets: usize,
+    ) -> Result<Density, StoreError> {
+        let room = room.to_owned();
+        let cap = sql_limit(max_buckets);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(DENSITY)?;
+            let rows = stmt.query_map(params![room, bucket_s, cap], |r| {
+                Ok((column_id(r, 0)?, column_id(r, 1)?))
+            })?;
+            let groups = rows.collect::<Result<Vec<_>, _>>()?;
+            Ok(Density::from_groups(groups, max_buckets))
         })
         .await
     }
@@ -1113,6 +1141,33 @@ mod tests {
         assert_eq!(second.await.unwrap().unwrap().id, 2);
         held.await.unwrap().unwrap();
         assert_eq!(*log.lock().unwrap(), vec![(2, 0)]);
+    }
+
+    /// A video's density reads the `(room, vt)` index and nothing else:
+    /// not the whole table, nor every row of the room.
+    #[tokio::test]
+    async fn density_reads_only_the_video_time_index() {
+        let db = sqlite();
+        let store = db.open(Box::new(|_| {})).await;
+        store.append(new("r", "x")).await.unwrap();
+        let conn = Connection::open(db.0.path().join(DB_FILE)).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {DENSITY}"))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params!["r", 5.0, 100], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING COVERING INDEX danmaku_by_vt (room=?")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

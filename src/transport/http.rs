@@ -9,7 +9,10 @@ use axum::Json;
 use serde::Serialize;
 
 use super::body::read_json;
-use super::params::{next_cursor, HistoryQuery, HistoryRange, Query, RoomName, RoomsQuery};
+use super::params::{
+    next_cursor, too_many_buckets, DensityQuery, HistoryQuery, HistoryRange, Query, RoomName,
+    RoomsQuery, MAX_DENSITY_BUCKETS,
+};
 use super::App;
 use crate::danmaku::Danmaku;
 use crate::error::ApiError;
@@ -132,6 +135,46 @@ pub(super) async fn history(
     .await;
     match result {
         Ok(h) => Json(h).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The answer of `GET /api/v1/rooms/{room}/density`.
+#[derive(Serialize)]
+struct DensityAnswer {
+    room: String,
+    bucket_s: f64,
+    /// `counts[i]`: danmaku with a video time in `[i * bucket_s, (i + 1) *
+    /// bucket_s)`, up to the last bucket that holds any.
+    counts: Vec<u64>,
+}
+
+/// A room's danmaku counted per bucket of video time (a player's
+/// "high-energy" bar), computed by the store.
+pub(super) async fn density(
+    State(app): State<App>,
+    RoomName(room): RoomName,
+    Query(q): Query<DensityQuery>,
+) -> Response {
+    let result = async {
+        let bucket_s = q.check()?;
+        let density = app
+            .node
+            .density(&room, bucket_s, MAX_DENSITY_BUCKETS)
+            .await?;
+        // A partial bar would look whole: refuse it instead.
+        if density.beyond > 0 {
+            return Err(too_many_buckets(bucket_s));
+        }
+        Ok::<_, ApiError>(DensityAnswer {
+            room: room.clone(),
+            bucket_s,
+            counts: density.counts,
+        })
+    }
+    .await;
+    match result {
+        Ok(d) => Json(d).into_response(),
         Err(e) => e.into_response(),
     }
 }

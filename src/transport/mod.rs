@@ -92,6 +92,7 @@ pub fn router(app: App) -> Router {
             "/api/v1/rooms/{room}/danmaku",
             cors(get(http::history).post(http::send)),
         )
+        .route("/api/v1/rooms/{room}/density", cors(get(http::density)))
         // Players and formats (docs/players.md).
         .route(
             "/dplayer/v3/",

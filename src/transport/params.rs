@@ -39,6 +39,17 @@ pub const MAX_AUDIT_PAGE: usize = 1000;
 /// The danmaku one history request returns when it names no `limit`.
 pub const DEFAULT_HISTORY_PAGE: usize = 100;
 
+/// The bucket of `GET /api/v1/rooms/{room}/density` when it names none,
+/// in seconds of video time.
+pub const DEFAULT_DENSITY_BUCKET_S: f64 = 10.0;
+/// The smallest bucket of a density, in seconds.
+pub const MIN_DENSITY_BUCKET_S: f64 = 0.1;
+/// The largest bucket of a density, in seconds (an hour).
+pub const MAX_DENSITY_BUCKET_S: f64 = 3600.0;
+/// The most buckets one density holds: a video longer than this many
+/// buckets needs a larger bucket (a 3-hour video in buckets of 1.08 s).
+pub const MAX_DENSITY_BUCKETS: usize = 10_000;
+
 /// The room named by a route's `{room}` segment, percent-decoded and held
 /// to the room grammar: `400 invalid_room` otherwise, before the handler
 /// runs, whatever else the route takes.
@@ -183,6 +194,48 @@ impl HistoryQuery {
         }
         Ok((HistoryRange::VideoTime { from, to }, limit))
     }
+}
+
+/// `GET /api/v1/rooms/{room}/density`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DensityQuery {
+    /// Seconds of video time per bucket.
+    pub bucket: Option<f64>,
+}
+
+impl DensityQuery {
+    /// The bucket in seconds: [`DEFAULT_DENSITY_BUCKET_S`] when absent,
+    /// else from [`MIN_DENSITY_BUCKET_S`] to [`MAX_DENSITY_BUCKET_S`].
+    pub fn check(&self) -> Result<f64, ApiError> {
+        match self.bucket.unwrap_or(DEFAULT_DENSITY_BUCKET_S) {
+            // NaN is in no range.
+            s if (MIN_DENSITY_BUCKET_S..=MAX_DENSITY_BUCKET_S).contains(&s) => Ok(s),
+            _ => Err(invalid_query(format!(
+                "bucket must be a number of seconds from {MIN_DENSITY_BUCKET_S} \
+                 to {MAX_DENSITY_BUCKET_S}"
+            ))),
+        }
+    }
+}
+
+/// The answer when a room's danmaku span more than
+/// [`MAX_DENSITY_BUCKETS`] buckets of `bucket_s`: `400 invalid_query`.
+pub fn too_many_buckets(bucket_s: f64) -> ApiError {
+    invalid_query(format!(
+        "the room's danmaku span more than {MAX_DENSITY_BUCKETS} buckets of {bucket_s} s: \
+         ask for a larger bucket"
+    ))
+}
+
+/// `GET /api/v1/admin/stats`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// Only the samples taken after this time (Unix milliseconds): a
+    /// dashboard passes the `t` of the last sample it has.
+    #[serde(default)]
+    pub after: u64,
 }
 
 /// `GET /api/v1/rooms/{room}/stream`.
@@ -352,6 +405,32 @@ mod tests {
         }
         let q: Result<HistoryQuery, _> = parse_query(Some("after=9223372036854775808"));
         assert_eq!(q.unwrap_err().code, ErrorCode::InvalidQuery);
+    }
+
+    #[test]
+    fn a_density_bucket_lies_within_its_bounds() {
+        let bucket = |q: &str| parse_query::<DensityQuery>(Some(q)).and_then(|q| q.check());
+        assert_eq!(bucket("").unwrap(), DEFAULT_DENSITY_BUCKET_S);
+        assert_eq!(bucket("bucket=0.1").unwrap(), 0.1);
+        assert_eq!(bucket("bucket=3600").unwrap(), 3600.0);
+        assert_eq!(bucket("bucket=2.5").unwrap(), 2.5);
+        for junk in [
+            "bucket=0",
+            "bucket=0.09",
+            "bucket=3600.5",
+            "bucket=-5",
+            "bucket=NaN",
+            "bucket=inf",
+            "bucket=",
+            "bucket=ten",
+            "buckets=5",
+        ] {
+            assert_eq!(
+                bucket(junk).unwrap_err().code,
+                ErrorCode::InvalidQuery,
+                "{junk}"
+            );
+        }
     }
 
     #[test]

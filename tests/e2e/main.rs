@@ -14,6 +14,7 @@ mod crash;
 mod deadlines;
 mod delivery;
 mod density;
+mod density_graph;
 mod edges;
 mod full_disk;
 mod guard;
