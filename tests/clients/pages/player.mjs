@@ -64,17 +64,6 @@ async function videoServer() {
   return { srv, base: `http://127.0.0.1:${srv.address().port}` };
 }
 
-const browser = await launch();
-const media = await videoServer();
-let out;
-try {
-  out = await ({ play, nosrc })[scenario]();
-} finally {
-  await browser.close();
-  media.srv.close();
-}
-process.stdout.write(JSON.stringify(out) + '\n');
-
 // Console errors other than the browser's own line for a refused request (the page meets
 // 400s and 404s on purpose: the history's page size, a missing video).
 function trouble(problems) {
@@ -157,8 +146,8 @@ async function play() {
   if (process.env.PLAYER_SCREENSHOT) await page.screenshot({ path: process.env.PLAYER_SCREENSHOT });
 
   // A seek to 5.5 while playing: the vt 5.0 one joins mid-flight, vt 7.0 waits, vt 4.0 is too old.
-  await page.evaluate(watchStage);
   await seek(page, 5.5);
+  await page.evaluate(watchStage);
   await page.waitForTimeout(400);
   report.afterSeek = { seen: await seen(page), t: await now(page) };
   await page.evaluate(() => document.getElementById('video').pause());
@@ -186,7 +175,9 @@ async function play() {
 
   // Live danmaku, posted by the test now: one without vt, one 2 s ahead of the playhead.
   process.stdout.write(JSON.stringify({ phase: 'live', t: await now(page) }) + '\n');
-  const line = await new Promise((resolve) => readline.createInterface({ input: process.stdin }).once('line', resolve));
+  const input = readline.createInterface({ input: process.stdin });
+  const line = await new Promise((resolve) => input.once('line', resolve));
+  input.close();
   const [plain, ahead, aheadVt] = line.trim().split(/\s+/);
   await until(page, (ids) => ids.every((id) => window.__seen[id]), [plain, ahead]);
   const liveSeen = await seen(page);
@@ -202,7 +193,9 @@ async function play() {
   await page.evaluate(() => document.getElementById('video').pause());
   report.peak = await seen(page);
 
-  // Window 0 was dropped (memory stays bounded): a seek back to it fetches it again.
+  // At 70 s window 0 is dropped (memory stays bounded): a seek back to it fetches it again.
+  await seek(page, 70);
+  await page.waitForTimeout(300);
   const before = requests.length;
   await seek(page, 5.5);
   await page.waitForTimeout(300);
@@ -263,3 +256,15 @@ async function nosrc() {
   }
   return report;
 }
+
+const browser = await launch();
+const media = await videoServer();
+let out;
+try {
+  out = await ({ play, nosrc })[scenario]();
+} finally {
+  await browser.close();
+  media.srv.close();
+}
+// Exits at once: the test's stdin stays open, and would keep node running.
+process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
