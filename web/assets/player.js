@@ -20,6 +20,7 @@
   const OWN_MAX = 200;
   const RETRY_MS = 5000; // a window that failed to load is asked again after this
   const SCROLL_S = 8; // a scrolling danmaku crosses the stage in 8 s of video time
+  const PAUSED_LIVE_S = 1; // how far into its flight a live danmaku starts on a paused video
   const REF_HEIGHT = 540; // a normal danmaku is 25 px on a 540 px high stage
   const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -471,7 +472,9 @@
           if (w) store(w, item, true);
           countLive(vt);
         }
-        if (!shown.has(String(item.id))) show(item, 0);
+        // While the video is paused the stage stands still: a new one is put a little way in,
+        // where it can be seen, rather than frozen at the edge.
+        if (!shown.has(String(item.id))) show(item, video.paused ? PAUSED_LIVE_S : 0);
       }
       thaw();
     },

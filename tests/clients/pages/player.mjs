@@ -143,7 +143,6 @@ async function play() {
   // Playing from 0: each danmaku appears once the playhead passes its vt.
   await playTo(page, 7.6);
   report.fromStart = await seen(page);
-  if (process.env.PLAYER_SCREENSHOT) await page.screenshot({ path: process.env.PLAYER_SCREENSHOT });
 
   // A seek to 5.5 while playing: the vt 5.0 one joins mid-flight, vt 7.0 waits, vt 4.0 is too old.
   await seek(page, 5.5);
@@ -192,6 +191,7 @@ async function play() {
   await playTo(page, 41.2);
   await page.evaluate(() => document.getElementById('video').pause());
   report.peak = await seen(page);
+  if (process.env.PLAYER_SCREENSHOT) await page.screenshot({ path: process.env.PLAYER_SCREENSHOT, fullPage: true });
 
   // At 70 s window 0 is dropped (memory stays bounded): a seek back to it fetches it again.
   await seek(page, 70);

@@ -122,7 +122,12 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
     assert_eq!(phase["phase"], "live", "{phase}");
     let ahead_vt = f(&phase["t"]) + 2.0;
     let (_, plain) = post(&server, "film", json!({"text": "live plain"})).await;
-    let (_, ahead) = post(&server, "film", json!({"text": "live ahead", "vt": ahead_vt})).await;
+    let (_, ahead) = post(
+        &server,
+        "film",
+        json!({"text": "live ahead", "vt": ahead_vt}),
+    )
+    .await;
     writeln!(
         script.stdin,
         "{} {} {ahead_vt}",
@@ -133,43 +138,78 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
     let r = script.next();
     assert!(script.child.wait().unwrap().success());
 
-    assert_eq!(r["problems"], json!({"errors": [], "dialogs": [], "csp": []}));
+    assert_eq!(
+        r["problems"],
+        json!({"errors": [], "dialogs": [], "csp": []})
+    );
     assert_eq!(r["stageImgs"], 0, "markup in a danmaku made an element");
     assert_eq!(r["unnamed"], json!([]), "every control has a name");
-    assert!((f(&r["duration"]) - 120.0).abs() < 0.01, "{}", r["duration"]);
+    assert!(
+        (f(&r["duration"]) - 120.0).abs() < 0.01,
+        "{}",
+        r["duration"]
+    );
 
     // Playing from 0: nothing before its time, each at its time.
     let start = &r["fromStart"];
     for (key, seen) in start.as_object().unwrap() {
         if let Some(vt) = vt_of.get(key) {
-            assert!(f(&seen["t"]) >= *vt, "{} showed at {} before its vt {vt}", seen["text"], seen["t"]);
+            assert!(
+                f(&seen["t"]) >= *vt,
+                "{} showed at {} before its vt {vt}",
+                seen["text"],
+                seen["t"]
+            );
         }
     }
     for (text, vt) in [("five", 5.0), ("seven", 7.0), ("four", 4.0), (MARKUP, 2.0)] {
         let seen = seen(start, id(text)).unwrap_or_else(|| panic!("{text} never showed: {start}"));
-        assert!(f(&seen["t"]) < vt + 0.3, "{text} (vt {vt}) showed late, at {}", seen["t"]);
+        assert!(
+            f(&seen["t"]) < vt + 0.3,
+            "{text} (vt {vt}) showed late, at {}",
+            seen["t"]
+        );
         assert_eq!(seen["text"], text, "shown as text");
     }
 
     // After a seek to 5.5: the vt 5.0 one mid-flight (half a second of its
     // eight in), not the vt 7.0 one, nor vt 4.0 (more than a second old).
     let after = &r["afterSeek"]["seen"];
-    let five = seen(after, id("five")).unwrap_or_else(|| panic!("five not shown after the seek: {after}"));
+    let five =
+        seen(after, id("five")).unwrap_or_else(|| panic!("five not shown after the seek: {after}"));
     let (x, w) = (f(&five["x"]), f(&five["w"]));
-    assert!(x > w * 0.8 && x < w * 0.97, "five at x {x} of {w}: not half a second into its flight");
-    assert!(seen(after, id("seven")).is_none(), "seven showed at {}", r["afterSeek"]["t"]);
-    assert!(seen(after, id("four")).is_none(), "four is too old to catch up");
+    assert!(
+        x > w * 0.8 && x < w * 0.97,
+        "five at x {x} of {w}: not half a second into its flight"
+    );
+    assert!(
+        seen(after, id("seven")).is_none(),
+        "seven showed at {}",
+        r["afterSeek"]["t"]
+    );
+    assert!(
+        seen(after, id("four")).is_none(),
+        "four is too old to catch up"
+    );
 
     // History comes in windows of 30 s: never all at once, the next only
     // as the playhead nears it (10 s before), and never the far one.
     for req in r["requests"].as_array().unwrap() {
         let from: f64 = req["from"].as_str().unwrap().parse().unwrap();
-        let to: f64 = req["to"].as_str().expect("every request has an end").parse().unwrap();
+        let to: f64 = req["to"]
+            .as_str()
+            .expect("every request has an end")
+            .parse()
+            .unwrap();
         assert!(to - from <= 30.0 && to > from, "{req}");
         assert!(from < 90.0, "the window at 95 s was never near: {req}");
     }
     let from_of = |req: &Value| req["from"].as_str().unwrap().parse::<f64>().unwrap();
-    assert!(r["requestsBeforeLate"].as_array().unwrap().iter().all(|q| from_of(q) < 30.0));
+    assert!(r["requestsBeforeLate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|q| from_of(q) < 30.0));
     let late = r["requestsAt21"]
         .as_array()
         .unwrap()
@@ -177,14 +217,25 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         .find(|q| from_of(q) == 30.0)
         .expect("the window from 30 s was fetched by 21 s");
     let at = f(&late["t"]);
-    assert!((19.9..20.8).contains(&at), "the window from 30 s was fetched at {at}");
     assert!(
-        r["requests"].as_array().unwrap().iter().any(|q| q["limit"] == "7"),
+        (19.9..20.8).contains(&at),
+        "the window from 30 s was fetched at {at}"
+    );
+    assert!(
+        r["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["limit"] == "7"),
         "the page found the server's page size"
     );
     // Window 0, dropped while the playhead was at 70 s, is fetched again.
     assert!(
-        r["requestsAfterSeekBack"].as_array().unwrap().iter().any(|q| from_of(q) == 0.0),
+        r["requestsAfterSeekBack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| from_of(q) == 0.0),
         "{}",
         r["requestsAfterSeekBack"]
     );
@@ -210,7 +261,10 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
     assert_eq!(stored["text"], "sent from the player");
     let vt = f(&stored["vt"]);
     let sent_at = f(&send["sentAt"]);
-    assert!(vt >= sent_at && vt < sent_at + 0.5, "stored vt {vt}, sent at {sent_at}");
+    assert!(
+        vt >= sent_at && vt < sent_at + 0.5,
+        "stored vt {vt}, sent at {sent_at}"
+    );
 
     // Live danmaku show at once; one with a vt ahead is not shown again at it.
     assert_eq!(r["live"]["plain"]["text"], "live plain");
@@ -233,11 +287,22 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
             assert!(f(&bar["height"]) < f(&tallest["height"]) / 2.0, "{bar}");
         }
     }
-    let ten = bars.iter().find(|b| b["bucket"] == 8).expect("10.2 to 10.6 s");
+    let ten = bars
+        .iter()
+        .find(|b| b["bucket"] == 8)
+        .expect("10.2 to 10.6 s");
     assert_eq!(ten["count"], 3);
     // A click on it seeks to its start; the keyboard moves a bucket at a time.
-    assert!((f(&r["clicked"]["t"]) - 33.0 * 1.2).abs() < 0.05, "{}", r["clicked"]);
-    assert!((f(&r["keyboard"]["afterRight"]) - 1.2).abs() < 0.05, "{}", r["keyboard"]);
+    assert!(
+        (f(&r["clicked"]["t"]) - 33.0 * 1.2).abs() < 0.05,
+        "{}",
+        r["clicked"]
+    );
+    assert!(
+        (f(&r["keyboard"]["afterRight"]) - 1.2).abs() < 0.05,
+        "{}",
+        r["keyboard"]
+    );
     server.stop();
 }
 
