@@ -34,8 +34,14 @@ impl Server {
     /// Starts a server on an ephemeral port with `data` as its data dir and
     /// an optional config file text.
     pub fn start(data: &Path, config: Option<&str>) -> Server {
+        Server::start_at(data, config, "127.0.0.1:0")
+    }
+
+    /// As [`Server::start`], listening on `listen` (a restart on the
+    /// address a stopped server had: clients reconnect to the same URL).
+    pub fn start_at(data: &Path, config: Option<&str>, listen: &str) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_danmaku"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        cmd.args(["serve", "--listen", listen, "--data"])
             .arg(data)
             // DANMAKU_TEST_LOG=debug shows the server's logs when a test fails.
             .env(

@@ -236,8 +236,10 @@
       const o = this.opts;
       switch (msg.type) {
         case 'hello':
-          // Resume point when nothing has arrived yet: the room's newest id at join.
-          if (this.lastId === null) this.lastId = Number(msg.last_id) || 0;
+          // Resume point when nothing has arrived yet: the room's newest id at join. A room
+          // whose newest id is below ours lost its history (a new store): follow it, or every
+          // new danmaku would look like one already seen.
+          if (this.lastId === null || Number(msg.last_id) < this.lastId) this.lastId = Number(msg.last_id) || 0;
           this.backoff = BACKOFF_MIN_MS; // reset only once the server really took us
           this.attempt = 0;
           this.setState('live', { online: msg.online });

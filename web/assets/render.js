@@ -165,10 +165,6 @@
       }
     }
 
-    get paused() {
-      return this.pausedAt !== null;
-    }
-
     /** Removes every danmaku (on the stage, waiting, queued). */
     clear() {
       for (const rec of this.active) this.release(rec);

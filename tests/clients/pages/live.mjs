@@ -9,39 +9,24 @@
 //                                             line "TEXT1\tTEXT2..." on stdin (sent after the
 //                                             server restarted) and reports when all are shown
 //
-// Prints one JSON report on stdout. Every page also reports CSP violations, alerts and <img>s.
+// Prints one JSON report on stdout. Every page also reports errors, CSP violations, dialogs
+// (an alert from injected markup) and how many <img> elements it has.
 import readline from 'node:readline';
-import { launch } from './browser.mjs';
+import { launch, open as openPage, report } from './browser.mjs';
 
 const [scenario, server, room, ...rest] = process.argv.slice(2);
 const MARKUP = '<img src=x onerror=alert(1)>';
 const WAIT = 20000;
 
 const browser = await launch();
-try {
-  const report = await ({ two, badroom, burst, errors, token, restart })[scenario]();
-  process.stdout.write(JSON.stringify(report) + '\n');
-} finally {
-  await browser.close();
-}
+const result = await ({ two, badroom, burst, errors, token, restart })[scenario]();
+await browser.close();
+report(result);
 
-// A page with its alerts and CSP violations recorded.
+// A page, with what the browser complained about in `page.problems`.
 async function open(path) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const seen = { alerts: [], errors: [] };
-  page.on('dialog', (d) => {
-    seen.alerts.push(d.message());
-    d.dismiss().catch(() => {});
-  });
-  page.on('pageerror', (e) => seen.errors.push(String(e)));
-  await page.addInitScript(() => {
-    window.__csp = [];
-    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
-  });
-  const response = await page.goto(server + path);
-  page.status = response ? response.status() : 0;
-  page.seen = seen;
+  const { page, problems } = await openPage(browser, server + path, { viewport: { width: 1280, height: 900 } });
+  page.problems = problems;
   return page;
 }
 
@@ -51,12 +36,7 @@ async function live(page) {
 
 // What a user could notice went wrong on a page.
 async function hygiene(page) {
-  return {
-    alerts: page.seen.alerts,
-    errors: page.seen.errors,
-    csp: await page.evaluate(() => window.__csp),
-    imgs: await page.evaluate(() => document.querySelectorAll('img').length),
-  };
+  return { ...page.problems, imgs: await page.evaluate(() => document.querySelectorAll('img').length) };
 }
 
 async function send(page, text, name) {
@@ -113,14 +93,34 @@ async function two() {
   for (const [key, page, sent] of [['a', a, sentA], ['b', b, sentB]]) {
     out[key] = { sent, stage: await stageTexts(page), recent: await recent(page), ...(await hygiene(page)) };
   }
+  // Every visible control has an accessible name (a label, aria-label or its text).
+  out.unnamed = await a.evaluate(() =>
+    [...document.querySelectorAll('input, select, button')]
+      .filter((e) => e.offsetParent !== null && !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+      .map((e) => e.outerHTML)
+  );
+  out.sendButtons = await a.getByRole('button', { name: 'Send', exact: true }).count();
   return out;
 }
 
+// The server refuses such a room before any page is served; the live page's own room box
+// refuses it too, in words.
 async function badroom() {
-  const page = await open('/r/' + encodeURIComponent(MARKUP));
-  await page.waitForTimeout(500);
-  const roomErr = page.status === 200 ? await page.evaluate(() => document.getElementById('roomErr').textContent) : null;
-  return { status: page.status, roomErr, ...(await hygiene(page)) };
+  const { page, problems } = await openPage(browser, server + '/r/' + encodeURIComponent(MARKUP));
+  const status = await page.evaluate(() => performance.getEntriesByType('navigation')[0].responseStatus);
+  const shown = await page.evaluate(() => document.body.innerText);
+  const lobby = await open('/r/lobby');
+  await lobby.getByLabel('Room', { exact: true }).fill(MARKUP);
+  await lobby.getByLabel('Room', { exact: true }).press('Enter');
+  const roomErr = await lobby.evaluate(() => document.getElementById('roomErr').textContent);
+  return {
+    status,
+    shown,
+    imgs: await page.evaluate(() => document.querySelectorAll('img').length),
+    problems,
+    roomErr,
+    lobby: await hygiene(lobby),
+  };
 }
 
 async function burst() {
@@ -230,5 +230,10 @@ async function restart() {
     { timeout: WAIT }
   );
   await page.waitForTimeout(300); // a duplicate would arrive now, if at all
-  return { states: await page.evaluate(() => window.__states), recent: await recent(page), ...(await hygiene(page)) };
+  // Reconnecting (and the room list's refresh) while the server is down are expected to fail,
+  // and Chromium logs each try.
+  const refused = (e) => /WebSocket connection to .* failed|ERR_CONNECTION_REFUSED/.test(e);
+  const wsFailures = page.problems.errors.filter(refused).length;
+  page.problems.errors = page.problems.errors.filter((e) => !refused(e));
+  return { states: await page.evaluate(() => window.__states), recent: await recent(page), wsFailures, ...(await hygiene(page)) };
 }

@@ -1,13 +1,18 @@
 // Drives the OBS overlay (web/pages/overlay.html) in Debian's Chromium, for tests/e2e/web/overlay.rs.
 //
 //   node pages/overlay.mjs show SERVER ROOM QUERY
+//   node pages/overlay.mjs motion SERVER ROOM
 //
 // Opens /overlay/ROOM?QUERY at 640x360, sends a fixed set of danmaku (modes, a word, a name),
 // waits until the visible ones are on screen, then screenshots with a transparent background.
 // Prints {"shown":[texts ever drawn], "state", "alpha":{"clear":[alpha at points no danmaku
-// covers], "text":[alpha at danmaku centres]}, "html", alerts, csp, imgs}.
+// covers], "text":[alpha near danmaku glyphs]}, "problems", "imgs"}.
+//
+// motion: one danmaku scrolling, its x over time, through the renderer's pause() and resume(),
+// and another one recalled (DELETE) while on screen: {"x":{"before","paused","later","resumed"},
+// "step", "recalled":{"before","after"}, "problems"}.
 import zlib from 'node:zlib';
-import { launch } from './browser.mjs';
+import { launch, open, report } from './browser.mjs';
 
 const [scenario, server, room, query] = process.argv.slice(2);
 const WAIT = 20000;
@@ -23,32 +28,21 @@ const SENDS = [
 ];
 
 const browser = await launch();
-try {
-  if (scenario !== 'show') throw new Error('unknown scenario ' + scenario);
-  process.stdout.write(JSON.stringify(await show()) + '\n');
-} finally {
-  await browser.close();
-}
+const result = await ({ show, motion })[scenario]();
+await browser.close();
+report(result);
 
 async function show() {
-  const context = await browser.newContext({ viewport: { width: 640, height: 360 } });
-  const page = await context.newPage();
-  const alerts = [];
-  page.on('dialog', (d) => {
-    alerts.push(d.message());
-    d.dismiss().catch(() => {});
-  });
-  await page.addInitScript(() => {
-    window.__csp = [];
-    document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));
-    // Every danmaku ever drawn, however briefly.
+  const url = server + '/overlay/' + room + (query ? '?' + query : '');
+  const { page, problems } = await open(browser, url, { viewport: { width: 640, height: 360 } });
+  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
+  // Every danmaku ever drawn, however briefly (nothing is drawn before the sends below).
+  await page.evaluate(() => {
     window.__shown = new Set();
     new MutationObserver((records) => {
       for (const r of records) for (const n of r.addedNodes) if (n.classList && n.classList.contains('dm')) window.__shown.add(n.textContent);
-    }).observe(document, { childList: true, subtree: true });
+    }).observe(document.getElementById('stage'), { childList: true });
   });
-  await page.goto(server + '/overlay/' + room + (query ? '?' + query : ''));
-  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
   for (const body of SENDS) {
     const res = await fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify(body) });
     if (res.status !== 201) throw new Error('send ' + res.status + ' ' + (await res.text()));
@@ -93,8 +87,7 @@ async function show() {
     state: await page.evaluate(() => document.documentElement.dataset.state),
     size: [image.width, image.height],
     alpha: { clear: points.clear.map(([x, y]) => image.alpha(x, y)), text: points.text.map(around) },
-    alerts,
-    csp: await page.evaluate(() => window.__csp),
+    problems,
     imgs: await page.evaluate(() => document.querySelectorAll('img').length),
   };
 }
@@ -148,5 +141,49 @@ function decodePng(buf) {
     width,
     height,
     alpha: (x, y) => (x < 0 || y < 0 || x >= width || y >= height ? 0 : out[(y * width + x) * bpp + 3]),
+  };
+}
+
+async function motion() {
+  const { page, problems } = await open(browser, server + '/overlay/' + room, { viewport: { width: 640, height: 360 } });
+  await page.waitForFunction(() => document.documentElement.dataset.state === 'live', null, { timeout: WAIT });
+  const ids = {};
+  for (const text of ['moving', 'to be recalled']) {
+    const res = await fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify({ text }) });
+    ids[text] = (await res.json()).id;
+  }
+  const x = () => page.evaluate(() => {
+    const el = [...document.querySelectorAll('.dm')].find((e) => e.textContent === 'moving');
+    return el ? el.getBoundingClientRect().left : null;
+  });
+  const frames = (n) => page.evaluate((n) => new Promise((done) => {
+    const step = () => (--n > 0 ? requestAnimationFrame(step) : done());
+    requestAnimationFrame(step);
+  }), n);
+  await page.waitForFunction(() => [...document.querySelectorAll('.dm:not(.dm-measure)')].length === 2, null, { timeout: WAIT });
+  await frames(30);
+  const before = await x();
+  await frames(10);
+  const moved = await x();
+  await page.evaluate(() => DM.overlay.renderer.pause());
+  const paused = await x();
+  await page.waitForTimeout(700);
+  const later = await x();
+  await page.evaluate(() => DM.overlay.renderer.resume());
+  await frames(2);
+  const resumed = await x();
+  const on = () => page.evaluate(() => [...document.querySelectorAll('.dm')].filter((e) => e.textContent === 'to be recalled').length);
+  const recalledBefore = await on();
+  const del = await fetch(server + '/api/v1/rooms/' + room + '/danmaku/' + ids['to be recalled'], { method: 'DELETE' });
+  await page.waitForFunction(() => ![...document.querySelectorAll('.dm')].some((e) => e.textContent === 'to be recalled'), null, { timeout: WAIT });
+  return {
+    x: { before, moved, paused, later, resumed },
+    // How far it moves in a frame at 60 Hz: (width + stage) / 8 s.
+    step: await page.evaluate(() => {
+      const el = [...document.querySelectorAll('.dm')].find((e) => e.textContent === 'moving');
+      return ((innerWidth + el.offsetWidth) / 8000) * (1000 / 60);
+    }),
+    recalled: { before: recalledBefore, status: del.status, after: await on() },
+    problems,
   };
 }
