@@ -10,6 +10,7 @@ mod memory;
 mod moderate;
 mod presence;
 mod relay;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +30,7 @@ use crate::store::{Density, ModerationStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 pub use memory::limit_arenas;
+pub use stats::{Percentiles, Report, Sample};
 
 /// One running server's parts.
 pub struct Node {
@@ -52,6 +54,8 @@ pub struct Node {
     presence: Arc<dyn Presence>,
     /// The other nodes' viewers.
     elsewhere: Arc<presence::Elsewhere>,
+    /// The last five minutes, second by second, for the admin dashboard.
+    stats: Arc<stats::Stats>,
     /// Cancelled when viewers should be told to go: after the last
     /// acknowledged danmaku has been published to the hub.
     going_away: CancellationToken,
@@ -228,6 +232,7 @@ impl Node {
             std::time::Duration::from_secs(config.cluster.presence_ttl_s),
             elsewhere.clone(),
         );
+        let stats = stats::Stats::start(metrics.clone(), &hub, elsewhere.clone());
         memory::start_trimming();
         tracing::info!(
             node_id,
@@ -252,6 +257,7 @@ impl Node {
             bus: broker.bus,
             presence: broker.presence,
             elsewhere,
+            stats,
             going_away: CancellationToken::new(),
         }))
     }
@@ -495,6 +501,18 @@ impl Node {
     /// recent sends), and whether more follow.
     pub fn rooms(&self, order: &RoomOrder, limit: usize) -> (Vec<RoomStats>, bool) {
         self.hub.page(order, limit)
+    }
+
+    /// The admin dashboard's figures: the samples taken after `after`
+    /// (Unix milliseconds) and the busiest rooms this node holds.
+    pub fn stats(&self, _admin: &Admin, after: i64) -> Report {
+        let (rooms, _) = self.rooms(&RoomOrder::ByOnline { skip: 0 }, usize::MAX);
+        Report {
+            node_id: self.node_id.clone(),
+            interval_s: stats::INTERVAL.as_secs(),
+            samples: self.stats.since(after),
+            rooms: stats::busiest(rooms, stats::BUSIEST_ROOMS),
+        }
     }
 
     /// Why the node serves only part of its API, if it does: `store_full`

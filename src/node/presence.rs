@@ -32,6 +32,11 @@ impl Elsewhere {
         self.state().remote.get(room).copied().unwrap_or(0)
     }
 
+    /// Viewers of every room on the other nodes.
+    pub fn remote_total(&self) -> u64 {
+        self.state().remote.values().sum()
+    }
+
     /// Why presence is failing, if it is.
     pub fn failing(&self) -> Option<String> {
         self.state().failing.clone()

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::read_json;
-use super::params::{path_id, AuditQuery, Query, RoomName};
+use super::params::{path_id, AuditQuery, Query, RoomName, StatsQuery};
 use super::App;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{Admin, Sender};
@@ -214,4 +214,14 @@ pub(super) async fn audit(
     let (limit, before) = q.check()?;
     let items = app.node.audit(&admin, limit, before).await?;
     Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// The admin dashboard's live figures: the node's samples after `after`
+/// and its busiest rooms (docs/protocol.md, "Live stats").
+pub(super) async fn stats(
+    State(app): State<App>,
+    admin: Admin,
+    Query(q): Query<StatsQuery>,
+) -> Answer {
+    Ok(Json(app.node.stats(&admin, q.after)).into_response())
 }

@@ -135,6 +135,7 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/admin/bans", get(admin::bans).post(admin::ban))
         .route("/api/v1/admin/bans/{ip}", delete(admin::unban))
         .route("/api/v1/admin/audit", get(admin::audit))
+        .route("/api/v1/admin/stats", get(admin::stats))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

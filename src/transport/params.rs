@@ -235,7 +235,7 @@ pub struct StatsQuery {
     /// Only the samples taken after this time (Unix milliseconds): a
     /// dashboard passes the `t` of the last sample it has.
     #[serde(default)]
-    pub after: u64,
+    pub after: i64,
 }
 
 /// `GET /api/v1/rooms/{room}/stream`.

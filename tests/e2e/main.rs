@@ -3,6 +3,7 @@
 mod server;
 mod services;
 
+mod admin_stats;
 mod bad_input;
 mod bench;
 mod browser;
