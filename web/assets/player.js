@@ -128,6 +128,16 @@
   let lastT = 0; // video time up to which danmaku have been shown
   let seekPending = false;
   let thawFrames = 0; // frames left before a paused renderer freezes again (see thaw)
+  // Whether the playhead is moving. The renderer's clock runs only then: it starts once the
+  // playhead has really moved (play() returns before it does), and stops on pause, seek or
+  // stall, so that it never runs ahead of the video.
+  let running = false;
+  let armedAt = null; // the playhead when the video became ready to play, until it moves
+  // How far the renderer's clock has run ahead of the video (s): it is held while ahead, so
+  // that danmaku stay where their vt puts them whatever the video's own start-up and latency.
+  let lead = 0;
+  let held = false;
+  let lastClock = null; // {r: renderer clock (ms), t: playhead} at the previous frame
 
   function show(item, elapsed) {
     const key = String(item.id);
@@ -139,7 +149,7 @@
   // The renderer places new danmaku only on its frames, which stop while it is paused: let
   // it run two frames so that danmaku added at a paused playhead are drawn, then freeze again.
   function thaw() {
-    if (!video.paused) return;
+    if (running) return;
     renderer.resume();
     thawFrames = 2;
   }
@@ -302,22 +312,53 @@
     }
   }
 
+  function sync() {
+    const t = video.currentTime;
+    const playable = !video.paused && !video.seeking && !video.ended && video.readyState >= 3;
+    if (!playable) {
+      armedAt = null;
+      held = false;
+      if (running) {
+        running = false;
+        renderer.pause();
+      }
+    } else if (!running) {
+      if (armedAt === null) armedAt = t;
+      else if (t !== armedAt) {
+        running = true;
+        thawFrames = 0;
+        renderer.resume();
+      }
+    }
+  }
+
+  // Holds the renderer for as long as its clock is ahead of the playhead.
+  function keepPace() {
+    const r = renderer.now();
+    const t = video.currentTime;
+    if (running && lastClock) lead += (r - lastClock.r) / 1000 - (t - lastClock.t) / speed;
+    else lead = 0;
+    lastClock = { r, t };
+    const hold = running && lead > 0.02;
+    if (hold === held) return;
+    held = hold;
+    if (hold) renderer.pause();
+    else renderer.resume();
+  }
+
   function frame() {
     requestAnimationFrame(frame);
+    sync();
     step();
-    if (thawFrames > 0 && --thawFrames === 0 && video.paused) renderer.pause();
+    keepPace();
+    if (thawFrames > 0 && --thawFrames === 0 && !running) renderer.pause();
     drawHead();
   }
 
   video.addEventListener('timeupdate', step);
   video.addEventListener('seeking', () => (seekPending = true));
   video.addEventListener('seeked', step);
-  video.addEventListener('pause', () => renderer.pause());
-  video.addEventListener('waiting', () => renderer.pause());
-  video.addEventListener('playing', () => {
-    thawFrames = 0;
-    renderer.resume();
-  });
+  for (const type of ['pause', 'waiting', 'seeking', 'playing', 'ended']) video.addEventListener(type, sync);
   video.addEventListener('ratechange', () => {
     speed = Math.min(10, Math.max(0.1, video.playbackRate || 1));
     renderer.setOptions({ speed });

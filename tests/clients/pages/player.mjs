@@ -193,6 +193,30 @@ async function play() {
   report.peak = await seen(page);
   if (process.env.PLAYER_SCREENSHOT) await page.screenshot({ path: process.env.PLAYER_SCREENSHOT, fullPage: true });
 
+  // Paused, the stage stands still; at twice the speed, each danmaku is where its vt puts it.
+  const where = () =>
+    page.evaluate(() =>
+      [...document.querySelectorAll('#stage .dm:not(.dm-measure)')].map((el) => ({
+        id: el.dataset.id,
+        x: Number((/translate3d\(([-\d.]+)px/.exec(el.style.transform) || [])[1]),
+        w: el.offsetWidth,
+        stage: el.parentNode.clientWidth,
+        t: document.getElementById('video').currentTime,
+      }))
+    );
+  const paused = await where();
+  await page.waitForTimeout(300);
+  report.paused = { before: paused, after: await where() };
+  await page.evaluate(() => {
+    const video = document.getElementById('video');
+    video.playbackRate = 2;
+    return video.play();
+  });
+  await page.waitForTimeout(600);
+  await page.evaluate(() => document.getElementById('video').pause());
+  report.doubleSpeed = await where();
+  await page.evaluate(() => (document.getElementById('video').playbackRate = 1));
+
   // At 70 s window 0 is dropped (memory stays bounded): a seek back to it fetches it again.
   await seek(page, 70);
   await page.waitForTimeout(300);

@@ -247,6 +247,23 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         assert!(f(&seen["t"]) >= 40.2 + f64::from(i) * 0.01);
     }
 
+    // Paused, nothing moves; at twice the speed, a danmaku is as far into
+    // its 8 s of video time as the playhead is past its vt.
+    assert_eq!(r["paused"]["before"], r["paused"]["after"]);
+    assert!(!r["paused"]["before"].as_array().unwrap().is_empty());
+    let fast = r["doubleSpeed"].as_array().unwrap();
+    assert!(!fast.is_empty());
+    for dm in fast {
+        let vt = vt_of[dm["id"].as_str().unwrap()];
+        let (t, stage, w) = (f(&dm["t"]), f(&dm["stage"]), f(&dm["w"]));
+        let want = stage - (stage + w) * (t - vt) / 8.0;
+        assert!(
+            (f(&dm["x"]) - want).abs() < 0.03 * stage,
+            "at {t} the vt {vt} danmaku is at {} of {stage}, not {want}",
+            dm["x"]
+        );
+    }
+
     // The player's send is stored at the moment it was sent, and shown as own.
     let send = &r["send"];
     assert!(send["msg"].as_str().unwrap().starts_with("Sent"), "{send}");
