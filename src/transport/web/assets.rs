@@ -62,6 +62,8 @@ const ASSETS: &[Source] = embed!("assets":
     "vendor/uplot/uPlot.iife.min.js",
     "vendor/uplot/uPlot.min.css",
     "vendor/uplot/LICENSE.txt",
+    "player.js",
+    "player.css",
 );
 
 /// One servable file: its bytes in each encoding, and its headers.
