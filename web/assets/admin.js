@@ -1,9 +1,11 @@
 // The admin dashboard (web/pages/admin.html, docs/web.md "Admin dashboard").
 //
 // The admin token lives in sessionStorage only and travels only in the Authorization header of
-// fetch calls: never in an address (watching a room's stream needs no token, so the DM.Room
-// viewer goes without one). Everything users wrote (danmaku, names, user ids, room names) is
-// put in the page as text, through DM.el / textContent.
+// fetch calls: never in an address. A WebSocket takes a token only in its address, so the
+// room's live stream (DM.Room) goes without one, as a guest: it needs the server to let guests
+// watch (auth.anonymous_watch, on by default), and says so in words when it is refused.
+// Everything users wrote (danmaku, names, user ids, room names) is put in the page as text,
+// through DM.el / textContent.
 'use strict';
 (function () {
   const DM = window.DM;
@@ -11,15 +13,23 @@
   const WINDOW = 300; // points kept per chart: five minutes at one a second
   const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
   const STREAM_MAX = 300;
+  const ROOMS_SHOWN = 200; // buttons in the room list at most; the search box finds the rest
   const $ = (id) => document.getElementById(id);
   const el = DM.el;
 
   let token = sessionStorage.getItem(KEY) || '';
-  let timers = [];
+  // Each sign-in is a generation: a poll or listing still in flight from an earlier one ends
+  // when it sees the number has moved on, so signing out and back in never runs two loops.
+  let generation = 0;
+  let intervals = []; // the setInterval handles of this generation (a fixed handful)
+  let statsTimer = 0; // the one pending stats poll
   let statsAfter = null;
+  let statsNode = null; // the node_id the charts' samples came from
   let statRooms = []; // the busiest rooms, as the last stats answer had them
+  let listedRooms = []; // the rooms as the last GET /api/v1/rooms had them
   let current = null; // {name, viewer}
-  const rooms = new Map(); // name -> {online, rate}
+  let rooms = new Map(); // name -> {online, rate}: rebuilt from the latest listings
+  let roomsShown = ''; // what the room list shows, to skip rebuilding it when nothing changed
 
   /* ---------- the API ---------- */
 
@@ -112,8 +122,10 @@
     $('signin').hidden = true;
     $('dash').hidden = false;
     $('signout').hidden = false;
+    stop();
+    const gen = generation;
     charts.create();
-    pollStats();
+    pollStats(gen);
     refreshRooms();
     refreshBans();
     refreshAudit(true);
@@ -125,18 +137,21 @@
   }
 
   function every(ms, fn) {
-    timers.push(setInterval(fn, ms));
+    intervals.push(setInterval(fn, ms));
   }
 
   function stop() {
-    for (const t of timers) {
-      clearInterval(t);
-      clearTimeout(t);
-    }
-    timers = [];
+    generation++;
+    for (const t of intervals) clearInterval(t);
+    intervals = [];
+    clearTimeout(statsTimer);
+    statsTimer = 0;
     statsAfter = null;
+    statsNode = null;
     statRooms = [];
+    listedRooms = [];
     closeRoom();
+    rebuildRooms();
     charts.destroy();
   }
 
@@ -228,13 +243,29 @@
 
   const pick = (o, k) => (o && o[k] != null ? o[k] : null);
 
-  async function pollStats() {
+  const SERVER_CHARTS = ['cRate', 'cOnline', 'cLat', 'cLoss'];
+
+  async function pollStats(gen) {
     let next = 1000;
     try {
-      const q = statsAfter == null ? '' : '?after=' + encodeURIComponent(statsAfter);
+      const asked = statsAfter;
+      const q = asked == null ? '' : '?after=' + encodeURIComponent(asked);
       const s = await api('GET', '/api/v1/admin/stats' + q);
-      $('node').textContent = s.node_id ? 'node ' + s.node_id : '';
-      for (const p of s.samples || []) {
+      if (gen !== generation) return; // signed out (and maybe back in) meanwhile
+      const node = s.node_id == null ? '' : String(s.node_id);
+      $('node').textContent = node ? 'node ' + node : '';
+      // Behind a load balancer each poll may reach another node, with figures of its own:
+      // its samples start the charts afresh rather than interleave with the other's. Those
+      // answered after the other node's cursor are not the whole story: ask again at once.
+      const switched = statsNode !== null && node !== statsNode;
+      statsNode = node;
+      if (switched) {
+        for (const id of SERVER_CHARTS) charts.clear(id);
+        statsAfter = null;
+      }
+      const samples = switched && asked != null ? [] : s.samples || [];
+      if (switched && asked != null) next = 0;
+      for (const p of samples) {
         const x = p.t / 1000;
         charts.push('cRate', x, [p.received_per_s, p.deliveries_per_s]);
         charts.push('cOnline', x, [p.online, p.online_cluster]);
@@ -247,19 +278,21 @@
         charts.push('cLoss', x, [p.lagged_per_s, p.dropped_per_s, p.rejected_per_s]);
         statsAfter = p.t;
       }
-      for (const id of ['cRate', 'cOnline', 'cLat', 'cLoss']) charts.draw(id);
+      for (const id of SERVER_CHARTS) charts.draw(id);
       statRooms = s.rooms || [];
-      for (const r of statRooms) rooms.set(r.room, { online: r.online, rate: r.rate_per_s });
-      renderRooms();
-      $('statsMsg').textContent = 'updated ' + new Date().toLocaleTimeString();
+      rebuildRooms();
+      $('statsMsg').textContent =
+        (node ? 'from node ' + node + (switched ? ' (another node answered: charts restarted)' : '') + ', ' : '') +
+        'updated ' + new Date().toLocaleTimeString();
     } catch (e) {
-      if (!token) return;
+      if (gen !== generation || !token) return;
       statRooms = [];
+      rebuildRooms();
       $('statsMsg').textContent =
         e.status === 404 ? 'this server has no stats endpoint' : 'stats: ' + String(e.message);
       next = e.status === 404 ? 10000 : 2000;
     }
-    if (token) timers.push(setTimeout(pollStats, next));
+    if (gen === generation && token) statsTimer = setTimeout(() => pollStats(gen), next);
   }
 
   /** One point a second of the open room's chart: from the stats' rooms, else the room's own figures. */
@@ -276,13 +309,27 @@
   /* ---------- rooms ---------- */
 
   async function refreshRooms() {
+    const gen = generation;
     try {
       const list = await api('GET', '/api/v1/rooms?sort=online&limit=1000');
-      for (const r of list.rooms || []) rooms.set(r.room, { online: r.online, rate: r.rate_per_s });
-      renderRooms();
+      if (gen !== generation) return;
+      listedRooms = list.rooms || [];
+      rebuildRooms();
     } catch (_) {
       /* shown by the stats line; the list keeps what it had */
     }
+  }
+
+  /**
+   * The room list from the latest listing and the latest stats only: a room gone from both is
+   * gone from the list (the open room stays, with the figures it last had).
+   */
+  function rebuildRooms() {
+    const next = new Map();
+    for (const r of listedRooms.concat(statRooms)) next.set(r.room, { online: r.online, rate: r.rate_per_s });
+    if (current && !next.has(current.name)) next.set(current.name, rooms.get(current.name) || { online: null, rate: null });
+    rooms = next;
+    renderRooms();
   }
 
   function filtered() {
@@ -294,8 +341,13 @@
 
   function renderRooms() {
     const ul = $('roomList');
+    const all = filtered();
+    const open = current ? current.name : '';
+    const shownNow = JSON.stringify([open, rooms.size, all.slice(0, ROOMS_SHOWN), all.length]);
+    if (shownNow === roomsShown) return; // unchanged: no new buttons, focus left alone
+    roomsShown = shownNow;
     const focused = ul.contains(document.activeElement) ? document.activeElement.dataset.room : null;
-    const items = filtered().map(([name, r]) => {
+    const items = all.slice(0, ROOMS_SHOWN).map(([name, r]) => {
       const b = el(
         'button',
         { type: 'button', class: 'roomBtn', 'aria-current': current && current.name === name ? 'true' : null },
@@ -306,6 +358,7 @@
       return el('li', {}, b);
     });
     if (!items.length) items.push(el('li', { class: 'hint' }, rooms.size ? 'no room matches' : 'no active rooms'));
+    if (all.length > ROOMS_SHOWN) items.push(el('li', { class: 'hint' }, (all.length - ROOMS_SHOWN) + ' more: type to narrow'));
     ul.replaceChildren(...items);
     if (focused) {
       const again = [...ul.querySelectorAll('button')].find((b) => b.dataset.room === focused);
@@ -346,6 +399,7 @@
     $('roomLink').href = '/r/' + encodeURIComponent(name);
     $('roomOnline').textContent = '–';
     $('stream').textContent = '';
+    streamMsg('');
     $('held').textContent = '';
     $('mutes').textContent = '';
     charts.clear('cRoom');
@@ -365,6 +419,14 @@
         const s = $('roomState');
         s.textContent = state;
         s.className = 'pill ' + state;
+        if (!current || current.ticket !== ticket) return;
+        if (state === 'live') {
+          current.streamed = true;
+          streamMsg('');
+        } else if (state === 'reconnecting' && !current.streamed && !current.probed) {
+          current.probed = true;
+          explainStream(name, ticket);
+        }
       },
     });
     current.viewer.connect();
@@ -372,6 +434,48 @@
     refreshHeld();
     refreshMutes();
     $('roomTitle').scrollIntoView({ block: 'nearest' });
+  }
+
+  function streamMsg(text) {
+    const m = $('streamMsg');
+    m.textContent = text;
+    m.hidden = !text;
+  }
+
+  /**
+   * The stream never connected: asks the room's SSE stream, as the guest the WebSocket is,
+   * why, and says it in words. A server that lets only signed-in viewers watch refuses the
+   * guest for good (the admin token is never put in a WebSocket address), so the viewer stops.
+   */
+  async function explainStream(name, ticket) {
+    const ctrl = new AbortController();
+    let status = 0;
+    try {
+      const res = await fetch('/api/v1/rooms/' + encodeURIComponent(name) + '/stream', {
+        signal: ctrl.signal,
+        cache: 'no-store',
+        credentials: 'omit',
+      });
+      status = res.status;
+    } catch (_) {
+      /* unreachable: said below */
+    }
+    ctrl.abort(); // only its status was wanted, not a second viewer
+    if (!current || current.ticket !== ticket || current.streamed) return;
+    if (status === 401) {
+      current.viewer.close();
+      streamMsg(
+        'The live stream cannot connect: this server lets only signed-in viewers watch ' +
+          '(auth.anonymous_watch = false), and the dashboard watches as a guest, since a WebSocket ' +
+          'would carry the admin token in its address. Held sends, settings and mutes still work.'
+      );
+    } else {
+      streamMsg(
+        'The live stream cannot connect' +
+          (status >= 400 ? ' (the server answers ' + status + ')' : status ? ' (a proxy in front of the server may not pass WebSockets)' : '') +
+          '; still trying.'
+      );
+    }
   }
 
   const clock = (ts) => new Date(Number(ts)).toLocaleTimeString();
