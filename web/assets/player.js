@@ -20,6 +20,7 @@
   const OWN_MAX = 200;
   const RETRY_MS = 5000; // a window that failed to load is asked again after this
   const SCROLL_S = 8; // a scrolling danmaku crosses the stage in 8 s of video time
+  const FIXED_S = 4; // a top or bottom danmaku stays 4 s of video time
   const PAUSED_LIVE_S = 1; // how far into its flight a live danmaku starts on a paused video
   const REF_HEIGHT = 540; // a normal danmaku is 25 px on a 540 px high stage
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -114,7 +115,7 @@
 
   /* ---------- drawing ---------- */
 
-  const renderer = new DM.Renderer(stage, { maxOnScreen: 150, scrollSeconds: SCROLL_S });
+  const renderer = new DM.Renderer(stage, { maxOnScreen: 150, scrollSeconds: SCROLL_S, fixedSeconds: FIXED_S });
   new ResizeObserver(() => {
     const h = stage.clientHeight;
     if (h > 0) renderer.setOptions({ fontSize: Math.max(14, Math.min(40, (h / REF_HEIGHT) * 25)) });
@@ -140,6 +141,9 @@
   let lastClock = null; // {r: renderer clock (ms), t: playhead} at the previous frame
 
   function show(item, elapsed) {
+    // A hidden tab draws nothing: what would pile up meanwhile would all fly at once, out of
+    // place, on return. Coming back is a seek to the playhead instead (see visibilitychange).
+    if (document.hidden) return;
     const key = String(item.id);
     shown.add(key);
     if (shown.size > SHOWN_MAX) shown.delete(shown.values().next().value);
@@ -149,7 +153,7 @@
   // The renderer places new danmaku only on its frames, which stop while it is paused: let
   // it run two frames so that danmaku added at a paused playhead are drawn, then freeze again.
   function thaw() {
-    if (running) return;
+    if (running || document.hidden) return;
     renderer.resume();
     thawFrames = 2;
   }
@@ -231,9 +235,13 @@
       const items = (Array.isArray(data.items) ? data.items : []).map(usable).filter(Boolean);
       out.push(...items);
       if (items.length < limit || out.length >= WINDOW_MAX) return out;
-      // The next page starts at the last vt (those at that very vt come again: ids dedupe them);
-      // a whole page at one vt moves past it, or the same page would come back for ever.
+      // The next page starts at the last vt (those at that very vt come again: ids dedupe them).
+      // History pages by vt only, so a whole page at one vt can only move past it, or the same
+      // page would come back for ever: the rest at that vt cannot be read. Said, not hidden.
       const last = items[items.length - 1].vt;
+      if (items[0].vt === last) {
+        formMsg('More than ' + limit + ' danmaku share the moment ' + clock(last) + '; only ' + limit + ' of them are shown.', 'err');
+      }
       cursor = last > cursor ? last : cursor + Math.max(1e-6, Math.abs(cursor) * 1e-12);
     }
   }
@@ -301,7 +309,7 @@
     const t = video.currentTime;
     if (!Number.isFinite(t)) return;
     ensureWindows(t);
-    if (video.seeking) return;
+    if (video.seeking || document.hidden) return; // hidden: timeupdate still comes, frames not
     if (seekPending || t < lastT - 0.05 || t - lastT > JUMP_S) {
       seekTo(t);
       return;
@@ -355,20 +363,39 @@
     drawHead();
   }
 
+  // A hidden tab gets no frames, and the renderer freezes its own clock; the video may play on,
+  // pause or end meanwhile. Either way the renderer starts from scratch: held until the playhead
+  // is seen to move, and on return the stage is as after a seek to the playhead (the last
+  // second's danmaku mid-flight), not what piled up.
+  document.addEventListener('visibilitychange', () => {
+    running = false;
+    armedAt = null;
+    held = false;
+    lead = 0;
+    lastClock = null;
+    thawFrames = 0;
+    renderer.pause();
+    if (document.hidden) return;
+    seekPending = true;
+    sync();
+    step();
+  });
   video.addEventListener('timeupdate', step);
   video.addEventListener('seeking', () => (seekPending = true));
   video.addEventListener('seeked', step);
   for (const type of ['pause', 'waiting', 'seeking', 'playing', 'ended']) video.addEventListener(type, sync);
   video.addEventListener('ratechange', () => {
     speed = Math.min(10, Math.max(0.1, video.playbackRate || 1));
-    renderer.setOptions({ speed });
+    // Scrolling ones already cross in SCROLL_S / speed; top and bottom ones last as long in
+    // video time too.
+    renderer.setOptions({ speed, fixedSeconds: FIXED_S / speed });
     // Those in flight start again where they are, moving at the new speed.
     const t = video.currentTime;
     each(t - SCROLL_S, t, (item) => {
       const key = String(item.id);
       if (!shown.has(key)) return;
       renderer.remove(key);
-      if (enabled) renderer.add(item, { own: own.has(key), elapsed: (t - item.vt) / speed });
+      show(item, (t - item.vt) / speed);
     });
     thaw();
   });
@@ -400,8 +427,18 @@
     }
     bucket = Math.max(0.5, Math.round(d) / 100);
     slider.setAttribute('aria-valuemax', String(Math.floor(d)));
+    // Only the video's length is counted (`to`): a danmaku with a vt far past the end would
+    // otherwise ask for more buckets than the server gives. A server that still refuses (one
+    // without `to`) is asked once more with buckets twice as large.
+    const to = Math.ceil(d);
+    const ask = (b) =>
+      fetch('/api/v1/rooms/' + encodeURIComponent(roomName) + '/density?bucket=' + b + '&to=' + to, { cache: 'no-store' });
     try {
-      const res = await fetch('/api/v1/rooms/' + encodeURIComponent(roomName) + '/density?bucket=' + bucket, { cache: 'no-store' });
+      let res = await ask(bucket);
+      if (res.status === 400) {
+        bucket *= 2;
+        res = await ask(bucket);
+      }
       const data = res.ok ? await res.json() : null;
       if (!data || !Array.isArray(data.counts)) throw new Error('HTTP ' + res.status);
       if (Number(data.bucket_s) > 0) bucket = Number(data.bucket_s);

@@ -152,6 +152,35 @@ async function play() {
   await page.evaluate(() => document.getElementById('video').pause());
   report.requestsBeforeLate = requests.slice();
 
+  // The tab hidden from 8 s while the video plays on past "ten a/b/c" (10.2 to 10.6) and is
+  // paused at about 11.5; then shown again. Headless Chromium keeps a background tab visible,
+  // so hiding is told to the page as the browser would (document.hidden and visibilitychange).
+  await seek(page, 8);
+  await page.evaluate(watchStage);
+  const setHidden = (hidden) =>
+    page.evaluate((hidden) => {
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+      Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (hidden ? 'hidden' : 'visible') });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+  await setHidden(true);
+  await playTo(page, 11.45);
+  await page.evaluate(() => document.getElementById('video').pause());
+  report.hidden = { whileHidden: await seen(page) };
+  await setHidden(false);
+  await page.waitForTimeout(300);
+  const onStage = () =>
+    page.evaluate(() =>
+      [...document.querySelectorAll('#stage .dm:not(.dm-measure)')].map((el) => ({
+        id: el.dataset.id,
+        x: Number((/translate3d\(([-\d.]+)px/.exec(el.style.transform) || [])[1]),
+        stage: el.parentNode.clientWidth,
+      }))
+    );
+  report.hidden.back = { t: await now(page), stage: await onStage() };
+  await page.waitForTimeout(400);
+  report.hidden.later = await onStage();
+
   // The next window is fetched only as the playhead nears it (from 20 s on).
   await seek(page, 18);
   await playTo(page, 21);

@@ -107,6 +107,9 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         ("ten c".to_owned(), 10.6),
         ("late".to_owned(), 45.0),
         ("far".to_owned(), 95.0),
+        // Far past the end of the 120 s video: the density graph counts
+        // only up to the end, or it would need 16,667 buckets of 1.2 s.
+        ("beyond the end".to_owned(), 20000.0),
     ];
     timed.extend((0..15).map(|i| (format!("peak {i}"), 40.2 + f64::from(i) * 0.01)));
     let ids = seed(&server, "film", &timed).await;
@@ -191,6 +194,29 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         seen(after, id("four")).is_none(),
         "four is too old to catch up"
     );
+
+    // A hidden tab shows nothing; back again at 11.45 s (video paused
+    // while hidden) it is as after a seek there: only "ten c" (vt 10.6,
+    // within the last second) mid-flight, none of what passed meanwhile,
+    // and the stage stands still, as the video does.
+    let hidden = &r["hidden"];
+    for text in ["ten a", "ten b", "ten c"] {
+        assert!(
+            seen(&hidden["whileHidden"], id(text)).is_none(),
+            "{text} was drawn in a hidden tab: {hidden}"
+        );
+    }
+    let back_t = f(&hidden["back"]["t"]);
+    assert!((11.4..11.6).contains(&back_t), "back at {back_t}");
+    let back = hidden["back"]["stage"].as_array().unwrap();
+    let ids_back: Vec<&str> = back.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids_back, [id("ten c").to_string()], "{hidden}");
+    let (x, stage) = (f(&back[0]["x"]), f(&back[0]["stage"]));
+    assert!(
+        x > stage * 0.7 && x < stage * 0.95,
+        "ten c at x {x} of {stage}: not about a second into its flight"
+    );
+    assert_eq!(hidden["later"], hidden["back"]["stage"], "paused video, moving danmaku");
 
     // History comes in windows of 30 s: never all at once, the next only
     // as the playhead nears it (10 s before), and never the far one.
