@@ -23,6 +23,17 @@ try {
   const urls = [];
   admin.context.on('request', (r) => urls.push(r.url()));
   page.on('websocket', (ws) => urls.push(ws.url()));
+  // The stats as a load balancer may serve them: when `stats.node` is set, the answers say they
+  // come from that node (one server stands for two); `stats.delayMs` holds each answer back.
+  const stats = { node: null, delayMs: 0, at: [] };
+  await page.route('**/api/v1/admin/stats*', async (route) => {
+    stats.at.push({ ms: Date.now(), url: route.request().url() });
+    const res = await route.fetch();
+    const body = await res.json();
+    if (stats.node) body.node_id = stats.node;
+    if (stats.delayMs) await new Promise((r) => setTimeout(r, stats.delayMs));
+    await route.fulfill({ response: res, json: body });
+  });
 
   // A wrong token: refused in words, still on the sign-in form.
   await page.getByLabel('admin token').fill('not-a-token');
@@ -58,6 +69,16 @@ try {
       return n;
     })
   );
+
+  // Another node answers: its name is shown, the charts start afresh from its samples.
+  out.nodeBefore = await page.textContent('#node');
+  const switchedAt = stats.at.length;
+  stats.node = 'other-node';
+  await page.waitForFunction(() => /other-node/.test(document.getElementById('node').textContent), null, { timeout: WAIT });
+  await page.waitForTimeout(2500);
+  out.afterSwitch = stats.at.slice(switchedAt).map((s) => new URL(s.url).search);
+  out.statsMsgSwitched = await page.textContent('#statsMsg');
+  stats.node = null;
 
   // The room, found with the search box and opened with Enter.
   await page.getByLabel('search rooms').fill(room);
@@ -152,6 +173,22 @@ try {
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.waitForSelector('#signinForm', { state: 'visible', timeout: WAIT });
   out.afterSignOut = await page.evaluate(() => sessionStorage.length);
+
+  // Signed out and straight back in while a stats answer is on its way (held back 800 ms):
+  // one poll loop, not two.
+  stats.delayMs = 800;
+  await page.getByLabel('admin token').fill(adminToken);
+  await page.getByLabel('admin token').press('Enter');
+  await page.waitForSelector('#dash', { state: 'visible', timeout: WAIT });
+  await page.waitForTimeout(1200);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByLabel('admin token').fill(adminToken);
+  await page.getByLabel('admin token').press('Enter');
+  await page.waitForSelector('#dash', { state: 'visible', timeout: WAIT });
+  const from = stats.at.length;
+  await page.waitForTimeout(6000);
+  out.pollsIn6s = stats.at.length - from;
+  stats.delayMs = 0;
 
   out.urls = urls;
   out.tokenInUrl = urls.filter((u) => u.includes(adminToken));

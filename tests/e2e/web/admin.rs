@@ -147,5 +147,20 @@ async fn an_admin_moderates_a_live_room_from_the_dashboard() {
         inked.iter().all(|n| n.as_u64().unwrap() > 500),
         "every server chart drew: {inked:?}"
     );
+    // Another node answering: its name shown, the charts restarted from
+    // its samples (asked again at once without `after`).
+    let before = report["nodeBefore"].as_str().unwrap();
+    assert!(before.starts_with("node "), "{before}");
+    let after_switch = strings(&report["afterSwitch"]);
+    assert!(
+        after_switch.iter().any(|q| q.is_empty()),
+        "no poll without `after` once another node answered: {after_switch:?}"
+    );
+    let switched = report["statsMsgSwitched"].as_str().unwrap();
+    assert!(switched.contains("from node other-node"), "{switched}");
+    // Signed out and back in mid-poll: one loop of a poll every 1.8 s
+    // (answers held 800 ms), about 3 in 6 s; two loops would make 6.
+    let polls = report["pollsIn6s"].as_u64().unwrap();
+    assert!((2..=4).contains(&polls), "{polls} stats polls in 6 s");
     server.stop();
 }

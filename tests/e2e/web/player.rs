@@ -317,6 +317,8 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
 
     // The density graph: the busiest bucket (39.6 to 40.8 s) is the tallest bar.
     let bucket_s = f(&r["bucketS"]);
+    // 1.2 s: a hundredth of the video, `to=120` keeping "beyond the end"
+    // out (2.4 would be the page's retry after the server refused).
     assert!((bucket_s - 1.2).abs() < 1e-9, "{bucket_s}");
     let bars = r["bars"].as_array().unwrap();
     let tallest = bars
