@@ -216,7 +216,10 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         x > stage * 0.7 && x < stage * 0.95,
         "ten c at x {x} of {stage}: not about a second into its flight"
     );
-    assert_eq!(hidden["later"], hidden["back"]["stage"], "paused video, moving danmaku");
+    assert_eq!(
+        hidden["later"], hidden["back"]["stage"],
+        "paused video, moving danmaku"
+    );
 
     // History comes in windows of 30 s: never all at once, the next only
     // as the playhead nears it (10 s before), and never the far one.
