@@ -115,6 +115,9 @@
     el.className = 'pill ' + state;
     let text = state;
     if (state === 'reconnecting' && detail && detail.delay) text = 'reconnecting in ' + Math.max(1, Math.round(detail.delay / 1000)) + ' s';
+    // Refused (signed out, an expired token, a token for other rooms, a ban): the page stops
+    // trying until the user signs in again or picks another room, and says why.
+    if (state === 'refused') text = (detail && detail.words) || DM.describeError(detail && detail.code);
     el.textContent = text;
   }
 
@@ -163,7 +166,7 @@
     }
     $('roomErr').textContent = '';
     $('room').value = name;
-    if (name === roomName && !force) return;
+    if (name === roomName && !force && !(room && room.state === 'refused')) return;
     if (room) room.close();
     if (name !== roomName) {
       renderer.clear();
