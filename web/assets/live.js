@@ -252,6 +252,8 @@
       if (!res.ok) throw new Error('HTTP ' + res.status);
       const rooms = ((await res.json()).rooms || []).filter((r) => r && typeof r.room === 'string' && ROOM_RE.test(r.room));
       if (!rooms.length) return roomsMessage('no active rooms');
+      // The list is rebuilt: a keyboard user on a room's button keeps focus on that room's new one.
+      const focused = document.activeElement && $('rooms').contains(document.activeElement) ? document.activeElement.dataset.room : null;
       $('rooms').replaceChildren(
         ...rooms.map((r) => {
           const b = DM.el('button', { type: 'button', 'data-room': r.room, 'aria-label': r.room + ', ' + r.online + ' online' }, r.room, DM.el('small', null, '· ' + r.online));
@@ -260,6 +262,10 @@
         })
       );
       markCurrentRoom();
+      if (focused != null) {
+        const again = [...$('rooms').querySelectorAll('button')].find((b) => b.dataset.room === focused);
+        if (again) again.focus();
+      }
     } catch (_) {
       roomsMessage('room list unavailable');
     }
