@@ -119,6 +119,8 @@
     // trying until the user signs in again or picks another room, and says why.
     if (state === 'refused') text = (detail && detail.words) || DM.describeError(detail && detail.code);
     el.textContent = text;
+    // Signed in with a token the server refuses: the token field comes back, to paste another.
+    $('signin').classList.toggle('in', Boolean(token) && state !== 'refused');
   }
 
   function showLastId() {
