@@ -40,8 +40,8 @@ use danmaku::hub::RoomOrder;
 use danmaku::transport::body::parse_json;
 use danmaku::transport::params::{
     next_cursor, parse_query, path_id, AuditQuery, DensityQuery, HistoryQuery, HistoryRange,
-    RoomsQuery, StatsQuery, StreamQuery, WsQuery, MAX_AUDIT_PAGE, MAX_DENSITY_BUCKET_S,
-    MAX_ROOMS_PAGE, MIN_DENSITY_BUCKET_S,
+    RoomsQuery, StatsQuery, StreamQuery, WsQuery, MAX_AUDIT_PAGE, MAX_DENSITY_BUCKETS,
+    MAX_DENSITY_BUCKET_S, MAX_ROOMS_PAGE, MIN_DENSITY_BUCKET_S,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -171,8 +171,9 @@ fn query_strings(query: &str) {
         parse_query::<DensityQuery>(Some(query)),
         ErrorCode::InvalidQuery,
     );
-    if let Some(bucket) = density.and_then(|q| refused(q.check(), ErrorCode::InvalidQuery)) {
-        assert!((MIN_DENSITY_BUCKET_S..=MAX_DENSITY_BUCKET_S).contains(&bucket));
+    if let Some(range) = density.and_then(|q| refused(q.check(), ErrorCode::InvalidQuery)) {
+        assert!((MIN_DENSITY_BUCKET_S..=MAX_DENSITY_BUCKET_S).contains(&range.bucket_s));
+        assert!(range.buckets.is_none_or(|b| b <= MAX_DENSITY_BUCKETS));
     }
     let _ = refused(
         parse_query::<StatsQuery>(Some(query)),

@@ -74,6 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // here. A closed stdout is no reason to stop serving, so errors are ignored.
     let banner = format!(
         "danmaku listening on http://{addr}\n  page       http://{addr}/\n  \
+         admin      http://{addr}/admin\n  \
          websocket  ws://{addr}/ws?room=lobby\n  sse        http://{addr}/api/v1/rooms/lobby/stream\n  \
          bilibili   ws://{addr}/sub{}\n  metrics    http://{addr}/metrics\n  data       {}\n",
         bilibili_tcp

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::body::read_json;
 use super::params::{
-    next_cursor, too_many_buckets, DensityQuery, HistoryQuery, HistoryRange, Query, RoomName,
-    RoomsQuery, MAX_DENSITY_BUCKETS,
+    next_cursor, too_many_buckets, DensityQuery, DensityRange, HistoryQuery, HistoryRange, Query,
+    RoomName, RoomsQuery, MAX_DENSITY_BUCKETS,
 };
 use super::App;
 use crate::danmaku::Danmaku;
@@ -157,13 +157,12 @@ pub(super) async fn density(
     Query(q): Query<DensityQuery>,
 ) -> Response {
     let result = async {
-        let bucket_s = q.check()?;
-        let density = app
-            .node
-            .density(&room, bucket_s, MAX_DENSITY_BUCKETS)
-            .await?;
-        // A partial bar would look whole: refuse it instead.
-        if density.beyond > 0 {
+        let DensityRange { bucket_s, buckets } = q.check()?;
+        let cap = buckets.unwrap_or(MAX_DENSITY_BUCKETS);
+        let density = app.node.density(&room, bucket_s, cap).await?;
+        // Without `to`, a partial bar would look whole: refuse it instead.
+        // With it, what lies past the video's end is not asked for.
+        if density.beyond > 0 && buckets.is_none() {
             return Err(too_many_buckets(bucket_s));
         }
         Ok::<_, ApiError>(DensityAnswer {

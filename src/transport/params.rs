@@ -202,20 +202,55 @@ impl HistoryQuery {
 pub struct DensityQuery {
     /// Seconds of video time per bucket.
     pub bucket: Option<f64>,
+    /// The video's length in seconds: only the buckets before it are
+    /// counted, so a danmaku placed past the end cannot spoil the bar.
+    pub to: Option<f64>,
+}
+
+/// What a density request asks for, checked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DensityRange {
+    /// Seconds per bucket, from [`MIN_DENSITY_BUCKET_S`] to
+    /// [`MAX_DENSITY_BUCKET_S`].
+    pub bucket_s: f64,
+    /// With `to`: the buckets that cover `[0, to)`, danmaku past them
+    /// left out. Without: `None`, every danmaku counted.
+    pub buckets: Option<usize>,
 }
 
 impl DensityQuery {
-    /// The bucket in seconds: [`DEFAULT_DENSITY_BUCKET_S`] when absent,
-    /// else from [`MIN_DENSITY_BUCKET_S`] to [`MAX_DENSITY_BUCKET_S`].
-    pub fn check(&self) -> Result<f64, ApiError> {
-        match self.bucket.unwrap_or(DEFAULT_DENSITY_BUCKET_S) {
+    /// The bucket ([`DEFAULT_DENSITY_BUCKET_S`] when absent) and, with
+    /// `to` (above 0, at most [`MAX_VT`](crate::guard::MAX_VIDEO_TIME)), the
+    /// buckets before it: at most [`MAX_DENSITY_BUCKETS`].
+    pub fn check(&self) -> Result<DensityRange, ApiError> {
+        let bucket_s = match self.bucket.unwrap_or(DEFAULT_DENSITY_BUCKET_S) {
             // NaN is in no range.
-            s if (MIN_DENSITY_BUCKET_S..=MAX_DENSITY_BUCKET_S).contains(&s) => Ok(s),
-            _ => Err(invalid_query(format!(
-                "bucket must be a number of seconds from {MIN_DENSITY_BUCKET_S} \
-                 to {MAX_DENSITY_BUCKET_S}"
-            ))),
-        }
+            s if (MIN_DENSITY_BUCKET_S..=MAX_DENSITY_BUCKET_S).contains(&s) => s,
+            _ => {
+                return Err(invalid_query(format!(
+                    "bucket must be a number of seconds from {MIN_DENSITY_BUCKET_S} \
+                     to {MAX_DENSITY_BUCKET_S}"
+                )))
+            }
+        };
+        let buckets = match self.to {
+            None => None,
+            Some(to) if to > 0.0 && to <= crate::guard::MAX_VIDEO_TIME => {
+                // At most MAX_VT / MIN_DENSITY_BUCKET_S: far inside usize.
+                let buckets = (to / bucket_s).ceil() as usize;
+                if buckets > MAX_DENSITY_BUCKETS {
+                    return Err(too_many_buckets(bucket_s));
+                }
+                Some(buckets)
+            }
+            Some(_) => {
+                return Err(invalid_query(format!(
+                    "to must be a number of seconds above 0, at most {}",
+                    crate::guard::MAX_VIDEO_TIME
+                )))
+            }
+        };
+        Ok(DensityRange { bucket_s, buckets })
     }
 }
 
@@ -409,11 +444,29 @@ mod tests {
 
     #[test]
     fn a_density_bucket_lies_within_its_bounds() {
-        let bucket = |q: &str| parse_query::<DensityQuery>(Some(q)).and_then(|q| q.check());
+        let range = |q: &str| parse_query::<DensityQuery>(Some(q)).and_then(|q| q.check());
+        let bucket = |q: &str| range(q).map(|r| r.bucket_s);
         assert_eq!(bucket("").unwrap(), DEFAULT_DENSITY_BUCKET_S);
         assert_eq!(bucket("bucket=0.1").unwrap(), 0.1);
         assert_eq!(bucket("bucket=3600").unwrap(), 3600.0);
         assert_eq!(bucket("bucket=2.5").unwrap(), 2.5);
+        // `to` covers [0, to) with whole buckets, at most 10,000 of them.
+        assert_eq!(range("bucket=2.5").unwrap().buckets, None);
+        assert_eq!(range("bucket=2&to=181").unwrap().buckets, Some(91));
+        assert_eq!(range("bucket=0.1&to=1000").unwrap().buckets, Some(10_000));
+        for junk in [
+            "bucket=0.1&to=1000.1",
+            "to=0",
+            "to=-1",
+            "to=NaN",
+            "to=2592001",
+        ] {
+            assert_eq!(
+                range(junk).unwrap_err().code,
+                ErrorCode::InvalidQuery,
+                "{junk}"
+            );
+        }
         for junk in [
             "bucket=0",
             "bucket=0.09",

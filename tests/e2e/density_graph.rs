@@ -99,6 +99,12 @@ async fn density_refuses_bad_buckets_and_too_many_of_them() {
         "bucket=ten",
         "bucket=",
         "size=5",
+        "to=0",
+        "to=-3",
+        "to=NaN",
+        "to=2592001",
+        // 2,000 buckets of 0.1 s fit; 20,001 do not.
+        "bucket=0.1&to=2000.01",
     ] {
         let (status, v) = get_json(&server, &format!("/api/v1/rooms/long/density?{query}")).await;
         assert_eq!(status, 400, "{query}: {v}");
@@ -117,6 +123,14 @@ async fn density_refuses_bad_buckets_and_too_many_of_them() {
     let counts = counts(&v);
     assert_eq!(counts.len(), 2001);
     assert_eq!((counts[1], counts[2000], counts.iter().sum()), (1, 1, 2));
+
+    // A player passes its video's length: the danmaku at 2,000 s lies past
+    // a 3-minute video and no longer spoils its bar, even in small buckets.
+    let (status, v) = get_json(&server, "/api/v1/rooms/long/density?bucket=0.1&to=180").await;
+    assert_eq!(status, 200, "{v}");
+    let short = self::counts(&v);
+    assert_eq!(short.len(), 11, "up to the last bucket that holds any");
+    assert_eq!((short[10], short.iter().sum()), (1, 1));
 
     let (status, v) = get_json(&server, "/api/v1/rooms/bad%2Froom/density").await;
     assert_eq!(status, 400, "{v}");

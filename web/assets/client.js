@@ -1,7 +1,7 @@
 // DM.Room: one room over the server's WebSocket, reconnecting for ever without gaps or duplicates.
 //
 //   const room = new DM.Room(name, {token, onHello, onDanmaku, onDelete, onOnline, onLagged,
-//                                   onState, onError});
+//                                   onState, onError, retryRefused});
 //   room.connect(); room.send({text, mode, color, size, vt, name}) -> Promise<{id}|{held}>;
 //   room.close();
 //
@@ -15,6 +15,18 @@
   const BACKOFF_MAX_MS = 10000;
   const PING_MS = 25000; // a quiet room sends nothing JS can see: ping to notice a dead link
   const SILENCE_MS = 60000; // nothing heard for this long (not even a pong): reconnect
+  // A connection up this long was a real one: the next drop starts the backoff afresh. Resetting
+  // at `hello` instead would let a viewer the server drops at once (a slow consumer) reconnect
+  // every half second for ever.
+  const STABLE_MS = 10000;
+  // A browser sees a handshake the server refused (401, 403, 400 before the upgrade) only as a
+  // close 1006. After this many attempts in a row that never reached `hello`, one HTTP request to
+  // the room's SSE route, which admits viewers by the same rules, tells why.
+  const PROBE_AFTER = 2;
+  const PROBE_TIMEOUT_MS = 10000;
+  const REFUSED_RETRY_MS = 30000; // with retryRefused: how often a refused room is tried again
+  // Refusals only a person can lift (sign in again, pick another room): retrying cannot help.
+  const REFUSALS = [400, 401, 403];
 
   /** The server refused a send, or it could not be made. */
   class SendError extends Error {
@@ -56,6 +68,7 @@
         }
         if (/^room closed/.test(msg)) return 'This room is closed: it takes no danmaku for now.';
         if (/banned/.test(msg)) return 'Your address is banned from sending here.';
+        if (/does not admit room/.test(msg)) return 'Your token does not admit this room: pick another room or sign in with another token.';
         return 'You may not send to this room.';
       }
       case 'blocked_content':
@@ -71,6 +84,8 @@
       case 'invalid_room':
         return 'That is not a valid room name.';
       case 'unauthorized':
+        if (/expired/.test(msg)) return 'Your sign-in has expired: please sign in again.';
+        if (/needs a token to watch/.test(msg)) return 'Please sign in: this server needs a token to watch.';
         return 'Please sign in: your token is missing, invalid or expired.';
       case 'payload_too_large':
         return 'Too long: the danmaku is larger than the server takes.';
@@ -127,11 +142,16 @@
       this.refs = 0;
       this.pending = new Map(); // ref -> {resolve, reject}: at most limits.max_in_flight-ish, cleared on close
       this.attempt = 0;
+      this.failures = 0; // attempts in a row that ended before `hello`
+      this.liveAt = 0; // when the current connection said hello; 0: it has not
+      this.gen = 0; // bumped by teardown: a probe answering after it is stale
     }
 
-    /** Opens the connection (and keeps it open until close()). */
+    /** Opens the connection (and keeps it open until close()); after a refusal, tries again. */
     connect() {
       this.closed = false;
+      this.failures = 0;
+      this.backoff = BACKOFF_MIN_MS;
       this.open();
     }
 
@@ -159,6 +179,7 @@
 
     open() {
       this.teardown();
+      this.liveAt = 0;
       this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
       let ws;
       try {
@@ -205,13 +226,67 @@
       clearInterval(this.pingTimer);
       if (this.closed) return;
       this.attempt++;
+      if (this.liveAt) {
+        if (Date.now() - this.liveAt >= STABLE_MS) this.backoff = BACKOFF_MIN_MS;
+        this.failures = 0;
+      } else {
+        this.failures++;
+      }
+      this.liveAt = 0;
       const delay = this.backoff;
       this.backoff = Math.min(this.backoff * 2, BACKOFF_MAX_MS);
-      this.setState('reconnecting', { attempt: this.attempt, delay, code, reason });
-      this.retryTimer = setTimeout(() => this.open(), delay);
+      const later = () => {
+        this.setState('reconnecting', { attempt: this.attempt, delay, code, reason });
+        this.retryTimer = setTimeout(() => this.open(), delay);
+      };
+      if (this.failures < PROBE_AFTER) return later();
+      const gen = this.gen;
+      this.setState('reconnecting', { attempt: this.attempt, code, reason });
+      this.probe().then((refusal) => {
+        if (this.closed || gen !== this.gen) return; // closed or reopened meanwhile
+        if (!refusal) return later();
+        if (this.opts.retryRefused) {
+          this.setState('refused', Object.assign({ delay: REFUSED_RETRY_MS }, refusal));
+          this.retryTimer = setTimeout(() => this.open(), REFUSED_RETRY_MS);
+        } else {
+          this.setState('refused', refusal); // until connect() again
+        }
+      });
+    }
+
+    /**
+     * Asks the SSE route whether the server admits us to the room: resolves {status, code,
+     * message, words} when it refuses in a way only a person can fix, else null (it admits us,
+     * is busy or restarting, or cannot be reached: keep trying). The token goes in a header,
+     * never in an address a log could keep.
+     */
+    async probe() {
+      const base = this.opts.base || location.origin;
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
+      const headers = { accept: 'text/event-stream' };
+      if (this.token) headers.authorization = 'Bearer ' + this.token;
+      try {
+        const res = await fetch(new URL('/api/v1/rooms/' + encodeURIComponent(this.name) + '/stream', base), {
+          headers,
+          cache: 'no-store',
+          signal: abort.signal,
+        });
+        if (!REFUSALS.includes(res.status)) return null; // 200: the stream is not read, only aborted
+        const data = await res.json().catch(() => null);
+        const e = (data && data.error) || {};
+        const code = e.code || 'http_' + res.status;
+        return { status: res.status, code, message: e.message || '', words: describeError(code, e.message) };
+      } catch (_) {
+        return null;
+      } finally {
+        clearTimeout(timer);
+        abort.abort();
+      }
     }
 
     teardown() {
+      this.gen++;
       clearTimeout(this.retryTimer);
       clearInterval(this.pingTimer);
       const ws = this.ws;
@@ -240,7 +315,8 @@
           // whose newest id is below ours lost its history (a new store): follow it, or every
           // new danmaku would look like one already seen.
           if (this.lastId === null || Number(msg.last_id) < this.lastId) this.lastId = Number(msg.last_id) || 0;
-          this.backoff = BACKOFF_MIN_MS; // reset only once the server really took us
+          this.liveAt = Date.now(); // the backoff resets only once this stays up (see retry)
+          this.failures = 0;
           this.attempt = 0;
           this.setState('live', { online: msg.online });
           if (o.onHello) o.onHello(msg);

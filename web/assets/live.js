@@ -115,7 +115,12 @@
     el.className = 'pill ' + state;
     let text = state;
     if (state === 'reconnecting' && detail && detail.delay) text = 'reconnecting in ' + Math.max(1, Math.round(detail.delay / 1000)) + ' s';
+    // Refused (signed out, an expired token, a token for other rooms, a ban): the page stops
+    // trying until the user signs in again or picks another room, and says why.
+    if (state === 'refused') text = (detail && detail.words) || DM.describeError(detail && detail.code);
     el.textContent = text;
+    // Signed in with a token the server refuses: the token field comes back, to paste another.
+    $('signin').classList.toggle('in', Boolean(token) && state !== 'refused');
   }
 
   function showLastId() {
@@ -163,7 +168,7 @@
     }
     $('roomErr').textContent = '';
     $('room').value = name;
-    if (name === roomName && !force) return;
+    if (name === roomName && !force && !(room && room.state === 'refused')) return;
     if (room) room.close();
     if (name !== roomName) {
       renderer.clear();
@@ -249,6 +254,8 @@
       if (!res.ok) throw new Error('HTTP ' + res.status);
       const rooms = ((await res.json()).rooms || []).filter((r) => r && typeof r.room === 'string' && ROOM_RE.test(r.room));
       if (!rooms.length) return roomsMessage('no active rooms');
+      // The list is rebuilt: a keyboard user on a room's button keeps focus on that room's new one.
+      const focused = document.activeElement && $('rooms').contains(document.activeElement) ? document.activeElement.dataset.room : null;
       $('rooms').replaceChildren(
         ...rooms.map((r) => {
           const b = DM.el('button', { type: 'button', 'data-room': r.room, 'aria-label': r.room + ', ' + r.online + ' online' }, r.room, DM.el('small', null, '· ' + r.online));
@@ -257,6 +264,10 @@
         })
       );
       markCurrentRoom();
+      if (focused != null) {
+        const again = [...$('rooms').querySelectorAll('button')].find((b) => b.dataset.room === focused);
+        if (again) again.focus();
+      }
     } catch (_) {
       roomsMessage('room list unavailable');
     }

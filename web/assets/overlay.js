@@ -62,6 +62,9 @@
 
   const room = new DM.Room(roomName, {
     token: q.get('token') || '',
+    // OBS has nobody to click "sign in": a refused overlay (an expired token, watching needs a
+    // token) keeps trying every 30 s, so it comes back by itself once the server admits it.
+    retryRefused: true,
     // Not shown (an overlay has no chrome); there for whoever inspects the page.
     onState: (state) => (document.documentElement.dataset.state = state),
     onDanmaku: (items) => {

@@ -115,11 +115,24 @@
       this.layoutLanes();
     }
 
+    // A new font size or stage height changes the lanes' height: the danmaku already on the stage
+    // keep their y, so which lanes they cover is worked out again from their pixels (else a new
+    // one could be put over an old one, lane numbers meaning other heights than when it was put).
     layoutLanes() {
       this.laneH = this.o.fontSize * LINE;
       const fit = Math.max(1, Math.floor(this.H / this.laneH));
       this.laneCount = this.o.lanes > 0 ? Math.min(this.o.lanes, fit) : fit;
-      while (this.scrollLanes.length < this.laneCount) this.scrollLanes.push([]);
+      this.scrollLanes = Array.from({ length: this.laneCount }, () => []);
+      for (const rec of this.active) {
+        if (rec.fixed) continue;
+        const last = Math.min(this.laneCount, Math.ceil((rec.y + rec.h) / this.laneH - 0.01));
+        for (let j = Math.max(0, Math.floor(rec.y / this.laneH)); j < last; j++) this.scrollLanes[j].push(rec);
+      }
+    }
+
+    // Lanes a danmaku `h` px high covers, at the lane height of now.
+    lanesFor(h) {
+      return Math.max(1, Math.ceil(h / this.laneH - 0.01));
     }
 
     /** Queues a danmaku; the next frame puts it on the stage (or counts it as overflow). */
@@ -305,7 +318,6 @@
         mode,
         fixed,
         h: px * LINE,
-        lanesTall: Math.max(1, Math.ceil((px * LINE) / this.laneH - 0.01)),
         w: 0,
         t0,
         duration,
@@ -315,7 +327,6 @@
         x0: 0, // position at t0 (scroll) or fixed x
         v: 0, // px per ms, signed
         y: 0,
-        lanes: null, // scroll lanes taken
       };
     }
 
@@ -341,17 +352,13 @@
       }
       rec.v = ((W + rec.w) / rec.duration) * (rec.mode === 'reverse' ? 1 : -1);
       rec.x0 = rec.mode === 'reverse' ? -rec.w : W;
-      const k = rec.lanesTall;
+      const k = this.lanesFor(rec.h); // the lane height may have changed while it waited
       const gap = Math.max(8, this.o.fontSize * 0.5);
       for (let i = 0; i + k <= this.laneCount; i++) {
         let free = true;
         for (let j = i; j < i + k && free; j++) free = this.laneFree(j, rec, now, gap);
         if (!free) continue;
-        rec.lanes = [];
-        for (let j = i; j < i + k; j++) {
-          this.scrollLanes[j].push(rec);
-          rec.lanes.push(j);
-        }
+        for (let j = i; j < i + k; j++) this.scrollLanes[j].push(rec);
         rec.y = i * this.laneH;
         return true;
       }
@@ -379,11 +386,14 @@
         rec.end = now + rec.duration;
       }
       rec.x0 = (this.W - rec.w) / 2;
-      // Rows are lane-high steps from the top (top) or from the bottom (bottom); a row is free
-      // when no fixed danmaku on the stage covers any of its height.
-      const rows = this.laneCount - rec.lanesTall + 1;
+      // Rows are lane-high steps from the top (top) or from the bottom of the lanes in use
+      // (bottom): with `lanes` set that is the bottom of those lanes' band, not of the stage, so
+      // the part of the picture below it stays clear. A row is free when no fixed danmaku on
+      // the stage covers any of its height.
+      const floor = this.o.lanes > 0 && this.o.lanes === this.laneCount ? this.laneCount * this.laneH : this.H;
+      const rows = this.laneCount - this.lanesFor(rec.h) + 1;
       for (let i = 0; i < rows; i++) {
-        const y = rec.mode === 'top' ? i * this.laneH : this.H - rec.h - i * this.laneH;
+        const y = rec.mode === 'top' ? i * this.laneH : floor - rec.h - i * this.laneH;
         if (y < 0) break;
         let free = true;
         for (const other of this.active) {

@@ -54,10 +54,15 @@
     else if (name === 'reconnecting') {
       const wait = detail && detail.delay ? ' in ' + Math.ceil(detail.delay / 1000) + ' s' : '';
       state.textContent = 'connection lost, reconnecting' + wait + '…';
+    } else if (name === 'refused') {
+      // Styled as a lost connection; tried again every 30 s (nobody may be at the screen).
+      state.className = 'wall-state reconnecting refused';
+      state.textContent = (detail && detail.words) || 'refused';
     } else state.textContent = name === 'closed' ? 'closed' : 'connecting…';
   }
 
   const room = new DM.Room(roomName, {
+    retryRefused: true, // a wall runs unattended: once the server admits it again, it comes back
     onState: showState,
     onHello: (hello) => showOnline(hello.online),
     onOnline: showOnline,

@@ -142,7 +142,11 @@ pub(super) async fn phone_url(
     request: HeaderMap,
 ) -> Response {
     match phone_address(&app.node.config.web, &room, &request) {
-        Ok(url) => Json(serde_json::json!({ "url": url })).into_response(),
+        Ok(url) => (
+            [(header::CACHE_CONTROL, "no-cache")],
+            Json(serde_json::json!({ "url": url })),
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -157,14 +161,17 @@ pub(super) async fn qr_code(
         Ok(url) => url,
         Err(e) => return e.into_response(),
     };
+    // Only an overlong `public_url` could fail here: a fault of the
+    // configuration, not of the request.
     let code = match qrcode::QrCode::new(url.as_bytes()) {
         Ok(code) => code,
         Err(e) => {
+            tracing::error!(error = %e, "no QR code for the phone page's address");
             return ApiError::new(
-                ErrorCode::InvalidQuery,
-                format!("no QR code for {url}: {e}"),
+                ErrorCode::Internal,
+                "the phone page's address does not fit a QR code",
             )
-            .into_response()
+            .into_response();
         }
     };
     let svg = code

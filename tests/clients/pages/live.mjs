@@ -5,6 +5,10 @@
 //   node pages/live.mjs burst   SERVER ROOM N  N danmaku at once: are scrolling ones ever on top of each other?
 //   node pages/live.mjs errors  SERVER ROOM    a blocked word, then sends until rate limited
 //   node pages/live.mjs token   SERVER ROOM TOKEN   sign in with ?token=, send
+//   node pages/live.mjs refused SERVER ROOM EXPIRED OTHER GOOD   a server that needs a token to
+//                                             watch: no token, an expired one, one for room
+//                                             "elsewhere" only (then that room), a good one
+//   node pages/live.mjs roomsfocus SERVER ROOM  a keyboard user on the active rooms' list
 //   node pages/live.mjs restart SERVER ROOM    prints {"live":true} once live, then waits for a
 //                                             line "TEXT1\tTEXT2..." on stdin (sent after the
 //                                             server restarted) and reports when all are shown
@@ -19,7 +23,7 @@ const MARKUP = '<img src=x onerror=alert(1)>';
 const WAIT = 20000;
 
 const browser = await launch();
-const result = await ({ two, badroom, burst, errors, token, restart })[scenario]();
+const result = await ({ two, badroom, burst, errors, token, restart, refused, roomsfocus })[scenario]();
 await browser.close();
 report(result);
 
@@ -157,20 +161,32 @@ async function burst() {
       };
       requestAnimationFrame(step);
     });
-  }, 240);
+  }, 360);
   const modes = ['scroll', 'scroll', 'scroll', 'reverse'];
-  const sends = [];
-  for (let i = 0; i < n; i++) {
-    const body = { text: 'burst ' + i + ' ' + '弹幕🎉'.repeat(i % 7) + 'x'.repeat((i * 13) % 40), mode: modes[i % 4], size: [18, 25, 36, 25][i % 4] };
-    sends.push(fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify(body) }).then((r) => r.status));
-  }
-  const statuses = await Promise.all(sends);
+  const sendAll = (from, to) => {
+    const sends = [];
+    for (let i = from; i < to; i++) {
+      const body = { text: 'burst ' + i + ' ' + '弹幕🎉'.repeat(i % 7) + 'x'.repeat((i * 13) % 40), mode: modes[i % 4], size: [18, 25, 36, 25][i % 4] };
+      sends.push(fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify(body) }).then((r) => r.status));
+    }
+    return Promise.all(sends);
+  };
+  const stageHeight = () => page.evaluate(() => document.getElementById('stage').clientHeight);
+  const heights = [await stageHeight()];
+  // Half the burst, then the window narrows (a smaller stage: smaller danmaku, lower lanes)
+  // while the first half is still crossing, then the other half.
+  const statuses = await sendAll(0, n >> 1);
+  await page.waitForTimeout(400);
+  await page.setViewportSize({ width: 1000, height: 900 });
+  await page.waitForFunction((h) => document.getElementById('stage').clientHeight !== h, heights[0], { timeout: WAIT });
+  heights.push(await stageHeight());
+  statuses.push(...(await sendAll(n >> 1, n)));
   const watched = await watching;
   const stats = await page.evaluate(() => ({
     onScreen: Number(document.getElementById('onScreen').textContent),
     overflow: Number(document.getElementById('overflow').textContent),
   }));
-  return { stored: statuses.filter((s) => s === 201).length, ...watched, stats, ...(await hygiene(page)) };
+  return { stored: statuses.filter((s) => s === 201).length, heights, ...watched, stats, ...(await hygiene(page)) };
 }
 
 async function errors() {
@@ -202,6 +218,83 @@ async function token() {
     stage: await stageTexts(page),
     ...(await hygiene(page)),
   };
+}
+
+// What the pill says once the page has stopped at a refusal, or is live.
+async function settled(page) {
+  await page.waitForFunction(
+    () => /\b(refused|live)\b/.test(document.getElementById('status').className),
+    null,
+    { timeout: WAIT }
+  );
+  return page.evaluate(() => {
+    const pill = document.getElementById('status');
+    return { state: pill.className.replace('pill', '').trim(), text: pill.textContent };
+  });
+}
+
+async function signIn(page, jwt) {
+  await page.getByLabel('Token').fill(jwt);
+  await page.getByLabel('Token').press('Enter');
+}
+
+async function refused() {
+  const [expired, other, good] = rest;
+  const page = await open('/r/' + room);
+  let sockets = 0;
+  page.on('websocket', () => sockets++);
+  const probes = [];
+  page.on('request', (r) => {
+    if (r.url().includes('/stream')) probes.push({ url: r.url(), auth: r.headers()['authorization'] || null });
+  });
+  const out = {};
+  out.anonymous = await settled(page);
+  // Stopped: no more attempts while nobody does anything.
+  const before = sockets;
+  await page.waitForTimeout(3000);
+  out.socketsWhileRefused = sockets - before;
+  await signIn(page, expired);
+  // The pill first goes back to connecting, then says why the new token is refused.
+  await page.waitForFunction(() => !/Please sign in/.test(document.getElementById('status').textContent), null, { timeout: WAIT });
+  out.expired = await settled(page);
+  await signIn(page, other);
+  await page.waitForFunction(() => !/expired/.test(document.getElementById('status').textContent), null, { timeout: WAIT });
+  out.other = await settled(page);
+  // Another room, the one this token admits: the page connects again by itself.
+  await page.getByLabel('Room', { exact: true }).fill('elsewhere');
+  await page.getByLabel('Room', { exact: true }).press('Enter');
+  await page.waitForFunction(() => !/does not admit/.test(document.getElementById('status').textContent), null, { timeout: WAIT });
+  out.elsewhere = await settled(page);
+  // Back to the first room with a token that admits it.
+  await page.getByLabel('Room', { exact: true }).fill(room);
+  await page.getByLabel('Room', { exact: true }).press('Enter');
+  await signIn(page, good);
+  await live(page);
+  out.good = await settled(page);
+  out.probes = probes;
+  // Each refused handshake is logged by Chromium, and each refused probe too.
+  const expected = (e) => /WebSocket connection to .* failed|status of 40[013]/.test(e);
+  page.problems.errors = page.problems.errors.filter((e) => !expected(e));
+  return { ...out, ...(await hygiene(page)) };
+}
+
+// A keyboard user tabbed onto a room in the active rooms' list stays there while the list
+// refreshes (every 5 s).
+async function roomsfocus() {
+  const page = await open('/r/' + room);
+  await live(page);
+  await page.waitForSelector('#rooms button[data-room="' + room + '"]', { timeout: WAIT });
+  await page.focus('#rooms button[data-room="' + room + '"]');
+  await page.evaluate(() => (window.__old = document.activeElement));
+  // The list is rebuilt (new buttons) at the next refresh, and again at the one after.
+  await page.waitForFunction(() => !document.contains(window.__old), null, { timeout: WAIT });
+  await page.waitForTimeout(5500);
+  const focused = await page.evaluate(() => ({
+    rebuilt: !document.contains(window.__old),
+    room: document.activeElement.dataset.room || null,
+    tag: document.activeElement.tagName,
+  }));
+  return { focused, ...(await hygiene(page)) };
 }
 
 async function restart() {

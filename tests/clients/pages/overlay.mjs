@@ -5,7 +5,7 @@
 //
 // Opens /overlay/ROOM?QUERY at 640x360, sends a fixed set of danmaku (modes, a word, a name),
 // waits until the visible ones are on screen, then screenshots with a transparent background.
-// Prints {"shown":[texts ever drawn], "state", "alpha":{"clear":[alpha at points no danmaku
+// Prints {"shown":[texts ever drawn], "lowest":[lowest danmaku edge, px], "state", "alpha":{"clear":[alpha at points no danmaku
 // covers], "text":[alpha near danmaku glyphs]}, "problems", "imgs"}.
 //
 // motion: one danmaku scrolling, its x over time, through the renderer's pause() and resume(),
@@ -84,6 +84,8 @@ async function show() {
   };
   return {
     shown: await page.evaluate(() => [...window.__shown].sort()),
+    // The lowest edge of any danmaku on the (frozen) stage, in px from the top.
+    lowest: await page.evaluate(() => Math.max(0, ...[...document.querySelectorAll('.dm:not(.dm-measure)')].map((e) => e.getBoundingClientRect().bottom))),
     state: await page.evaluate(() => document.documentElement.dataset.state),
     size: [image.width, image.height],
     alpha: { clear: points.clear.map(([x, y]) => image.alpha(x, y)), text: points.text.map(around) },

@@ -113,7 +113,7 @@ async function phoneSend(page, text, { colour, mode, name } = {}) {
   }
   if (colour) await page.getByRole('radio', { name: colour }).check({ force: true });
   if (mode) await page.getByRole('radio', { name: mode }).check({ force: true });
-  const field = page.getByLabel('danmaku');
+  const field = page.getByLabel('danmaku', { exact: true });
   await field.fill(text);
   await page.evaluate(() => (document.getElementById('status').textContent = ''));
   await field.press('Enter');
@@ -147,6 +147,7 @@ async function flow() {
       return { width: r.width, height: r.height };
     })(),
     label: document.getElementById('send').textContent,
+    field: document.getElementById('text').labels[0].textContent,
   }));
   const sent = await phoneSend(phone.page, 'hello from a phone 你好 🎉', { colour: 'Red', mode: 'Scroll', name: 'Ana' });
   const shown = await onWall(wall.page, 'hello from a phone');

@@ -79,14 +79,21 @@ async fn a_room_name_that_is_markup_is_refused_in_words() {
 }
 
 #[tokio::test]
-async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping() {
+async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping_even_across_a_resize() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["burst", &server.url(), "burst", "100"]);
     assert_eq!(report["stored"], 100, "{report}");
     assert_clean(&report);
+    // Half-way the window narrowed: the stage, and so the danmaku's size and
+    // the lanes' height, shrank while the first half was still crossing.
+    let heights = report["heights"].as_array().unwrap();
+    assert!(
+        heights[1].as_f64().unwrap() < heights[0].as_f64().unwrap() - 50.0,
+        "{report}"
+    );
     // Every scrolling danmaku's box was checked against every other one's,
-    // in each of 240 frames while the burst crossed the stage.
+    // in each of 360 frames while the burst crossed the stage.
     assert_eq!(report["overlaps"], json!([]), "{report}");
     // The stage filled its lanes (a 540 px stage has 17 of 31 px, a large
     // danmaku takes two), so the check had many pairs to compare...
@@ -153,6 +160,82 @@ async fn a_token_in_the_address_signs_in_for_the_tab_and_leaves_the_address_bar(
     let (_, history) = get_json(&server, "/api/v1/rooms/signed/danmaku").await;
     assert_eq!(history["items"][0]["user"], "alice", "{history}");
     assert_eq!(report["stage"][0]["own"], true, "{report}");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_shown_in_words_and_retried_once_the_user_acts() {
+    const SECRET: &str = "a-live-page-test-secret-of-32-bytes-or-more";
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        format!("{EXEMPT_LOOPBACK}[auth]\nhs256_secret = \"{SECRET}\"\nanonymous_watch = false\n");
+    let server = Server::start(&dir.path().join("data"), Some(&config));
+    let expired = token(SECRET, json!({"sub": "eve", "exp": now() - 3600}));
+    let other = token(
+        SECRET,
+        json!({"sub": "olga", "rooms": ["elsewhere"], "exp": now() + 600}),
+    );
+    let good = token(SECRET, json!({"sub": "gus", "exp": now() + 600}));
+    let report = page_script(
+        "live.mjs",
+        &["refused", &server.url(), "guarded", &expired, &other, &good],
+    );
+    assert_clean(&report);
+    let shown = |key: &str, state: &str, words: &str| {
+        assert_eq!(report[key]["state"], state, "{key}: {report}");
+        assert_eq!(report[key]["text"], words, "{key}: {report}");
+    };
+    // Without a token the server refuses the handshake: the page says so
+    // and stops trying, instead of reconnecting for ever in silence.
+    shown(
+        "anonymous",
+        "refused",
+        "Please sign in: this server needs a token to watch.",
+    );
+    assert_eq!(report["socketsWhileRefused"], 0, "{report}");
+    shown(
+        "expired",
+        "refused",
+        "Your sign-in has expired: please sign in again.",
+    );
+    shown(
+        "other",
+        "refused",
+        "Your token does not admit this room: pick another room or sign in with another token.",
+    );
+    // Picking the room that token admits, then signing in with a good
+    // token, each connect again at once.
+    shown("elsewhere", "live", "live");
+    shown("good", "live", "live");
+    // The probe that told why carried the token in a header, never in its
+    // address.
+    let probes = report["probes"].as_array().unwrap();
+    assert!(probes.len() >= 3, "{report}");
+    for probe in probes {
+        assert!(
+            !probe["url"].as_str().unwrap().contains("token"),
+            "{report}"
+        );
+    }
+    assert!(
+        probes
+            .iter()
+            .any(|p| p["auth"] == format!("Bearer {expired}")),
+        "{report}"
+    );
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_keyboard_user_on_the_room_list_keeps_focus_when_it_refreshes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
+    let report = page_script("live.mjs", &["roomsfocus", &server.url(), "kbd"]);
+    assert_clean(&report);
+    let focused = &report["focused"];
+    assert_eq!(focused["rebuilt"], true, "{report}");
+    assert_eq!(focused["tag"], "BUTTON", "{report}");
+    assert_eq!(focused["room"], "kbd", "{report}");
+    server.stop();
 }
 
 #[tokio::test]

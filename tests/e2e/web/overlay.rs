@@ -64,10 +64,19 @@ async fn the_overlay_is_transparent_and_hides_by_mode_word_and_user() {
         "{report}"
     );
 
-    // Without settings, everything is drawn.
+    // Without settings, everything is drawn, the bottom one at the bottom
+    // of the 360 px picture.
     let report = page_script("overlay.mjs", &["show", &server.url(), "plain", ""]);
     assert_transparent_but_for_danmaku(&report);
     assert_eq!(shown(&report), ALL, "{report}");
+    assert!(report["lowest"].as_f64().unwrap() > 340.0, "{report}");
+
+    // lanes=5 keeps the picture below five lanes clear, bottom danmaku
+    // included: 16 px danmaku (a thirtieth of 360) in 20 px lanes.
+    let report = page_script("overlay.mjs", &["show", &server.url(), "banded", "lanes=5"]);
+    assert_transparent_but_for_danmaku(&report);
+    assert_eq!(shown(&report), ALL, "{report}");
+    assert!(report["lowest"].as_f64().unwrap() <= 101.0, "{report}");
 }
 
 #[tokio::test]

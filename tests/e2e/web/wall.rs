@@ -67,6 +67,8 @@ async fn a_phone_that_scans_the_walls_qr_code_sends_to_the_wall() {
     );
     assert_eq!(layout["innerWidth"], 360);
     assert_eq!(layout["label"], "Send");
+    // The comment box is named "danmaku", exactly (phoneSend finds it so).
+    assert_eq!(layout["field"], "danmaku", "{r}");
     assert!(layout["send"]["height"].as_f64().unwrap() >= 44.0, "{r}");
 
     // Sent, said so, the field cleared; on the wall in its colour, with
