@@ -415,18 +415,14 @@
       onDanmaku: (items) => items.forEach(addLine),
       onDelete: (ids) => ids.forEach(markRecalled),
       onOnline: (n) => ($('roomOnline').textContent = String(n)),
-      onState: (state) => {
+      onState: (state, detail) => {
         const s = $('roomState');
         s.textContent = state;
         s.className = 'pill ' + state;
         if (!current || current.ticket !== ticket) return;
-        if (state === 'live') {
-          current.streamed = true;
-          streamMsg('');
-        } else if (state === 'reconnecting' && !current.streamed && !current.probed) {
-          current.probed = true;
-          explainStream(name, ticket);
-        }
+        if (state === 'live') streamMsg('');
+        // DM.Room stops at a refusal only a person can lift, and says why.
+        else if (state === 'refused') streamMsg(refusedWords(detail));
       },
     });
     current.viewer.connect();
@@ -443,39 +439,19 @@
   }
 
   /**
-   * The stream never connected: asks the room's SSE stream, as the guest the WebSocket is,
-   * why, and says it in words. A server that lets only signed-in viewers watch refuses the
-   * guest for good (the admin token is never put in a WebSocket address), so the viewer stops.
+   * Why the stream was refused, in words. A guest refused (401) means the server lets only
+   * signed-in viewers watch: the dashboard watches as a guest, since a WebSocket would carry
+   * the admin token in its address.
    */
-  async function explainStream(name, ticket) {
-    const ctrl = new AbortController();
-    let status = 0;
-    try {
-      const res = await fetch('/api/v1/rooms/' + encodeURIComponent(name) + '/stream', {
-        signal: ctrl.signal,
-        cache: 'no-store',
-        credentials: 'omit',
-      });
-      status = res.status;
-    } catch (_) {
-      /* unreachable: said below */
-    }
-    ctrl.abort(); // only its status was wanted, not a second viewer
-    if (!current || current.ticket !== ticket || current.streamed) return;
-    if (status === 401) {
-      current.viewer.close();
-      streamMsg(
+  function refusedWords(detail) {
+    if (detail && detail.status === 401) {
+      return (
         'The live stream cannot connect: this server lets only signed-in viewers watch ' +
-          '(auth.anonymous_watch = false), and the dashboard watches as a guest, since a WebSocket ' +
-          'would carry the admin token in its address. Held sends, settings and mutes still work.'
-      );
-    } else {
-      streamMsg(
-        'The live stream cannot connect' +
-          (status >= 400 ? ' (the server answers ' + status + ')' : status ? ' (a proxy in front of the server may not pass WebSockets)' : '') +
-          '; still trying.'
+        '(auth.anonymous_watch = false), and the dashboard watches as a guest, since a WebSocket ' +
+        'would carry the admin token in its address. Held sends, settings and mutes still work.'
       );
     }
+    return 'The live stream cannot connect: ' + ((detail && detail.words) || 'the server refused it') + '.';
   }
 
   const clock = (ts) => new Date(Number(ts)).toLocaleTimeString();
