@@ -465,7 +465,12 @@
       )
     );
     const mute = el('button', { type: 'button', class: 'small quiet', 'aria-label': 'Mute user ' + item.user }, 'Mute');
-    mute.addEventListener('click', () => muteUser(item.user));
+    mute.addEventListener('click', () => muteUser(item.user, $('scope').value === 'global'));
+    // A ban keeps the author out of every room for the duration: a mute
+    // everywhere, in one click (an address ban needs the address, which a
+    // danmaku does not carry).
+    const ban = el('button', { type: 'button', class: 'small quiet', 'aria-label': 'Ban user ' + item.user + ' from every room' }, 'Ban');
+    ban.addEventListener('click', () => muteUser(item.user, true));
     const li = el(
       'li',
       { 'data-id': item.id },
@@ -473,7 +478,7 @@
       el('span', { class: 'name' }, item.name || 'guest'),
       el('span', { class: 'user' }, item.user || ''),
       el('span', { class: 'text' }, item.text == null ? '' : item.text),
-      el('span', { class: 'acts' }, recall, mute)
+      el('span', { class: 'acts' }, recall, mute, ban)
     );
     const list = $('stream');
     list.prepend(li);
@@ -487,9 +492,8 @@
     li.querySelector('.acts').replaceChildren(el('span', { class: 'tag' }, 'recalled'));
   }
 
-  function muteUser(user) {
+  function muteUser(user, global) {
     const seconds = Number($('duration').value);
-    const global = $('scope').value === 'global';
     const path = global ? '/api/v1/admin/mutes' : roomPath(current.name) + '/mutes';
     const where = global ? 'everywhere' : 'in ' + current.name;
     act('muted ' + user + ' ' + where + ' for ' + $('duration').selectedOptions[0].textContent, async () => {

@@ -137,7 +137,7 @@ try {
   await page.getByLabel('pre-moderation').focus();
   await page.keyboard.press('Space');
   await page.waitForFunction(() => /pre-moderation off/.test(document.getElementById('msg').textContent), null, { timeout: WAIT });
-  await page.getByLabel('mute for').selectOption({ label: '1 hour' });
+  await page.getByLabel('mute or ban for').selectOption({ label: '1 hour' });
   const user = await line(MARKUP).locator('.user').textContent();
   out.mutedUser = user;
   await line(MARKUP).getByRole('button', { name: /^Mute/ }).click();
@@ -150,6 +150,11 @@ try {
   await vpage.getByLabel('danmaku', { exact: true }).press('Enter');
   await vpage.waitForFunction(() => /muted/i.test(document.getElementById('formMsg').textContent), null, { timeout: WAIT });
   out.mutedWords = await vpage.textContent('#formMsg');
+
+  // Ban, one click on the line: the author is kept out of every room.
+  await line(MARKUP).getByRole('button', { name: /^Ban/ }).click();
+  await page.waitForFunction(() => / everywhere /.test(document.getElementById('msg').textContent), null, { timeout: WAIT });
+  out.banMsg = await page.textContent('#msg');
 
   // The audit log shows what was done, newest first.
   await page.waitForFunction(() => /mute/.test(document.getElementById('audit').textContent), null, { timeout: WAIT });

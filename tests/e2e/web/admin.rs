@@ -104,6 +104,21 @@ async fn an_admin_moderates_a_live_room_from_the_dashboard() {
     let until = mutes["items"][0]["until"].as_u64().unwrap();
     let left = (until / 1000).saturating_sub(now());
     assert!((3500..=3600).contains(&left), "a mute of an hour: {mutes}");
+    // The line's Ban: the same user, kept out of every room for an hour.
+    let ban = report["banMsg"].as_str().unwrap();
+    assert!(ban.contains(user) && ban.contains("everywhere"), "{ban}");
+    let (_, global) = call(
+        &server,
+        Method::GET,
+        "/api/v1/admin/mutes",
+        Some(&token),
+        None,
+    )
+    .await;
+    let until = global["items"][0]["until"].as_u64().unwrap();
+    assert_eq!(global["items"][0]["user"], user, "{global}");
+    let left = (until / 1000).saturating_sub(now());
+    assert!((3500..=3600).contains(&left), "a ban of an hour: {global}");
     let (_, settings) = call(&server, Method::GET, &path, Some(&token), None).await;
     assert_eq!(settings["premod"], false);
     let actions = strings(&report["auditActions"]);
