@@ -60,8 +60,6 @@ pub struct App {
 /// Every route of the server (docs/protocol.md lists them), with the
 /// 404 and 405 answers for the rest.
 pub fn router(app: App) -> Router {
-    // Hash and compress the pages' files now, not on the first request.
-    web::assets::bundle();
     // The routes players call from other origins answer CORS, preflight
     // included (an `OPTIONS` the method router must know to run the layer).
     let cors_layer = from_fn_with_state(app.clone(), players::cors);

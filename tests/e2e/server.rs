@@ -429,6 +429,18 @@ pub fn clients_dir() -> std::path::PathBuf {
     dir
 }
 
+/// The machine's turn: held by the tests that load it hardest (a
+/// Chromium, dozens of senders) and by those that measure time, so that
+/// no two of them run at once. A deadline measured while a browser takes
+/// both cores would measure the browser.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for [`TURN`] and holds it until the guard is dropped (a test
+/// that failed holding it does not keep the others out).
+pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs `node SCRIPT ARGS…` in [`clients_dir`] and returns its stdout;
 /// panics with its stderr if it fails.
 pub fn node_client(script: &str, args: &[&str]) -> Vec<u8> {

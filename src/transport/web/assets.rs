@@ -7,11 +7,14 @@
 //! (`/assets/render.js`); this module rewrites those references to the
 //! hashed names once, at first use, so a page always loads the assets it
 //! was built with and a new binary never meets a stale cached script.
-//! Text files are compressed once too (brotli and gzip), where it pays.
+//! A text file is compressed (brotli or gzip) the first time a client
+//! that takes that encoding asks for it, off the async workers, and the
+//! result is kept: compressing every file at start would cost each start
+//! seconds of CPU, mostly for files nobody asks this process for.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use bytes::Bytes;
@@ -71,8 +74,12 @@ pub struct File {
     content_type: &'static str,
     etag: HeaderValue,
     plain: Bytes,
-    gzip: Option<Bytes>,
-    brotli: Option<Bytes>,
+    /// A text file big enough that compressing it may pay.
+    compressible: bool,
+    /// Once asked for: the compressed bytes, or `None` when they save
+    /// too little to be worth sending.
+    gzip: OnceLock<Option<Bytes>>,
+    brotli: OnceLock<Option<Bytes>>,
 }
 
 /// The encodings a file may be sent in.
@@ -109,13 +116,47 @@ impl File {
     }
 
     /// The smallest encoding the client accepts, and its bytes.
-    pub fn body_for(&self, request: &HeaderMap) -> (Encoding, Bytes) {
-        let accepts = |name: &str| accepts_encoding(request, name);
-        match (&self.brotli, &self.gzip) {
-            (Some(br), _) if accepts("br") => (Encoding::Brotli, br.clone()),
-            (_, Some(gz)) if accepts("gzip") => (Encoding::Gzip, gz.clone()),
-            _ => (Encoding::Identity, self.plain.clone()),
+    pub async fn body_for(&'static self, request: &HeaderMap) -> (Encoding, Bytes) {
+        if self.compressible {
+            for encoding in [Encoding::Brotli, Encoding::Gzip] {
+                let Some(name) = encoding.header() else {
+                    continue;
+                };
+                if accepts_encoding(request, name) {
+                    if let Some(bytes) = self.packed(encoding).await {
+                        return (encoding, bytes);
+                    }
+                }
+            }
         }
+        (Encoding::Identity, self.plain.clone())
+    }
+
+    /// The file in `encoding`, compressed on first use on a blocking
+    /// thread; `None` when that does not pay.
+    async fn packed(&'static self, encoding: Encoding) -> Option<Bytes> {
+        let cell = match encoding {
+            Encoding::Brotli => &self.brotli,
+            Encoding::Gzip => &self.gzip,
+            Encoding::Identity => return None,
+        };
+        if let Some(done) = cell.get() {
+            return done.clone();
+        }
+        let plain = self.plain.clone();
+        tokio::task::spawn_blocking(move || {
+            cell.get_or_init(|| {
+                let packed = match encoding {
+                    Encoding::Brotli => brotli(&plain),
+                    _ => gzip(&plain),
+                };
+                ((packed.len() as f64) < plain.len() as f64 * WORTH_IT).then(|| Bytes::from(packed))
+            })
+            .clone()
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Whether the request's `If-None-Match` names this content.
@@ -205,20 +246,13 @@ fn file(name: &str, plain: Bytes) -> File {
     let digest = Sha256::digest(&plain);
     let etag = format!("\"{}\"", hashed_name("", &digest).trim_start_matches('.'));
     let text = !content_type.starts_with("image/png") && !content_type.starts_with("font/");
-    let pays = |packed: Vec<u8>| {
-        ((packed.len() as f64) < plain.len() as f64 * WORTH_IT).then(|| Bytes::from(packed))
-    };
-    let (gzip, brotli) = if text && plain.len() > 512 {
-        (pays(gzip(&plain)), pays(brotli(&plain)))
-    } else {
-        (None, None)
-    };
     File {
         content_type,
         etag: HeaderValue::from_str(&etag).expect("hex is a valid header value"),
+        compressible: text && plain.len() > 512,
         plain,
-        gzip,
-        brotli,
+        gzip: OnceLock::new(),
+        brotli: OnceLock::new(),
     }
 }
 
@@ -320,23 +354,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_client_gets_the_smallest_encoding_it_accepts() {
-        let file = file("a.js", Bytes::from("let danmaku = 1;\n".repeat(200)));
-        let (enc, body) = file.body_for(&headers(&[("accept-encoding", "gzip, deflate, br")]));
+    #[tokio::test]
+    async fn the_client_gets_the_smallest_encoding_it_accepts() {
+        let file: &'static File = Box::leak(Box::new(file(
+            "a.js",
+            Bytes::from("let danmaku = 1;\n".repeat(200)),
+        )));
+        let (enc, body) = file
+            .body_for(&headers(&[("accept-encoding", "gzip, deflate, br")]))
+            .await;
         assert_eq!(enc, Encoding::Brotli);
         assert!(body.len() < file.plain.len() / 10);
-        let (enc, _) = file.body_for(&headers(&[("accept-encoding", "gzip, br;q=0")]));
+        let (enc, _) = file
+            .body_for(&headers(&[("accept-encoding", "gzip, br;q=0")]))
+            .await;
         assert_eq!(enc, Encoding::Gzip);
-        let (enc, body) = file.body_for(&headers(&[]));
+        let (enc, body) = file.body_for(&headers(&[])).await;
         assert_eq!(enc, Encoding::Identity);
         assert_eq!(body, file.plain);
         // A tiny file is not worth compressing.
-        let small = super::file("b.js", Bytes::from_static(b"1"));
-        assert_eq!(
-            small.body_for(&headers(&[("accept-encoding", "br")])).0,
-            Encoding::Identity
-        );
+        let small: &'static File =
+            Box::leak(Box::new(super::file("b.js", Bytes::from_static(b"1"))));
+        let (enc, _) = small.body_for(&headers(&[("accept-encoding", "br")])).await;
+        assert_eq!(enc, Encoding::Identity);
+        // Nor is one that does not shrink: bytes from xorshift.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let noise: &'static File = Box::leak(Box::new(super::file("c.js", Bytes::from(noise))));
+        let (enc, _) = noise
+            .body_for(&headers(&[("accept-encoding", "br, gzip")]))
+            .await;
+        assert_eq!(enc, Encoding::Identity);
     }
 
     #[test]

@@ -37,11 +37,11 @@ enum Framing {
 }
 
 /// Serves `web/pages/NAME`.
-fn page(name: &str, request: &HeaderMap, framing: Framing) -> Response {
+async fn page(name: &str, request: &HeaderMap, framing: Framing) -> Response {
     let Some(file) = bundle().page(name) else {
         return ApiError::new(ErrorCode::NotFound, "no such page").into_response();
     };
-    let mut response = send(file, request, "no-cache");
+    let mut response = send(file, request, "no-cache").await;
     let headers = response.headers_mut();
     let csp = match framing {
         Framing::Anywhere => format!("{CSP}; frame-ancestors *"),
@@ -60,11 +60,11 @@ fn page(name: &str, request: &HeaderMap, framing: Framing) -> Response {
 }
 
 /// A file in the encoding the request prefers, or 304 when it has it.
-fn send(file: &File, request: &HeaderMap, cache: &'static str) -> Response {
+async fn send(file: &'static File, request: &HeaderMap, cache: &'static str) -> Response {
     let mut response = if file.not_modified(request) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let (encoding, body) = file.body_for(request);
+        let (encoding, body) = file.body_for(request).await;
         let mut response = body.into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -89,37 +89,37 @@ fn send(file: &File, request: &HeaderMap, cache: &'static str) -> Response {
 
 /// `GET /`: the live page, for the room the page picks.
 pub(super) async fn home(request: HeaderMap) -> Response {
-    page("live.html", &request, Framing::Anywhere)
+    page("live.html", &request, Framing::Anywhere).await
 }
 
 /// `GET /r/{room}`: the live room page.
 pub(super) async fn live(_: RoomName, request: HeaderMap) -> Response {
-    page("live.html", &request, Framing::Anywhere)
+    page("live.html", &request, Framing::Anywhere).await
 }
 
 /// `GET /v/{room}?src=`: the video player.
 pub(super) async fn player(_: RoomName, request: HeaderMap) -> Response {
-    page("player.html", &request, Framing::Anywhere)
+    page("player.html", &request, Framing::Anywhere).await
 }
 
 /// `GET /overlay/{room}`: the OBS overlay.
 pub(super) async fn overlay(_: RoomName, request: HeaderMap) -> Response {
-    page("overlay.html", &request, Framing::Anywhere)
+    page("overlay.html", &request, Framing::Anywhere).await
 }
 
 /// `GET /wall/{room}`: the event wall.
 pub(super) async fn wall(_: RoomName, request: HeaderMap) -> Response {
-    page("wall.html", &request, Framing::Anywhere)
+    page("wall.html", &request, Framing::Anywhere).await
 }
 
 /// `GET /m/{room}`: the phone send page the wall's QR code opens.
 pub(super) async fn phone(_: RoomName, request: HeaderMap) -> Response {
-    page("phone.html", &request, Framing::Anywhere)
+    page("phone.html", &request, Framing::Anywhere).await
 }
 
 /// `GET /admin`: the admin dashboard.
 pub(super) async fn admin(request: HeaderMap) -> Response {
-    page("admin.html", &request, Framing::Nowhere)
+    page("admin.html", &request, Framing::Nowhere).await
 }
 
 /// `GET /assets/{*file}`: a script or style, by hashed name (cached for
@@ -127,9 +127,9 @@ pub(super) async fn admin(request: HeaderMap) -> Response {
 pub(super) async fn asset(Path(name): Path<String>, request: HeaderMap) -> Response {
     match bundle().asset(&name) {
         Some((file, Immutable(true))) => {
-            send(file, &request, "public, max-age=31536000, immutable")
+            send(file, &request, "public, max-age=31536000, immutable").await
         }
-        Some((file, Immutable(false))) => send(file, &request, "no-cache"),
+        Some((file, Immutable(false))) => send(file, &request, "no-cache").await,
         None => ApiError::new(ErrorCode::NotFound, "no such asset").into_response(),
     }
 }

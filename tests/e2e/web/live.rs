@@ -23,6 +23,7 @@ fn assert_clean(page: &Value) {
 
 #[tokio::test]
 async fn two_pages_see_each_others_danmaku_own_highlighted_and_markup_as_text() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["two", &server.url(), "duo"]);
@@ -56,6 +57,7 @@ async fn two_pages_see_each_others_danmaku_own_highlighted_and_markup_as_text() 
 
 #[tokio::test]
 async fn a_room_name_that_is_markup_is_refused_in_words() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let report = page_script("live.mjs", &["badroom", &server.url()]);
@@ -80,6 +82,7 @@ async fn a_room_name_that_is_markup_is_refused_in_words() {
 
 #[tokio::test]
 async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping_even_across_a_resize() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["burst", &server.url(), "burst", "100"]);
@@ -107,6 +110,7 @@ async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping_even_across
 
 #[tokio::test]
 async fn refusals_are_shown_in_words_a_blocked_word_and_a_rate_limit() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let words = dir.path().join("words.txt");
     std::fs::write(&words, "forbiddenword\n").unwrap();
@@ -136,6 +140,7 @@ async fn refusals_are_shown_in_words_a_blocked_word_and_a_rate_limit() {
 
 #[tokio::test]
 async fn a_token_in_the_address_signs_in_for_the_tab_and_leaves_the_address_bar() {
+    let _turn = take_turn();
     const SECRET: &str = "a-live-page-test-secret-of-32-bytes-or-more";
     let dir = tempfile::tempdir().unwrap();
     let config = format!("[auth]\nhs256_secret = \"{SECRET}\"\n");
@@ -164,6 +169,7 @@ async fn a_token_in_the_address_signs_in_for_the_tab_and_leaves_the_address_bar(
 
 #[tokio::test]
 async fn a_refused_connection_is_shown_in_words_and_retried_once_the_user_acts() {
+    let _turn = take_turn();
     const SECRET: &str = "a-live-page-test-secret-of-32-bytes-or-more";
     let dir = tempfile::tempdir().unwrap();
     let config =
@@ -227,6 +233,7 @@ async fn a_refused_connection_is_shown_in_words_and_retried_once_the_user_acts()
 
 #[tokio::test]
 async fn a_keyboard_user_on_the_room_list_keeps_focus_when_it_refreshes() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["roomsfocus", &server.url(), "kbd"]);
@@ -240,6 +247,7 @@ async fn a_keyboard_user_on_the_room_list_keeps_focus_when_it_refreshes() {
 
 #[tokio::test]
 async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, Some(EXEMPT_LOOPBACK));

@@ -38,6 +38,7 @@ const PAGES: [&str; 8] = [
 
 #[tokio::test]
 async fn every_page_forbids_inline_script_and_names_only_hashed_assets() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     for path in PAGES {
@@ -105,6 +106,7 @@ async fn every_page_forbids_inline_script_and_names_only_hashed_assets() {
 
 #[tokio::test]
 async fn assets_are_compressed_and_revalidated() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let url = format!("{}/assets/danmaku.css", server.url());
@@ -159,6 +161,7 @@ async fn assets_are_compressed_and_revalidated() {
 
 #[tokio::test]
 async fn the_walls_phone_address_is_the_public_url_or_the_host_it_was_loaded_from() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let (status, body) = get_json(&server, "/wall/hall/phone").await;

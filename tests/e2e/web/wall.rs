@@ -43,6 +43,7 @@ fn overlap(a: &Value, b: &Value) -> bool {
 
 #[tokio::test]
 async fn a_phone_that_scans_the_walls_qr_code_sends_to_the_wall() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let r = page_script("wall.mjs", &["flow", &server.url(), "hall"]);
@@ -103,6 +104,7 @@ async fn a_phone_that_scans_the_walls_qr_code_sends_to_the_wall() {
 
 #[tokio::test]
 async fn the_phone_page_says_in_words_why_a_danmaku_was_refused() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let words = dir.path().join("words.txt");
     std::fs::write(&words, "forbiddenword\n").unwrap();
@@ -149,6 +151,7 @@ async fn the_phone_page_says_in_words_why_a_danmaku_was_refused() {
 
 #[tokio::test]
 async fn markup_in_a_danmaku_a_nickname_or_the_title_is_shown_as_text() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let r = page_script("wall.mjs", &["xss", &server.url(), "hall"]);
@@ -170,6 +173,7 @@ async fn markup_in_a_danmaku_a_nickname_or_the_title_is_shown_as_text() {
 
 #[tokio::test]
 async fn behind_a_proxy_the_qr_code_names_the_public_url() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let config = "[web]\npublic_url = \"https://live.example\"\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
@@ -182,6 +186,7 @@ async fn behind_a_proxy_the_qr_code_names_the_public_url() {
 
 #[tokio::test]
 async fn the_wall_reconnects_after_a_restart_and_shows_what_was_sent_meanwhile() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
