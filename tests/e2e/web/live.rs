@@ -1,12 +1,9 @@
 //! The live room page (`/r/{room}`, docs/web.md "Live page") in Debian's
 //! Chromium, driven by `tests/clients/pages/live.mjs`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
-use super::page_script;
+use super::{page_script, Conversation};
 use crate::server::*;
 
 /// A text that would be markup if a page inserted it as HTML.
@@ -252,17 +249,8 @@ async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
     let data = dir.path().join("data");
     let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
     let addr = server.addr.clone();
-    let mut node = Command::new("node")
-        .args(["pages/live.mjs", "restart", &server.url(), "again"])
-        .current_dir(clients_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut out = BufReader::new(node.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), r#"{"live":true}"#);
+    let mut page = Conversation::start("live.mjs", &["restart", &server.url(), "again"]);
+    assert_eq!(page.next(), json!({"live": true}));
 
     let (status, _) = post(&server, "again", json!({"text": "before the restart"})).await;
     assert_eq!(status, 201);
@@ -277,11 +265,8 @@ async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
     }
     let mut want = vec!["before the restart".to_owned()];
     want.extend(after);
-    writeln!(node.stdin.take().unwrap(), "{}", want.join("\t")).unwrap();
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    assert!(node.wait().unwrap().success(), "live.mjs failed: {rest}");
-    let report: Value = serde_json::from_str(&rest).unwrap();
+    page.say(&want.join("\t"));
+    let report = page.report();
 
     assert_clean(&report);
     // The page said it was reconnecting, then live again.

@@ -8,6 +8,9 @@ mod overlay;
 mod player;
 mod wall;
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
 use serde_json::Value;
 
 use crate::server::*;
@@ -22,6 +25,71 @@ pub fn page_script(script: &str, args: &[&str]) -> Value {
             String::from_utf8_lossy(&out)
         )
     })
+}
+
+/// A page script the test talks with while it runs
+/// (`tests/clients/pages/SCRIPT`): it prints a JSON line when it wants
+/// the test to act (restart the server, post live danmaku), reads the
+/// test's answer on stdin, and ends with its report.
+pub struct Conversation {
+    script: String,
+    child: Child,
+    stdin: ChildStdin,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Conversation {
+    /// Starts `node pages/SCRIPT ARGS…`.
+    pub fn start(script: &str, args: &[&str]) -> Conversation {
+        let mut child = Command::new("node")
+            .arg(format!("pages/{script}"))
+            .args(args)
+            .current_dir(clients_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node (Node.js 20) runs");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Conversation {
+            script: script.to_owned(),
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next JSON line the script prints.
+    pub fn next(&mut self) -> Value {
+        let line = self
+            .lines
+            .next()
+            .unwrap_or_else(|| panic!("{} ended early (see its stderr)", self.script))
+            .unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// Sends the script one line.
+    pub fn say(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap();
+    }
+
+    /// The script's last line, its report, once it has ended well.
+    pub fn report(mut self) -> Value {
+        let report = self.next();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{} failed: {status}", self.script);
+        report
+    }
+}
+
+impl Drop for Conversation {
+    /// A test that failed half-way does not leave node and Chromium behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Every page route, with a valid room where it takes one.

@@ -4,63 +4,14 @@
 //! live danmaku shown once, the density graph, and a missing or bad video.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
 
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use super::page_script;
+use super::{page_script, Conversation};
 use crate::server::*;
 
 const MARKUP: &str = "<img src=x onerror=alert(1)>";
-
-/// `tests/clients/pages/player.mjs play`, which stops once to let the test
-/// post live danmaku: its stdin, and its stdout a line at a time.
-struct Script {
-    child: Child,
-    stdin: ChildStdin,
-    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
-}
-
-impl Script {
-    fn start(args: &[&str]) -> Script {
-        let mut child = Command::new("node")
-            .arg("pages/player.mjs")
-            .args(args)
-            .current_dir(clients_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node (Node.js 20) runs");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Script {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The next JSON line the script prints.
-    fn next(&mut self) -> Value {
-        let line = self
-            .lines
-            .next()
-            .expect("player.mjs ended without its report (see its stderr)")
-            .unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-}
-
-impl Drop for Script {
-    /// A test that failed half-way does not leave node and Chromium behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Posts each `(text, vt)` to `room` at once; returns their ids in order.
 async fn seed(server: &Server, room: &str, danmaku: &[(String, f64)]) -> Vec<u64> {
@@ -121,7 +72,7 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         .map(|(id, (_, vt))| (id.to_string(), *vt))
         .collect();
 
-    let mut script = Script::start(&["play", &server.url(), "film"]);
+    let mut script = Conversation::start("player.mjs", &["play", &server.url(), "film"]);
     let phase = script.next();
     assert_eq!(phase["phase"], "live", "{phase}");
     let ahead_vt = f(&phase["t"]) + 2.0;
@@ -132,15 +83,12 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
         json!({"text": "live ahead", "vt": ahead_vt}),
     )
     .await;
-    writeln!(
-        script.stdin,
+    script.say(&format!(
         "{} {} {ahead_vt}",
         plain["id"].as_u64().unwrap(),
         ahead["id"].as_u64().unwrap()
-    )
-    .unwrap();
-    let r = script.next();
-    assert!(script.child.wait().unwrap().success());
+    ));
+    let r = script.report();
 
     assert_eq!(
         r["problems"],

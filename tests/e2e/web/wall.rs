@@ -2,12 +2,9 @@
 //! (`/m/{room}`), driven by `tests/clients/pages/wall.mjs`: the QR code is
 //! read from a screenshot with zbarimg, as a phone's camera would.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
-use super::page_script;
+use super::{page_script, Conversation};
 use crate::server::*;
 
 /// No page errors, no dialogs, no CSP violations; but the browser's log
@@ -191,17 +188,8 @@ async fn the_wall_reconnects_after_a_restart_and_shows_what_was_sent_meanwhile()
     let data = dir.path().join("data");
     let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
     let addr = server.addr.clone();
-    let mut node = Command::new("node")
-        .args(["pages/wall.mjs", "restart", &server.url(), "hall"])
-        .current_dir(clients_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut out = BufReader::new(node.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), r#"{"live":true}"#);
+    let mut page = Conversation::start("wall.mjs", &["restart", &server.url(), "hall"]);
+    assert_eq!(page.next(), json!({"live": true}));
 
     let (status, _) = post(&server, "hall", json!({"text": "before the restart"})).await;
     assert_eq!(status, 201);
@@ -215,11 +203,8 @@ async fn the_wall_reconnects_after_a_restart_and_shows_what_was_sent_meanwhile()
         assert_eq!(status, 201, "{body}");
         want.push(text);
     }
-    writeln!(node.stdin.take().unwrap(), "{}", want.join("\t")).unwrap();
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    assert!(node.wait().unwrap().success(), "wall.mjs failed: {rest}");
-    let r: Value = serde_json::from_str(&rest).unwrap();
+    page.say(&want.join("\t"));
+    let r = page.report();
 
     // The wall said so, then was live again.
     let states = r["states"].as_array().unwrap();
