@@ -26,7 +26,7 @@ fn players(args: &[&str]) -> Value {
 
 #[tokio::test]
 async fn dplayer_loads_history_sends_and_shows_markup_as_text() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let page = free_port();
     let config =
@@ -73,7 +73,7 @@ async fn dplayer_loads_history_sends_and_shows_markup_as_text() {
 
 #[tokio::test]
 async fn artplayer_shows_the_xml_export_at_each_danmakus_time() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let timed = [

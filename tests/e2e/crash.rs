@@ -62,7 +62,7 @@ async fn try_send(client: &reqwest::Client, url: &str, room: &str, text: &str) -
 
 #[tokio::test]
 async fn sigkill_under_32_senders_three_times_loses_nothing_acknowledged() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     const SENDERS: usize = 32;
     const ROOMS: usize = 4;
     let dir = tempfile::tempdir().unwrap();
@@ -200,7 +200,7 @@ async fn sse_viewer(addr: Addr, room: &str, seen: Seen, target: Arc<AtomicU64>) 
 
 #[tokio::test]
 async fn resuming_viewers_get_every_id_exactly_once_across_two_kills() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data, Some(CONFIG));

@@ -110,7 +110,7 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 #[tokio::test]
 async fn a_body_that_does_not_come_is_answered_408_and_closed_on_every_route() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[auth]\nhs256_secret = \"{SECRET}\"\n[connection]\nbody_timeout_s = 2\nkeepalive_timeout_s = 30\n"
@@ -164,7 +164,7 @@ async fn a_body_that_does_not_come_is_answered_408_and_closed_on_every_route() {
 
 #[tokio::test]
 async fn a_body_below_the_minimum_rate_is_cut_after_the_grace() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let config = "[connection]\nbody_timeout_s = 60\nbody_min_rate_bytes_per_s = 1000\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
@@ -188,7 +188,7 @@ async fn a_body_below_the_minimum_rate_is_cut_after_the_grace() {
 
 #[tokio::test]
 async fn idle_connections_and_dribbled_headers_are_closed() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let config = "[connection]\nkeepalive_timeout_s = 1\nheader_timeout_s = 2\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
@@ -229,7 +229,7 @@ async fn idle_connections_and_dribbled_headers_are_closed() {
 
 #[tokio::test]
 async fn sse_streams_and_websockets_outlive_the_request_deadlines() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let config =
         "[connection]\nkeepalive_timeout_s = 1\nheader_timeout_s = 1\nbody_timeout_s = 1\n";
@@ -256,7 +256,7 @@ async fn sse_streams_and_websockets_outlive_the_request_deadlines() {
 
 #[tokio::test]
 async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     // Default deadlines. Loopback is exempted explicitly so that the
     // sender is not rate-limited whatever the default.
@@ -336,7 +336,7 @@ async fn a_hundred_slow_bodies_are_closed_within_30_s_while_a_sender_keeps_up() 
 /// written).
 #[tokio::test]
 async fn a_big_answer_read_slowly_is_not_cut_by_the_keepalive_deadline() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let config = format!("[connection]\nkeepalive_timeout_s = 1\n{EXEMPT_LOOPBACK}");
     let server = Server::start(&dir.path().join("data"), Some(&config));

@@ -433,12 +433,13 @@ pub fn clients_dir() -> std::path::PathBuf {
 /// Chromium, dozens of senders) and by those that measure time, so that
 /// no two of them run at once. A deadline measured while a browser takes
 /// both cores would measure the browser.
-static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// (A tokio mutex: its guard lives across awaits, and a test that panics
+/// holding it does not poison it for the others.)
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Waits for [`TURN`] and holds it until the guard is dropped (a test
-/// that failed holding it does not keep the others out).
-pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Waits for [`TURN`] and holds it until the guard is dropped.
+pub async fn take_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
 }
 
 /// Runs `node SCRIPT ARGS…` in [`clients_dir`] and returns its stdout;

@@ -21,7 +21,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn an_admin_moderates_a_live_room_from_the_dashboard() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!("{}{EXEMPT_LOOPBACK}", config());
     let server = Server::start(&dir.path().join("data"), Some(&cfg));

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{page_script, Conversation};
+use super::{across_a_restart, page_script};
 use crate::server::*;
 
 /// A text that would be markup if a page inserted it as HTML.
@@ -20,7 +20,7 @@ fn assert_clean(page: &Value) {
 
 #[tokio::test]
 async fn two_pages_see_each_others_danmaku_own_highlighted_and_markup_as_text() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["two", &server.url(), "duo"]);
@@ -54,7 +54,7 @@ async fn two_pages_see_each_others_danmaku_own_highlighted_and_markup_as_text() 
 
 #[tokio::test]
 async fn a_room_name_that_is_markup_is_refused_in_words() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let report = page_script("live.mjs", &["badroom", &server.url()]);
@@ -79,7 +79,7 @@ async fn a_room_name_that_is_markup_is_refused_in_words() {
 
 #[tokio::test]
 async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping_even_across_a_resize() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["burst", &server.url(), "burst", "100"]);
@@ -107,7 +107,7 @@ async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping_even_across
 
 #[tokio::test]
 async fn refusals_are_shown_in_words_a_blocked_word_and_a_rate_limit() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let words = dir.path().join("words.txt");
     std::fs::write(&words, "forbiddenword\n").unwrap();
@@ -137,7 +137,7 @@ async fn refusals_are_shown_in_words_a_blocked_word_and_a_rate_limit() {
 
 #[tokio::test]
 async fn a_token_in_the_address_signs_in_for_the_tab_and_leaves_the_address_bar() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     const SECRET: &str = "a-live-page-test-secret-of-32-bytes-or-more";
     let dir = tempfile::tempdir().unwrap();
     let config = format!("[auth]\nhs256_secret = \"{SECRET}\"\n");
@@ -166,7 +166,7 @@ async fn a_token_in_the_address_signs_in_for_the_tab_and_leaves_the_address_bar(
 
 #[tokio::test]
 async fn a_refused_connection_is_shown_in_words_and_retried_once_the_user_acts() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     const SECRET: &str = "a-live-page-test-secret-of-32-bytes-or-more";
     let dir = tempfile::tempdir().unwrap();
     let config =
@@ -230,7 +230,7 @@ async fn a_refused_connection_is_shown_in_words_and_retried_once_the_user_acts()
 
 #[tokio::test]
 async fn a_keyboard_user_on_the_room_list_keeps_focus_when_it_refreshes() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("live.mjs", &["roomsfocus", &server.url(), "kbd"]);
@@ -244,30 +244,13 @@ async fn a_keyboard_user_on_the_room_list_keeps_focus_when_it_refreshes() {
 
 #[tokio::test]
 async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
-    let _turn = take_turn();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
-    let addr = server.addr.clone();
-    let mut page = Conversation::start("live.mjs", &["restart", &server.url(), "again"]);
-    assert_eq!(page.next(), json!({"live": true}));
-
-    let (status, _) = post(&server, "again", json!({"text": "before the restart"})).await;
-    assert_eq!(status, 201);
-    server.stop();
-    // Back on the same address and data; these are sent while the page is
-    // still waiting to reconnect, so only `since` can bring them.
-    let server = Server::start_at(&data, Some(EXEMPT_LOOPBACK), &addr);
-    let after: Vec<String> = (1..=5).map(|i| format!("after the restart {i}")).collect();
-    for text in &after {
-        let (status, body) = post(&server, "again", json!({"text": text})).await;
-        assert_eq!(status, 201, "{body}");
-    }
-    let mut want = vec!["before the restart".to_owned()];
-    want.extend(after);
-    page.say(&want.join("\t"));
-    let report = page.report();
-
+    let _turn = take_turn().await;
+    let during = [
+        "after the restart 1",
+        "after the restart 2",
+        "after the restart 3",
+    ];
+    let (report, want) = across_a_restart("live.mjs", "again", &during).await;
     assert_clean(&report);
     // The page said it was reconnecting, then live again.
     let states = report["states"].as_array().unwrap();
@@ -284,5 +267,4 @@ async fn the_page_reconnects_after_a_restart_and_misses_nothing() {
         .map(|r| r["id"].as_u64().unwrap())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    server.stop();
 }

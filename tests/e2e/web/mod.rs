@@ -92,6 +92,35 @@ impl Drop for Conversation {
     }
 }
 
+/// Runs SCRIPT's `restart` scenario on ROOM: once the page is live, one
+/// danmaku is sent, the server stops and comes back on the same address
+/// and data, and `during` are sent while the page still waits to
+/// reconnect (so only `since` can bring them). The page is then told every
+/// text sent, in order, and waits to show them; returns its report and
+/// those texts.
+pub async fn across_a_restart(script: &str, room: &str, during: &[&str]) -> (Value, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
+    let addr = server.addr.clone();
+    let mut page = Conversation::start(script, &["restart", &server.url(), room]);
+    assert_eq!(page.next(), serde_json::json!({"live": true}));
+    let mut sent = vec!["before the restart".to_owned()];
+    let (status, body) = post(&server, room, serde_json::json!({"text": sent[0]})).await;
+    assert_eq!(status, 201, "{body}");
+    server.stop();
+    let server = Server::start_at(&data, Some(EXEMPT_LOOPBACK), &addr);
+    for text in during {
+        let (status, body) = post(&server, room, serde_json::json!({ "text": text })).await;
+        assert_eq!(status, 201, "{body}");
+        sent.push((*text).to_owned());
+    }
+    page.say(&sent.join("\t"));
+    let report = page.report();
+    server.stop();
+    (report, sent)
+}
+
 /// Every page route, with a valid room where it takes one.
 const PAGES: [&str; 8] = [
     "/",
@@ -106,7 +135,7 @@ const PAGES: [&str; 8] = [
 
 #[tokio::test]
 async fn every_page_forbids_inline_script_and_names_only_hashed_assets() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     for path in PAGES {
@@ -174,7 +203,7 @@ async fn every_page_forbids_inline_script_and_names_only_hashed_assets() {
 
 #[tokio::test]
 async fn assets_are_compressed_and_revalidated() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let url = format!("{}/assets/danmaku.css", server.url());
@@ -229,7 +258,7 @@ async fn assets_are_compressed_and_revalidated() {
 
 #[tokio::test]
 async fn the_walls_phone_address_is_the_public_url_or_the_host_it_was_loaded_from() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let (status, body) = get_json(&server, "/wall/hall/phone").await;

@@ -44,7 +44,7 @@ fn assert_transparent_but_for_danmaku(report: &Value) {
 
 #[tokio::test]
 async fn the_overlay_is_transparent_and_hides_by_mode_word_and_user() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
 
@@ -82,7 +82,7 @@ async fn the_overlay_is_transparent_and_hides_by_mode_word_and_user() {
 
 #[tokio::test]
 async fn pausing_freezes_danmaku_resuming_goes_on_without_a_jump_and_recalls_vanish() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let report = page_script("overlay.mjs", &["motion", &server.url(), "motion"]);

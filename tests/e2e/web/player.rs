@@ -43,7 +43,7 @@ fn seen(report: &Value, id: u64) -> Option<&Value> {
 
 #[tokio::test]
 async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windows() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     // Pages of 7: the busiest second (15 danmaku) takes several, and the
     // page finds the server's limit by itself.
@@ -305,7 +305,7 @@ async fn the_player_shows_danmaku_at_their_video_time_and_loads_history_in_windo
 
 #[tokio::test]
 async fn a_missing_or_bad_video_is_told_in_words() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), None);
     let r = page_script("player.mjs", &["nosrc", &server.url(), "film"]);

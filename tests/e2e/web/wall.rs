@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::{page_script, Conversation};
+use super::{across_a_restart, page_script};
 use crate::server::*;
 
 /// No page errors, no dialogs, no CSP violations; but the browser's log
@@ -40,7 +40,7 @@ fn overlap(a: &Value, b: &Value) -> bool {
 
 #[tokio::test]
 async fn a_phone_that_scans_the_walls_qr_code_sends_to_the_wall() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let r = page_script("wall.mjs", &["flow", &server.url(), "hall"]);
@@ -101,7 +101,7 @@ async fn a_phone_that_scans_the_walls_qr_code_sends_to_the_wall() {
 
 #[tokio::test]
 async fn the_phone_page_says_in_words_why_a_danmaku_was_refused() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let words = dir.path().join("words.txt");
     std::fs::write(&words, "forbiddenword\n").unwrap();
@@ -148,7 +148,7 @@ async fn the_phone_page_says_in_words_why_a_danmaku_was_refused() {
 
 #[tokio::test]
 async fn markup_in_a_danmaku_a_nickname_or_the_title_is_shown_as_text() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), Some(EXEMPT_LOOPBACK));
     let r = page_script("wall.mjs", &["xss", &server.url(), "hall"]);
@@ -170,7 +170,7 @@ async fn markup_in_a_danmaku_a_nickname_or_the_title_is_shown_as_text() {
 
 #[tokio::test]
 async fn behind_a_proxy_the_qr_code_names_the_public_url() {
-    let _turn = take_turn();
+    let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
     let config = "[web]\npublic_url = \"https://live.example\"\n";
     let server = Server::start(&dir.path().join("data"), Some(config));
@@ -183,28 +183,13 @@ async fn behind_a_proxy_the_qr_code_names_the_public_url() {
 
 #[tokio::test]
 async fn the_wall_reconnects_after_a_restart_and_shows_what_was_sent_meanwhile() {
-    let _turn = take_turn();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let server = Server::start(&data, Some(EXEMPT_LOOPBACK));
-    let addr = server.addr.clone();
-    let mut page = Conversation::start("wall.mjs", &["restart", &server.url(), "hall"]);
-    assert_eq!(page.next(), json!({"live": true}));
-
-    let (status, _) = post(&server, "hall", json!({"text": "before the restart"})).await;
-    assert_eq!(status, 201);
-    server.stop();
-    // Sent while the wall waits to reconnect: only `since` brings them.
-    let server = Server::start_at(&data, Some(EXEMPT_LOOPBACK), &addr);
-    let mut want = vec!["before the restart".to_owned()];
-    for i in 1..=3 {
-        let text = format!("while the wall was away {i}");
-        let (status, body) = post(&server, "hall", json!({ "text": text })).await;
-        assert_eq!(status, 201, "{body}");
-        want.push(text);
-    }
-    page.say(&want.join("\t"));
-    let r = page.report();
+    let _turn = take_turn().await;
+    let during = [
+        "while the wall was away 1",
+        "while the wall was away 2",
+        "while the wall was away 3",
+    ];
+    let (r, want) = across_a_restart("wall.mjs", "hall", &during).await;
 
     // The wall said so, then was live again.
     let states = r["states"].as_array().unwrap();
@@ -228,5 +213,4 @@ async fn the_wall_reconnects_after_a_restart_and_shows_what_was_sent_meanwhile()
     );
     assert_eq!(r["problems"]["dialogs"], json!([]));
     assert_eq!(r["problems"]["csp"], json!([]));
-    server.stop();
 }
