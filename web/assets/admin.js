@@ -11,7 +11,6 @@
   const DM = window.DM;
   const KEY = 'dm-admin-token';
   const WINDOW = 300; // points kept per chart: five minutes at one a second
-  const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
   const STREAM_MAX = 300;
   const ROOMS_SHOWN = 200; // buttons in the room list at most; the search box finds the rest
   const $ = (id) => document.getElementById(id);
@@ -366,16 +365,12 @@
     }
   }
 
-  function validRoom(name) {
-    return ROOM_RE.test(name) && !/^\.+$/.test(name);
-  }
-
   /** Enter in the search box: the room typed, else the one match. */
   function openFromSearch() {
     const typed = $('roomSearch').value.trim();
     $('roomErr').textContent = '';
     const matches = filtered();
-    const name = rooms.has(typed) || validRoom(typed) ? typed : matches.length === 1 ? matches[0][0] : null;
+    const name = rooms.has(typed) || DM.isRoomName(typed) ? typed : matches.length === 1 ? matches[0][0] : null;
     if (!name) {
       $('roomErr').textContent = 'not a valid room name: ' + typed;
       return;

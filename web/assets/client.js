@@ -407,8 +407,33 @@
     }
   }
 
+  /** The room grammar the server checks (docs/protocol.md "Room names"). */
+  const ROOM_NAME = /^(?!\.+$)[A-Za-z0-9_.:-]{1,64}$/;
+
+  /** Whether `name` is a room name the server takes. */
+  function isRoomName(name) {
+    return typeof name === 'string' && ROOM_NAME.test(name);
+  }
+
+  /**
+   * The room a page is for: the last segment of its address (`/wall/hall` → `hall`),
+   * decoded once; '' when the address has no room or a broken escape (the server then
+   * refuses the name, and the page says so).
+   */
+  function pageRoom() {
+    const segs = location.pathname.split('/').filter(Boolean);
+    if (segs.length < 2) return '';
+    try {
+      return decodeURIComponent(segs[segs.length - 1]);
+    } catch (_) {
+      return '';
+    }
+  }
+
   DM.Room = Room;
   DM.SendError = SendError;
+  DM.isRoomName = isRoomName;
+  DM.pageRoom = pageRoom;
   DM.describeError = describeError;
   DM.el = el;
 })();

@@ -5,7 +5,6 @@
 'use strict';
 (function () {
   const $ = (id) => document.getElementById(id);
-  const ROOM_RE = /^(?!\.+$)[A-Za-z0-9_.:-]{1,64}$/;
   const MAX_RECENT = 100;
   const MAX_OWN = 200; // own ids remembered for highlighting (bounded)
   const TOKEN_KEY = 'danmaku.token';
@@ -162,7 +161,7 @@
 
   function join(name, force) {
     name = String(name || '').trim();
-    if (!ROOM_RE.test(name)) {
+    if (!DM.isRoomName(name)) {
       $('roomErr').textContent = 'Room names are 1–64 characters: letters, digits, _ . : - (not only dots).';
       return;
     }
@@ -213,20 +212,14 @@
     markCurrentRoom();
   }
 
+  /** `/r/{room}`, or at `/` the `?room=` asked for, else lobby. */
   function roomFromPath() {
-    const segs = location.pathname.split('/').filter(Boolean);
-    if (segs.length >= 2 && segs[0] === 'r') {
-      try {
-        return decodeURIComponent(segs[segs.length - 1]);
-      } catch (_) {
-        return '';
-      }
-    }
+    if (location.pathname.startsWith('/r/')) return DM.pageRoom();
     return new URLSearchParams(location.search).get('room') || 'lobby';
   }
 
   function go(name) {
-    if (!ROOM_RE.test(name)) return join(name);
+    if (!DM.isRoomName(name)) return join(name);
     if (name !== roomName) history.pushState(null, '', '/r/' + encodeURIComponent(name) + location.search);
     join(name);
   }
@@ -252,7 +245,7 @@
     try {
       const res = await fetch('/api/v1/rooms?sort=online&limit=50', { cache: 'no-store' });
       if (!res.ok) throw new Error('HTTP ' + res.status);
-      const rooms = ((await res.json()).rooms || []).filter((r) => r && typeof r.room === 'string' && ROOM_RE.test(r.room));
+      const rooms = ((await res.json()).rooms || []).filter((r) => r && typeof r.room === 'string' && DM.isRoomName(r.room));
       if (!rooms.length) return roomsMessage('no active rooms');
       // The list is rebuilt: a keyboard user on a room's button keeps focus on that room's new one.
       const focused = document.activeElement && $('rooms').contains(document.activeElement) ? document.activeElement.dataset.room : null;

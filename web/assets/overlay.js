@@ -23,13 +23,8 @@
     return ['1', 'true', 'yes', 'on'].includes((q.get(key) || '').toLowerCase());
   }
 
-  const segs = location.pathname.split('/').filter(Boolean);
-  let roomName = 'lobby';
-  try {
-    if (segs.length >= 2) roomName = decodeURIComponent(segs[segs.length - 1]);
-  } catch (_) {
-    /* a broken escape: the server refuses the name, and the overlay stays empty */
-  }
+  // A broken escape gives '': the server refuses it, and the overlay stays empty.
+  const roomName = DM.pageRoom();
 
   const stage = document.getElementById('stage');
   const settings = {

@@ -9,13 +9,8 @@
   const $ = (id) => document.getElementById(id);
   const NAME_KEY = 'danmaku.phone.name';
 
-  const segs = location.pathname.split('/').filter(Boolean);
-  let roomName = '';
-  try {
-    roomName = decodeURIComponent(segs[segs.length - 1] || '');
-  } catch (_) {
-    /* a broken escape: the server refuses the name, and the page says so on send */
-  }
+  // A broken escape gives '': the server refuses it, and the page says so on send.
+  const roomName = DM.pageRoom();
   $('room').textContent = roomName;
   const room = new DM.Room(roomName, {});
 

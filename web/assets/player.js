@@ -9,7 +9,6 @@
 'use strict';
 (function () {
   const $ = (id) => document.getElementById(id);
-  const ROOM_RE = /^(?!\.+$)[A-Za-z0-9_.:-]{1,64}$/;
   const WINDOW_S = 30; // history is loaded in windows of this much video time
   const PREFETCH_S = 10; // the next window is fetched when the playhead is this close to its start
   const CATCH_UP_S = 1; // after a seek to t, danmaku from [t - 1 s, t] join mid-flight
@@ -60,15 +59,6 @@
 
   /* ---------- the room and the video, from the address ---------- */
 
-  function roomFromPath() {
-    const segs = location.pathname.split('/').filter(Boolean);
-    try {
-      return segs.length >= 2 ? decodeURIComponent(segs[segs.length - 1]) : '';
-    } catch (_) {
-      return '';
-    }
-  }
-
   function videoSource() {
     const raw = new URLSearchParams(location.search).get('src');
     if (raw === null || !raw.trim()) {
@@ -97,8 +87,8 @@
     4: 'the address does not point to a video this browser can play, or it cannot be reached',
   };
 
-  const roomName = roomFromPath();
-  if (!ROOM_RE.test(roomName)) {
+  const roomName = DM.pageRoom();
+  if (!DM.isRoomName(roomName)) {
     problem('That is not a valid room name: room names are 1–64 characters, letters, digits, _ . : - (not only dots).');
     $('player').hidden = true;
     return;

@@ -14,13 +14,8 @@
   const off = (key) => ['0', 'false', 'no', 'off'].includes((q.get(key) || '').toLowerCase());
   const $ = (id) => document.getElementById(id);
 
-  const segs = location.pathname.split('/').filter(Boolean);
-  let roomName = '';
-  try {
-    roomName = decodeURIComponent(segs[segs.length - 1] || '');
-  } catch (_) {
-    /* a broken escape: the server refuses the name and the state says so */
-  }
+  // A broken escape gives '': the server refuses it, and the state says so.
+  const roomName = DM.pageRoom();
   const roomPath = '/wall/' + encodeURIComponent(roomName);
 
   const title = (q.get('title') || '').trim().slice(0, 200);
