@@ -31,6 +31,18 @@ async fn post_raw(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// An admin's import of `body` (`content_type`) into `room`: status and
+/// report.
+async fn import(
+    server: &Server,
+    room: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let path = format!("/api/v1/rooms/{room}/import");
+    post_raw(server, &path, Some(&admin()), content_type, body).await
+}
+
 /// A DPlayer POST: status and answer.
 async fn dplayer_post(server: &Server, body: &str) -> (u16, Value) {
     post_raw(
@@ -191,14 +203,7 @@ async fn xml_exports_in_id_order_with_named_entities_and_imports_back() {
     assert!(parsed.dropped.is_empty());
 
     // Imported into another room: the same danmaku under new ids.
-    let (status, report) = post_raw(
-        &server,
-        "/api/v1/rooms/b/import",
-        Some(&admin()),
-        "application/xml",
-        exported.clone(),
-    )
-    .await;
+    let (status, report) = import(&server, "b", "application/xml", exported.clone()).await;
     assert_eq!(status, 201, "{report}");
     assert_eq!(
         report,
@@ -232,14 +237,7 @@ async fn xml_exports_in_id_order_with_named_entities_and_imports_back() {
     // JSON lines, with one bad line dropped and reported.
     let ndjson =
         "{\"text\":\"one\",\"vt\":1.0}\n\n{\"text\":\"\"}\n{\"text\":\"two\",\"mode\":\"top\"}\n";
-    let (status, report) = post_raw(
-        &server,
-        "/api/v1/rooms/c/import",
-        Some(&admin()),
-        "application/x-ndjson",
-        ndjson,
-    )
-    .await;
+    let (status, report) = import(&server, "c", "application/x-ndjson", ndjson).await;
     assert_eq!(status, 201, "{report}");
     assert_eq!(
         (report["imported"].clone(), report["dropped"].clone()),
@@ -251,14 +249,7 @@ async fn xml_exports_in_id_order_with_named_entities_and_imports_back() {
     // Bad <d> entries of a good file are dropped.
     let file =
         xml("<d p=\"1,1,25,16777215\">good</d>\n<d>no p</d>\n<d p=\"1,7,25,0\">advanced</d>");
-    let (status, report) = post_raw(
-        &server,
-        "/api/v1/rooms/c/import",
-        Some(&admin()),
-        "text/xml",
-        file,
-    )
-    .await;
+    let (status, report) = import(&server, "c", "text/xml", file).await;
     assert_eq!(status, 201, "{report}");
     assert_eq!(
         (report["imported"].clone(), report["dropped"].clone()),
@@ -297,14 +288,7 @@ async fn a_bad_import_stores_nothing() {
         ("not XML", "hello, world"),
         ("truncated", truncated),
     ] {
-        let (status, answer) = post_raw(
-            &server,
-            "/api/v1/rooms/r/import",
-            Some(&admin()),
-            "application/xml",
-            file.to_owned(),
-        )
-        .await;
+        let (status, answer) = import(&server, "r", "application/xml", file.to_owned()).await;
         assert_eq!(status, 400, "{what}: {answer}");
         assert_eq!(answer["error"]["code"], "invalid_file", "{what}");
         assert_eq!(last_id(&server, "r").await, 1, "{what}: nothing stored");
@@ -321,14 +305,7 @@ async fn a_bad_import_stores_nothing() {
         (status, answer["error"]["code"].clone()),
         (413, json!("payload_too_large"))
     );
-    let (status, answer) = post_raw(
-        &server,
-        "/api/v1/rooms/r/import",
-        Some(&admin()),
-        "text/plain",
-        "x",
-    )
-    .await;
+    let (status, answer) = import(&server, "r", "text/plain", "x").await;
     assert_eq!(
         (status, answer["error"]["code"].clone()),
         (415, json!("unsupported_media_type"))
@@ -377,14 +354,7 @@ async fn a_large_room_exports_in_bounded_memory() {
             "{{\"text\":\"danmaku number {i} of the big room\",\"vt\":{i}}}\n"
         ));
     }
-    let (status, report) = post_raw(
-        &server,
-        "/api/v1/rooms/big/import",
-        Some(&admin()),
-        "application/x-ndjson",
-        file,
-    )
-    .await;
+    let (status, report) = import(&server, "big", "application/x-ndjson", file).await;
     assert_eq!(
         (status, report["imported"].clone()),
         (201, json!(N)),
@@ -429,14 +399,7 @@ async fn biliass_converts_our_export_keeping_every_line() {
         file.push_str(&json!({"text": t, "vt": i as f64 * 2.0, "mode": mode}).to_string());
         file.push('\n');
     }
-    let (status, _) = post_raw(
-        &server,
-        "/api/v1/rooms/v/import",
-        Some(&admin()),
-        "application/x-ndjson",
-        file,
-    )
-    .await;
+    let (status, _) = import(&server, "v", "application/x-ndjson", file).await;
     assert_eq!(status, 201);
     let exported = get_text(&server, "/api/v1/rooms/v/danmaku.xml").await;
     let path = dir.path().join("v.xml");
@@ -468,14 +431,7 @@ async fn segments_hold_their_six_minutes() {
     let server = Server::start(&dir.path().join("d"), Some(&config()));
     let file = "{\"text\":\"early\",\"vt\":10}\n{\"text\":\"edge\",\"vt\":360}\n\
                 {\"text\":\"late\",\"vt\":719.5,\"mode\":\"top\"}\n{\"text\":\"third\",\"vt\":800}\n";
-    let (status, _) = post_raw(
-        &server,
-        "/api/v1/rooms/s/import",
-        Some(&admin()),
-        "application/x-ndjson",
-        file,
-    )
-    .await;
+    let (status, _) = import(&server, "s", "application/x-ndjson", file).await;
     assert_eq!(status, 201);
     let segment = |n: u32| {
         let url = format!(
