@@ -357,7 +357,7 @@
       for (let i = 0; i + k <= this.laneCount; i++) {
         let free = true;
         for (let j = i; j < i + k && free; j++) free = this.laneFree(j, rec, now, gap);
-        if (!free) continue;
+        if (!free || this.coversFixed(rec, i * this.laneH, now)) continue;
         for (let j = i; j < i + k; j++) this.scrollLanes[j].push(rec);
         rec.y = i * this.laneH;
         return true;
@@ -397,7 +397,10 @@
         if (y < 0) break;
         let free = true;
         for (const other of this.active) {
-          if (other.fixed && other.end > now && y < other.y + other.h - 0.5 && other.y < y + rec.h - 0.5) {
+          if (other.end <= now || !(y < other.y + other.h - 0.5 && other.y < y + rec.h - 0.5)) continue;
+          // A fixed one in the row, or a scrolling one that crosses this one's place while
+          // both are on the stage.
+          if (other.fixed || crosses(other, rec.x0, rec.w, now, Math.min(rec.end, other.end))) {
             free = false;
             break;
           }
@@ -406,6 +409,17 @@
           rec.y = y;
           return true;
         }
+      }
+      return false;
+    }
+
+    // Whether scrolling `rec`, placed at height y, would cross a top or bottom danmaku on the
+    // stage while both are there: then it takes another lane.
+    coversFixed(rec, y, now) {
+      for (const other of this.active) {
+        if (!other.fixed || other.end <= now) continue;
+        if (!(y < other.y + other.h - 0.5 && other.y < y + rec.h - 0.5)) continue;
+        if (crosses(rec, other.x0, other.w, now, Math.min(rec.end, other.end))) return true;
       }
       return false;
     }
@@ -440,6 +454,16 @@
 
   // Two scrolling danmaku in one lane keep `gap` px apart over the time both are on the stage.
   // Positions are linear in time, so the distance is too: checking both ends is enough.
+  // Whether scrolling `rec` covers any of [x, x + w) at some moment from `from` to `to`: it
+  // moves at a steady speed, so the places it takes over that time are one span, from its
+  // place at `from` to its place at `to`, each with its width.
+  function crosses(rec, x, w, from, to) {
+    if (to <= from) return false;
+    const a = rec.x0 + rec.v * (from - rec.t0);
+    const b = rec.x0 + rec.v * (to - rec.t0);
+    return Math.min(a, b) < x + w - 0.5 && x < Math.max(a, b) + rec.w - 0.5;
+  }
+
   function clearOf(a, b, now, gap) {
     const from = Math.max(now, a.t0, b.t0);
     const to = Math.min(a.end, b.end);

@@ -2,7 +2,7 @@
 //
 //   node pages/live.mjs two     SERVER ROOM    two pages send to each other (markup as text and name)
 //   node pages/live.mjs badroom SERVER         a room name that is markup, in the path
-//   node pages/live.mjs burst   SERVER ROOM N  N danmaku at once: are scrolling ones ever on top of each other?
+//   node pages/live.mjs burst   SERVER ROOM N  N danmaku at once: are any two (scroll, reverse, top, bottom) ever on top of each other?
 //   node pages/live.mjs errors  SERVER ROOM    a blocked word, then sends until rate limited
 //   node pages/live.mjs token   SERVER ROOM TOKEN   sign in with ?token=, send
 //   node pages/live.mjs refused SERVER ROOM EXPIRED OTHER GOOD   a server that needs a token to
@@ -140,7 +140,7 @@ async function burst() {
       let most = 0;
       const step = () => {
         frame++;
-        const boxes = [...document.querySelectorAll('#stage .dm-scroll:not(.dm-measure), #stage .dm-reverse:not(.dm-measure)')].map((e) => [
+        const boxes = [...document.querySelectorAll('#stage .dm:not(.dm-measure)')].map((e) => [
           e.dataset.id,
           e.getBoundingClientRect(),
         ]);
@@ -162,11 +162,11 @@ async function burst() {
       requestAnimationFrame(step);
     });
   }, 360);
-  const modes = ['scroll', 'scroll', 'scroll', 'reverse'];
+  const modes = ['scroll', 'top', 'scroll', 'reverse', 'scroll', 'bottom'];
   const sendAll = (from, to) => {
     const sends = [];
     for (let i = from; i < to; i++) {
-      const body = { text: 'burst ' + i + ' ' + '弹幕🎉'.repeat(i % 7) + 'x'.repeat((i * 13) % 40), mode: modes[i % 4], size: [18, 25, 36, 25][i % 4] };
+      const body = { text: 'burst ' + i + ' ' + '弹幕🎉'.repeat(i % 7) + 'x'.repeat((i * 13) % 40), mode: modes[i % modes.length], size: [18, 25, 36, 25][i % 4] };
       sends.push(fetch(server + '/api/v1/rooms/' + room + '/danmaku', { method: 'POST', body: JSON.stringify(body) }).then((r) => r.status));
     }
     return Promise.all(sends);

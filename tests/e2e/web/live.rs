@@ -92,8 +92,9 @@ async fn a_burst_of_100_scrolls_without_two_danmaku_ever_overlapping_even_across
         heights[1].as_f64().unwrap() < heights[0].as_f64().unwrap() - 50.0,
         "{report}"
     );
-    // Every scrolling danmaku's box was checked against every other one's,
-    // in each of 360 frames while the burst crossed the stage.
+    // Every danmaku's box (scroll, reverse, top and bottom) was checked
+    // against every other one's, in each of 360 frames while the burst
+    // crossed the stage.
     assert_eq!(report["overlaps"], json!([]), "{report}");
     // The stage filled its lanes (a 540 px stage has 17 of 31 px, a large
     // danmaku takes two), so the check had many pairs to compare...
