@@ -55,6 +55,8 @@
       this.incoming = []; // [item, own, elapsed] not yet taken by a frame
       this.waiting = []; // measured records with no lane yet
       this.active = []; // records on the stage
+      this.fixed = []; // the top and bottom ones among them, as of fixedAt (fixedOnStage)
+      this.fixedAt = -1;
       this.byId = new Map(); // id -> record on the stage or waiting (bounded by both)
       this.scrollLanes = []; // lane -> records in it
       this.pool = [];
@@ -186,6 +188,7 @@
       this.waiting = [];
       this.incoming = [];
       this.byId.clear();
+      this.fixedAt = -1;
       for (const lane of this.scrollLanes) lane.length = 0;
     }
 
@@ -338,6 +341,7 @@
       if (rec.fixed) rec.el.style.transform = `translate3d(${rec.x0}px,${rec.y}px,0)`;
       else this.position(rec, now);
       this.active.push(rec);
+      if (rec.fixed && this.fixedAt === now) this.fixed.push(rec);
       this.byId.set(rec.key, rec);
       this.counts.shown++;
       return true;
@@ -413,11 +417,20 @@
       return false;
     }
 
+    // The top and bottom danmaku on the stage at `now`: found once a frame (placing tries
+    // every lane of every waiting danmaku against them), kept up to date as they are placed.
+    fixedOnStage(now) {
+      if (this.fixedAt !== now) {
+        this.fixedAt = now;
+        this.fixed = this.active.filter((r) => r.fixed && r.end > now);
+      }
+      return this.fixed;
+    }
+
     // Whether scrolling `rec`, placed at height y, would cross a top or bottom danmaku on the
     // stage while both are there: then it takes another lane.
     coversFixed(rec, y, now) {
-      for (const other of this.active) {
-        if (!other.fixed || other.end <= now) continue;
+      for (const other of this.fixedOnStage(now)) {
         if (!(y < other.y + other.h - 0.5 && other.y < y + rec.h - 0.5)) continue;
         if (crosses(rec, other.x0, other.w, now, Math.min(rec.end, other.end))) return true;
       }
