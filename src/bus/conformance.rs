@@ -398,7 +398,14 @@ fn every_event(room: &str) -> Vec<Event> {
     ];
     let mut events = vec![
         Event::Committed {
-            danmaku: vec![danmaku(room, 1), danmaku(room, 2)],
+            // An admin's danmaku stays one across the broker.
+            danmaku: vec![
+                danmaku(room, 1),
+                Danmaku {
+                    priority: true,
+                    ..danmaku(room, 2)
+                },
+            ],
         },
         Event::Recalled {
             room: room.to_owned(),

@@ -50,7 +50,10 @@ pub enum Topic {
 pub enum Event {
     /// A committed run of one room's danmaku, ascending by id.
     Committed {
-        /// The danmaku, all of one room.
+        /// The danmaku, all of one room. Each keeps its `priority` (sent by
+        /// an admin) across the broker, so that density control on the
+        /// other nodes never thins an admin's danmaku either.
+        #[serde(with = "flagged")]
         danmaku: Vec<Danmaku>,
     },
     /// Danmaku deleted from a room's history.
@@ -148,6 +151,53 @@ pub trait Bus: Send + Sync + 'static {
     /// at any time.
     fn alone(&self) -> bool {
         false
+    }
+}
+
+/// A committed danmaku on the broker's wire: [`Danmaku`]'s own fields and
+/// its `priority`, which viewers never see and history does not keep.
+mod flagged {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::danmaku::Danmaku;
+
+    #[derive(Serialize)]
+    struct Out<'a> {
+        #[serde(flatten)]
+        danmaku: &'a Danmaku,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        priority: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct In {
+        #[serde(flatten)]
+        danmaku: Danmaku,
+        #[serde(default)]
+        priority: bool,
+    }
+
+    pub fn serialize<S: Serializer>(danmaku: &[Danmaku], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(danmaku.iter().map(|d| Out {
+            danmaku: d,
+            priority: d.priority,
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Danmaku>, D::Error> {
+        let wire = Vec::<In>::deserialize(d)?;
+        Ok(wire
+            .into_iter()
+            .map(
+                |In {
+                     mut danmaku,
+                     priority,
+                 }| {
+                    danmaku.priority = priority;
+                    danmaku
+                },
+            )
+            .collect())
     }
 }
 
