@@ -30,7 +30,7 @@ use ipnet::IpNet;
 use crate::config::{Config, Limits};
 use crate::danmaku::NewDanmaku;
 use crate::error::{ApiError, ErrorCode};
-use crate::moderation::{Moderator, Verdict};
+use crate::moderation::{slow_mode_refused, Moderation, Moderator, Verdict};
 use auth::{Authenticator, Identity, SetupError};
 use filter::{FilterError, FilterHandle, FloodGuard};
 use limits::shared::{SharedLimits, SharedLimitsError};
@@ -262,6 +262,29 @@ impl Guard {
         }
     }
 
+    /// Slow mode for a non-admin's send: the cluster's when its limits are
+    /// shared in Redis (so that spreading sends over nodes gains nothing),
+    /// else, or while Redis does not answer, this node's own clock.
+    async fn check_slow_mode(
+        &self,
+        moderation: &Moderation,
+        room: &str,
+        user: &str,
+    ) -> Result<(), ApiError> {
+        let every = Duration::from_secs(u64::from(moderation.room(room).slow_mode_s));
+        if every.is_zero() {
+            return Ok(());
+        }
+        let shared = match &self.shared {
+            Some(shared) => shared.check_slow_mode(room, user, every).await,
+            None => None,
+        };
+        match shared {
+            Some(answer) => answer.map_err(|left| slow_mode_refused(every, left.0)),
+            None => moderation.check_slow_mode(room, user),
+        }
+    }
+
     /// Whether limits pass the sender by: admins, services, and exempt
     /// addresses.
     fn privileged(&self, sender: &Sender) -> bool {
@@ -343,7 +366,8 @@ impl Guard {
         // Slow mode is the room's rule, not a server limit: exempt
         // addresses obey it, only admins skip it.
         if !admin {
-            moderation.check_slow_mode(room, sender.user())?;
+            self.check_slow_mode(&moderation, room, sender.user())
+                .await?;
         }
         if !self.privileged(sender) {
             if let Some(flood) = &self.flood {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use held::{Held, MAX_HELD_PER_ROOM};
 pub use service::{no_danmaku, Announce, Moderator, RELOAD_EVERY, SELF_RECALL_MS};
-pub use state::{Moderation, Verdict};
+pub use state::{slow_mode_refused, Moderation, Verdict};
 
 /// A user who may not send: in one room, or everywhere.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

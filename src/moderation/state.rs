@@ -119,12 +119,7 @@ impl Moderation {
         if let Some(at) = last.get(&key) {
             let wait = every.saturating_sub(now.duration_since(*at));
             if !wait.is_zero() {
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                return Err(ApiError::new(
-                    ErrorCode::RateLimited,
-                    format!("slow mode: one send per {} s in this room", every.as_secs()),
-                )
-                .with_retry_after(secs));
+                return Err(slow_mode_refused(every, wait));
             }
         }
         if last.len() < self.max_keys || last.contains_key(&key) {
@@ -243,6 +238,18 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Slow mode's refusal of a send `wait` before the room's interval of
+/// `every` has passed since the user's last one (on this node, or on any
+/// node when the cluster shares its limits in Redis).
+pub fn slow_mode_refused(every: Duration, wait: Duration) -> ApiError {
+    let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!("slow mode: one send per {} s in this room", every.as_secs()),
+    )
+    .with_retry_after(secs)
 }
 
 #[cfg(test)]

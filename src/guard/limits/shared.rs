@@ -12,6 +12,10 @@
 //! refused by its address has spent a token of its user's bucket; one
 //! refused by its room, a token of its user's and of its address's.
 //!
+//! Slow mode (a room's "one send per N s per user") is shared the same
+//! way: a key `{namespace}:limit:slow:{room}:{user}` set only if absent,
+//! expiring after the interval ([`SLOW_MODE`]).
+//!
 //! Time is the Redis server's (`TIME` inside the script), because the
 //! nodes' clocks may differ. A key expires (`SET … PX`) once its bucket is
 //! full again, when forgetting it changes no answer, so idle keys vanish by
@@ -71,6 +75,20 @@ for i, key in ipairs(KEYS) do
   redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
 end
 return {0, 0}
+";
+
+/// Slow mode's script: one send per interval per user and room. Lets the
+/// send through and starts the interval (`ARGV[1]` ms) if none is running,
+/// else returns the milliseconds it has left (at least 1).
+const SLOW_MODE: &str = r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return 0
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 1 then
+  return 1
+end
+return left
 ";
 
 /// Why the shared limits could not be set up at start.
@@ -161,6 +179,7 @@ fn probe_ms() -> u64 {
 pub struct SharedLimits {
     conn: ConnectionManager,
     script: Script,
+    slow_mode: Script,
     /// `{namespace}:limit:`.
     prefix: String,
     user: Option<Bucket>,
@@ -207,14 +226,16 @@ impl SharedLimits {
             .set_number_of_retries(2)
             .set_max_delay(PROBE_EVERY);
         let mut conn = ConnectionManager::new_with_config(Client::open(url)?, config).await?;
-        let script = Script::new(GCRA);
-        // Loaded now so that a server that cannot run it fails the start.
-        // After a Redis restart has flushed it, EVALSHA answers NOSCRIPT
+        let (script, slow_mode) = (Script::new(GCRA), Script::new(SLOW_MODE));
+        // Loaded now so that a server that cannot run them fails the start.
+        // After a Redis restart has flushed them, EVALSHA answers NOSCRIPT
         // and the script is sent again (`invoke_async` does both).
         script.prepare_invoke().load_async(&mut conn).await?;
+        slow_mode.prepare_invoke().load_async(&mut conn).await?;
         Ok(SharedLimits {
             conn,
             script,
+            slow_mode,
             prefix: format!("{namespace}:limit:"),
             user: Bucket::new(limits.send_burst, limits.send_per_second),
             ip: Bucket::new(limits.ip_send_burst, limits.ip_send_per_second),
@@ -234,13 +255,50 @@ impl SharedLimits {
         room: &str,
         local: &RateLimits,
     ) -> Result<(), RetryAfter> {
+        match self.answer(self.ask(user, ip, room)).await {
+            Some(answer) => answer,
+            None => local.check_send(user, ip, room),
+        }
+    }
+
+    /// Slow mode across the cluster: lets `user`'s send to `room` through
+    /// and starts an interval of `every` if none is running, else says how
+    /// long it has left. `None` when Redis does not answer in time: the
+    /// caller then asks the node's own slow-mode clock.
+    pub async fn check_slow_mode(
+        &self,
+        room: &str,
+        user: &str,
+        every: Duration,
+    ) -> Option<Result<(), RetryAfter>> {
+        let mut call = self.slow_mode.prepare_invoke();
+        call.key(format!("{}slow:{room}:{user}", self.prefix))
+            .arg(u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1));
+        let mut conn = self.conn.clone();
+        let ask = async move {
+            let left_ms: u64 = call.invoke_async(&mut conn).await?;
+            Ok(match left_ms {
+                0 => Ok(()),
+                left => Err(RetryAfter(Duration::from_millis(left))),
+            })
+        };
+        self.answer(ask).await
+    }
+
+    /// Redis's answer to `ask`, or `None` (counted as a fallback) when it
+    /// failed, did not come within [`CALL_TIMEOUT`], or Redis is in an
+    /// outage and this is not the send that probes it.
+    async fn answer<T>(
+        &self,
+        ask: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Option<T> {
         if self.health.should_ask() {
-            let failure = match tokio::time::timeout(CALL_TIMEOUT, self.ask(user, ip, room)).await {
+            let failure = match tokio::time::timeout(CALL_TIMEOUT, ask).await {
                 Ok(Ok(answer)) => {
                     if self.health.answered() {
                         tracing::info!("Redis answers again: send limits are shared again");
                     }
-                    return answer;
+                    return Some(answer);
                 }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => format!("no answer within {} ms", CALL_TIMEOUT.as_millis()),
@@ -253,7 +311,7 @@ impl SharedLimits {
             }
         }
         self.fallbacks.inc();
-        local.check_send(user, ip, room)
+        None
     }
 
     /// Runs the script on the send's buckets.

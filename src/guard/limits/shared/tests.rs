@@ -192,6 +192,46 @@ async fn an_idle_key_expires_once_its_bucket_is_full() {
 
 /// Sends as `user` from `n`, and checks the answer came within the timeout
 /// and was not a refusal for want of Redis.
+#[tokio::test]
+async fn two_nodes_share_slow_mode() {
+    let (a, b) = two_nodes("slow", &limits()).await;
+    let every = Duration::from_millis(1500);
+    async fn slow(n: &Node, user: &str) -> Result<(), RetryAfter> {
+        let every = Duration::from_millis(1500);
+        n.shared.check_slow_mode("r", user, every).await.unwrap()
+    }
+    slow(&a, "u").await.unwrap();
+    // The same user's next send, on either node, waits out the interval.
+    for n in [&b, &a] {
+        let left = slow(n, "u").await.unwrap_err();
+        assert!(left.0 > Duration::ZERO && left.0 <= every, "{left:?}");
+    }
+    // Another user, or the same user in another room, is not held up.
+    slow(&b, "v").await.unwrap();
+    a.shared
+        .check_slow_mode("elsewhere", "u", every)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(every).await;
+    slow(&b, "u").await.unwrap();
+    assert_eq!(a.fallbacks.get() + b.fallbacks.get(), 0);
+}
+
+#[tokio::test]
+async fn slow_mode_without_redis_is_left_to_the_node() {
+    let mut redis = Throwaway::redis().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port());
+    let a = Node::start(&url, &namespace("slow-down"), &limits()).await;
+    redis.kill();
+    let answer = a
+        .shared
+        .check_slow_mode("r", "u", Duration::from_secs(5))
+        .await;
+    assert!(answer.is_none(), "asks the node's own clock instead");
+    assert_eq!(a.fallbacks.get(), 1);
+}
+
 async fn send_in_time(n: &Node, user: &str) -> Result<(), RetryAfter> {
     let started = Instant::now();
     let answer = n.send(user, "10.0.0.1", "r").await;
