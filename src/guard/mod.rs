@@ -366,7 +366,7 @@ impl Guard {
         // Slow mode is the room's rule, not a server limit: exempt
         // addresses obey it, only admins skip it.
         if !admin {
-            self.check_slow_mode(&moderation, room, sender.user())
+            self.check_slow_mode(moderation, room, sender.user())
                 .await?;
         }
         if !self.privileged(sender) {
