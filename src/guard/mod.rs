@@ -34,7 +34,7 @@ use crate::moderation::{slow_mode_refused, Moderation, Moderator, Verdict};
 use auth::{Authenticator, Identity, SetupError};
 use filter::{FilterError, FilterHandle, FloodGuard};
 use limits::shared::{SharedLimits, SharedLimitsError};
-use limits::RateLimits;
+use limits::{RateLimits, RetryAfter};
 
 pub use connections::{Admitted, Connections};
 pub use forwarded::TrustedProxies;
@@ -285,6 +285,27 @@ impl Guard {
         }
     }
 
+    /// The flood guard for a send of `text` by `user`: the cluster's when
+    /// its limits are shared in Redis, else, or while Redis does not
+    /// answer, this node's own.
+    async fn check_flood(
+        &self,
+        flood: &FloodGuard,
+        user: &str,
+        text: &str,
+    ) -> Result<(), RetryAfter> {
+        let shared = match &self.shared {
+            Some(shared) => {
+                let fingerprint = FloodGuard::fingerprint(text);
+                shared
+                    .check_flood(user, fingerprint, flood.window(), flood.repeats())
+                    .await
+            }
+            None => None,
+        };
+        shared.unwrap_or_else(|| flood.check(user, text))
+    }
+
     /// Whether limits pass the sender by: admins, services, and exempt
     /// addresses.
     fn privileged(&self, sender: &Sender) -> bool {
@@ -371,7 +392,7 @@ impl Guard {
         }
         if !self.privileged(sender) {
             if let Some(flood) = &self.flood {
-                flood.check(sender.user(), &new.text)?;
+                self.check_flood(flood, sender.user(), &new.text).await?;
             }
         }
         Ok((new, moderation.verdict(room, admin)))

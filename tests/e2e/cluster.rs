@@ -525,6 +525,59 @@ async fn a_users_send_limit_holds_across_nodes_over_redis() {
     assert_eq!(fallbacks, Some(0.0), "Redis answered every check");
 }
 
+/// With Redis, a room's slow mode and the flood guard hold across nodes
+/// too: a user's second send, or repeat, is refused on whichever node it
+/// lands, with the wait for the interval or the window.
+#[tokio::test]
+async fn slow_mode_and_the_flood_guard_hold_across_nodes_over_redis() {
+    let db = Database::shared();
+    // Send buckets big enough not to be what refuses.
+    let config = "[limits]\nsend_burst = 100\n[filter]\nflood_window_s = 60\nflood_repeats = 1\n";
+    let cluster = Cluster::start_with(3, &db.url(), &BrokerKind::Redis.shared(), config);
+    let send = |node: usize, room: &str, token: &str, text: &str| {
+        let path = format!("/api/v1/rooms/{room}/danmaku");
+        let body = json!({ "text": text });
+        let (node, token) = (cluster.node(node), token.to_owned());
+        async move { call(node, Method::POST, &path, Some(&token), Some(body)).await }
+    };
+
+    let slow = format!("slow-{}", unique());
+    let patch = json!({ "slow_mode_s": 30 });
+    let path = format!("/api/v1/admin/rooms/{slow}");
+    let (status, _) = call(
+        cluster.node(0),
+        Method::PATCH,
+        &path,
+        Some(&admin()),
+        Some(patch),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let frank = user(&format!("frank-{}", unique()));
+    // The setting reaches every node within a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(send(1, &slow, &frank, "first").await.0, 201);
+    for node in [2, 0, 1] {
+        let (status, body) = send(node, &slow, &frank, &format!("again on {node}")).await;
+        assert_eq!(status, 429, "node {node}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("slow mode"), "{body}");
+        let wait = body["error"]["retry_after_s"].as_u64().unwrap();
+        assert!((1..=30).contains(&wait), "{body}");
+    }
+
+    let room = format!("flood-{}", unique());
+    let erin = user(&format!("erin-{}", unique()));
+    assert_eq!(send(0, &room, &erin, "buy now").await.0, 201);
+    for node in [1, 2] {
+        let (status, body) = send(node, &room, &erin, "BUY  NOW").await;
+        assert_eq!(status, 429, "a repeat on node {node}: {body}");
+    }
+    assert_eq!(send(2, &room, &erin, "something else").await.0, 201);
+    let fallbacks = crate::server::metric(cluster.node(0), "danmaku_limits_fallbacks_total").await;
+    assert_eq!(fallbacks, Some(0.0), "Redis answered every check");
+}
+
 /// An unreachable store or broker at start: one line naming the setting
 /// and the address (never the password), exit 1.
 #[test]

@@ -74,10 +74,34 @@ impl FloodGuard {
 
     fn text_hash(&self, text: &str) -> u64 {
         let mut h = self.hasher.build_hasher();
-        for c in text.chars().flat_map(fold).filter(|c| !c.is_whitespace()) {
+        for c in folded(text) {
             h.write_u32(c.into());
         }
         h.finish()
+    }
+
+    /// How long a text's repeats are counted, from its first send.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// How many sends of one text a window allows.
+    pub fn repeats(&self) -> u32 {
+        self.repeats
+    }
+
+    /// The text as the nodes of a cluster know it when they share the flood
+    /// guard in Redis: a 64-bit FNV-1a hash of its folded characters (white
+    /// space ignored), the same on every node and every build. Unlike the
+    /// node's own hash it is not seeded, so a client can make two of its
+    /// texts collide; that only refuses its own sends, as the key holds
+    /// the user too.
+    pub fn fingerprint(text: &str) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0100_0000_01b3;
+        folded(text)
+            .flat_map(|c| u32::from(c).to_le_bytes())
+            .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
     }
 
     /// Forgets users whose remembered texts are all out of the window, and
@@ -95,6 +119,11 @@ impl FloodGuard {
             .retain(|_, r| r.slots.iter().any(|s| s.live(now, self.window)));
         self.budget.swept(self.users.len());
     }
+}
+
+/// `text` as the guard compares it: folded, white space left out.
+fn folded(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars().flat_map(fold).filter(|c| !c.is_whitespace())
 }
 
 /// The last few distinct texts of one user.
@@ -237,6 +266,20 @@ mod tests {
         assert!(g
             .check_at("user149", "hi", t0 + Duration::from_secs(10))
             .is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_is_fixed_and_folds_like_the_guard() {
+        assert_eq!(
+            FloodGuard::fingerprint("hello"),
+            FloodGuard::fingerprint("ＨＥＬ ＬＯ")
+        );
+        assert_ne!(
+            FloodGuard::fingerprint("hello"),
+            FloodGuard::fingerprint("hallo")
+        );
+        // Every node of every build agrees: FNV-1a of the folded text.
+        assert_eq!(FloodGuard::fingerprint(""), 0xcbf2_9ce4_8422_2325);
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //! refused by its address has spent a token of its user's bucket; one
 //! refused by its room, a token of its user's and of its address's.
 //!
-//! Slow mode (a room's "one send per N s per user") is shared the same
-//! way: a key `{namespace}:limit:slow:{room}:{user}` set only if absent,
-//! expiring after the interval ([`SLOW_MODE`]).
+//! Slow mode (a room's "one send per N s per user") and the flood guard
+//! (one user repeating a text) are shared the same way: a key
+//! `{namespace}:limit:slow:{room}:{user}` set only if absent, expiring
+//! after the interval ([`SLOW_MODE`]), and a count per user and text
+//! `{namespace}:limit:flood:{user}:{fingerprint}` expiring at the end of
+//! the window ([`FLOOD`]).
 //!
 //! Time is the Redis server's (`TIME` inside the script), because the
 //! nodes' clocks may differ. A key expires (`SET … PX`) once its bucket is
@@ -82,6 +85,24 @@ return {0, 0}
 /// else returns the milliseconds it has left (at least 1).
 const SLOW_MODE: &str = r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  return 0
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 1 then
+  return 1
+end
+return left
+";
+
+/// The flood guard's script: counts a user's sends of one text in a window
+/// (`ARGV[1]` ms, from the first of them); past `ARGV[2]` sends, returns
+/// the milliseconds the window has left (at least 1), else 0.
+const FLOOD: &str = r"
+local sent = redis.call('INCR', KEYS[1])
+if sent == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+if sent <= tonumber(ARGV[2]) then
   return 0
 end
 local left = redis.call('PTTL', KEYS[1])
@@ -169,6 +190,11 @@ impl Health {
     }
 }
 
+/// `d` in whole milliseconds, at least 1 (a `PX` of 0 is an error).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 fn probe_ms() -> u64 {
     PROBE_EVERY.as_millis() as u64
 }
@@ -180,6 +206,7 @@ pub struct SharedLimits {
     conn: ConnectionManager,
     script: Script,
     slow_mode: Script,
+    flood: Script,
     /// `{namespace}:limit:`.
     prefix: String,
     user: Option<Bucket>,
@@ -226,16 +253,19 @@ impl SharedLimits {
             .set_number_of_retries(2)
             .set_max_delay(PROBE_EVERY);
         let mut conn = ConnectionManager::new_with_config(Client::open(url)?, config).await?;
-        let (script, slow_mode) = (Script::new(GCRA), Script::new(SLOW_MODE));
+        let script = Script::new(GCRA);
+        let (slow_mode, flood) = (Script::new(SLOW_MODE), Script::new(FLOOD));
         // Loaded now so that a server that cannot run them fails the start.
         // After a Redis restart has flushed them, EVALSHA answers NOSCRIPT
         // and the script is sent again (`invoke_async` does both).
         script.prepare_invoke().load_async(&mut conn).await?;
         slow_mode.prepare_invoke().load_async(&mut conn).await?;
+        flood.prepare_invoke().load_async(&mut conn).await?;
         Ok(SharedLimits {
             conn,
             script,
             slow_mode,
+            flood,
             prefix: format!("{namespace}:limit:"),
             user: Bucket::new(limits.send_burst, limits.send_per_second),
             ip: Bucket::new(limits.ip_send_burst, limits.ip_send_per_second),
@@ -273,16 +303,42 @@ impl SharedLimits {
     ) -> Option<Result<(), RetryAfter>> {
         let mut call = self.slow_mode.prepare_invoke();
         call.key(format!("{}slow:{room}:{user}", self.prefix))
-            .arg(u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1));
+            .arg(millis(every));
+        self.answer(self.wait_of(call)).await
+    }
+
+    /// The flood guard across the cluster: counts `user`'s send of the
+    /// text with `fingerprint` ([`FloodGuard::fingerprint`]) in its window
+    /// of `window`, refusing it past `repeats` sends. `None` when Redis
+    /// does not answer in time: the caller then asks the node's own guard.
+    ///
+    /// [`FloodGuard::fingerprint`]: crate::guard::filter::FloodGuard::fingerprint
+    pub async fn check_flood(
+        &self,
+        user: &str,
+        fingerprint: u64,
+        window: Duration,
+        repeats: u32,
+    ) -> Option<Result<(), RetryAfter>> {
+        let mut call = self.flood.prepare_invoke();
+        call.key(format!("{}flood:{user}:{fingerprint:016x}", self.prefix))
+            .arg(millis(window))
+            .arg(repeats);
+        self.answer(self.wait_of(call)).await
+    }
+
+    /// Runs a script that answers the milliseconds a refused send must
+    /// wait, or 0 to let it through.
+    async fn wait_of(
+        &self,
+        call: redis::ScriptInvocation<'_>,
+    ) -> Result<Result<(), RetryAfter>, RedisError> {
         let mut conn = self.conn.clone();
-        let ask = async move {
-            let left_ms: u64 = call.invoke_async(&mut conn).await?;
-            Ok(match left_ms {
-                0 => Ok(()),
-                left => Err(RetryAfter(Duration::from_millis(left))),
-            })
-        };
-        self.answer(ask).await
+        let left_ms: u64 = call.invoke_async(&mut conn).await?;
+        Ok(match left_ms {
+            0 => Ok(()),
+            left => Err(RetryAfter(Duration::from_millis(left))),
+        })
     }
 
     /// Redis's answer to `ask`, or `None` (counted as a fallback) when it

@@ -219,6 +219,31 @@ async fn two_nodes_share_slow_mode() {
 }
 
 #[tokio::test]
+async fn two_nodes_share_the_flood_guard() {
+    let (a, b) = two_nodes("flood", &limits()).await;
+    let window = Duration::from_millis(1500);
+    let hello = crate::guard::filter::FloodGuard::fingerprint("hello");
+    let other = crate::guard::filter::FloodGuard::fingerprint("other");
+    async fn flood(n: &Node, user: &str, text: u64) -> Result<(), RetryAfter> {
+        let window = Duration::from_millis(1500);
+        n.shared.check_flood(user, text, window, 2).await.unwrap()
+    }
+    // Two sends of a text in the window, wherever they go; the third waits
+    // for the window's end.
+    flood(&a, "u", hello).await.unwrap();
+    flood(&b, "u", hello).await.unwrap();
+    let left = flood(&a, "u", hello).await.unwrap_err();
+    assert!(left.0 > Duration::ZERO && left.0 <= window, "{left:?}");
+    assert!(flood(&b, "u", hello).await.is_err());
+    // Another text, or another user, is not a repeat.
+    flood(&b, "u", other).await.unwrap();
+    flood(&a, "v", hello).await.unwrap();
+    tokio::time::sleep(window).await;
+    flood(&b, "u", hello).await.unwrap();
+    assert_eq!(a.fallbacks.get() + b.fallbacks.get(), 0);
+}
+
+#[tokio::test]
 async fn slow_mode_without_redis_is_left_to_the_node() {
     let mut redis = Throwaway::redis().await;
     let url = format!("redis://127.0.0.1:{}", redis.port());
