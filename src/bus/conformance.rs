@@ -389,12 +389,6 @@ fn every_event(room: &str) -> Vec<Event> {
             until: None,
         }),
         Change::Unban(IpAddr::from([192, 0, 2, 7])),
-        Change::Room(RoomSettings {
-            room: room.to_owned(),
-            closed: true,
-            slow_mode_s: 5,
-            premod: true,
-        }),
     ];
     let mut events = vec![
         Event::Committed {
@@ -410,6 +404,15 @@ fn every_event(room: &str) -> Vec<Event> {
         Event::Recalled {
             room: room.to_owned(),
             ids: vec![1, 2],
+        },
+        Event::RoomSet {
+            settings: RoomSettings {
+                room: room.to_owned(),
+                closed: true,
+                slow_mode_s: 5,
+                premod: true,
+                version: 7,
+            },
         },
         Event::Held {
             held: Held {

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::danmaku::Danmaku;
-use crate::moderation::{Change, Held};
+use crate::moderation::{Change, Held, RoomSettings};
 
 pub use memory::{MemoryBroker, MemoryBus};
 pub use nats::NatsBus;
@@ -68,6 +68,13 @@ pub enum Event {
         /// The change.
         change: Change,
     },
+    /// A room's settings as the store holds them after a change made on
+    /// the origin node; a node takes them only if their version is newer
+    /// than that of the settings it holds.
+    RoomSet {
+        /// The settings, with their version.
+        settings: RoomSettings,
+    },
     /// A send held for pre-moderation on the origin node.
     Held {
         /// The held send.
@@ -90,7 +97,10 @@ impl Event {
                 Topic::Room(danmaku.first().map_or_else(String::new, |d| d.room.clone()))
             }
             Event::Recalled { room, .. } => Topic::Room(room.clone()),
-            Event::Moderated { .. } | Event::Held { .. } | Event::Settled { .. } => Topic::Global,
+            Event::Moderated { .. }
+            | Event::RoomSet { .. }
+            | Event::Held { .. }
+            | Event::Settled { .. } => Topic::Global,
         }
     }
 }

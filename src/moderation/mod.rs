@@ -43,7 +43,7 @@ pub struct Ban {
 }
 
 /// A room's moderation settings. The default is an open room without slow
-/// mode or pre-moderation.
+/// mode or pre-moderation, at version 0 (never changed).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSettings {
     /// The room.
@@ -54,6 +54,12 @@ pub struct RoomSettings {
     pub slow_mode_s: u32,
     /// Non-admin sends are held until an admin approves them.
     pub premod: bool,
+    /// How many changes the store has applied to the room's settings:
+    /// each bumps it by one, so a node keeps the settings with the higher
+    /// version, whatever order their announcements arrive in. (Absent in
+    /// what older nodes sent: 0.)
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A partial update of [`RoomSettings`]: absent fields stay as they are.
@@ -69,18 +75,6 @@ pub struct RoomPatch {
     /// New `premod`, if given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub premod: Option<bool>,
-}
-
-impl RoomSettings {
-    /// The settings with `patch` applied.
-    pub fn patched(&self, patch: &RoomPatch) -> RoomSettings {
-        RoomSettings {
-            room: self.room.clone(),
-            closed: patch.closed.unwrap_or(self.closed),
-            slow_mode_s: patch.slow_mode_s.unwrap_or(self.slow_mode_s),
-            premod: patch.premod.unwrap_or(self.premod),
-        }
-    }
 }
 
 /// One admin (or author) action, as the audit log keeps it.
@@ -104,7 +98,9 @@ pub struct AuditEntry {
 }
 
 /// A change of durable state that goes with an audit entry (and crosses
-/// the bus to the other nodes once it took effect).
+/// the bus to the other nodes once it took effect). A room's settings are
+/// not one: the store patches them itself
+/// ([`ModerationStore::set_room`](crate::store::ModerationStore::set_room)).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// Drop a rejected held send. (An approval is one transaction of its
@@ -133,8 +129,6 @@ pub enum Change {
     Ban(Ban),
     /// Lift a ban.
     Unban(IpAddr),
-    /// Store a room's settings.
-    Room(RoomSettings),
 }
 
 /// The durable moderation state, as loaded at start-up (unexpired only).

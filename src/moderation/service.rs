@@ -139,8 +139,9 @@ impl Moderator {
 
     /// Applies an event another node announced: its change is already
     /// durable. Idempotent, and safe in any order with this node's own
-    /// changes (each sets a value or removes one; a hold heard after its
-    /// settlement stays out). Events that are not moderation are ignored.
+    /// changes (each sets a value or removes one; room settings older than
+    /// those held are ignored; a hold heard after its settlement stays
+    /// out). Events that are not moderation are ignored.
     pub fn apply(&self, event: &Event) {
         let mut replay = self.lock_replay();
         self.take_effect(event);
@@ -264,17 +265,24 @@ impl Moderator {
         Ok(())
     }
 
-    /// Changes a room's settings; returns them as they now are.
+    /// Changes the fields of a room's settings that `patch` names; returns
+    /// the settings as the store now holds them. The store applies the
+    /// patch to its own row, so that patches of different fields made at
+    /// once on different nodes all hold, and versions the result, so that
+    /// every node ends on the newest settings whatever order it hears of
+    /// them in.
     pub async fn set_room(
         &self,
         actor: &str,
         room: &str,
         patch: RoomPatch,
     ) -> Result<RoomSettings, ApiError> {
-        let settings = self.live.room(room).patched(&patch);
         let detail = serde_json::to_value(&patch).unwrap_or_default();
         let entry = entry(actor, "room", Some(room), room.to_owned(), detail);
-        self.change(Change::Room(settings.clone()), entry).await?;
+        let settings = self.ledger.set_room(room, &patch, entry).await?;
+        self.took_effect(Event::RoomSet {
+            settings: settings.clone(),
+        });
         Ok(settings)
     }
 
@@ -323,10 +331,10 @@ impl Moderator {
         Ok(self.ledger.audit(limit, before).await?)
     }
 
-    /// Records a change of the live state (a mute, a ban, room settings)
-    /// with its audit entry, then makes it take effect and announces it.
+    /// Records a change of the live state (a mute, a ban) with its audit
+    /// entry, then makes it take effect and announces it.
     async fn change(&self, change: Change, entry: AuditEntry) -> Result<(), ApiError> {
-        // Mutes, bans and room settings always find something to change.
+        // Mutes and bans always find something to change.
         self.change_found(change, entry).await.map(drop)
     }
 
@@ -385,10 +393,10 @@ impl Moderator {
                 Change::Unmute { room, user } => self.live.unmute(room.as_deref(), user),
                 Change::Ban(ban) => self.live.ban(ban.clone()),
                 Change::Unban(ip) => self.live.unban(*ip),
-                Change::Room(settings) => self.live.set_room(settings.clone()),
                 // Announced as `Recalled` and `Settled`.
                 Change::Recall { .. } | Change::Reject { .. } => {}
             },
+            Event::RoomSet { settings } => self.live.set_room(settings.clone()),
             Event::Held { held } => self.held.insert(held.clone()),
             Event::Settled { room, held } => self.held.settle(room, *held),
             Event::Committed { .. } | Event::Recalled { .. } => {}
@@ -587,37 +595,65 @@ mod tests {
         assert!(m.live().check_ip(ip).is_err());
         assert_eq!(m.live().bans().len(), 1);
 
-        let closed = RoomSettings {
-            room: "r".into(),
-            closed: true,
-            slow_mode_s: 5,
-            premod: false,
-        };
-        m.apply(&moderated(Change::Room(closed.clone())));
-        m.apply(&moderated(Change::Room(closed.clone())));
-        assert_eq!(m.live().room("r"), closed);
-
-        // A local change, then a remote one heard late: each sets a whole
-        // value, so the state is one of them, never a mix.
-        m.set_room(
-            "admin",
-            "r",
-            RoomPatch {
-                closed: Some(false),
-                ..RoomPatch::default()
+        let closed = Event::RoomSet {
+            settings: RoomSettings {
+                room: "r".into(),
+                closed: true,
+                slow_mode_s: 5,
+                premod: false,
+                version: 1,
             },
-        )
-        .await
-        .unwrap();
-        m.apply(&moderated(Change::Room(closed.clone())));
-        assert_eq!(m.live().room("r"), closed);
+        };
+        m.apply(&closed);
+        m.apply(&closed);
+        assert!(m.live().room("r").closed);
+        assert_eq!(m.live().room("r").version, 1);
 
         // Not moderation: ignored.
         m.apply(&Event::Recalled {
             room: "r".into(),
             ids: vec![1],
         });
-        assert_eq!(m.live().room("r"), closed);
+        assert!(m.live().room("r").closed);
+    }
+
+    /// Two nodes patch different fields of one room at once, and hear of
+    /// each other late and out of order: both patches hold, and neither
+    /// node goes back to older settings.
+    #[tokio::test]
+    async fn room_settings_heard_late_never_go_back() {
+        let (_dir, store, _) = store();
+        // No bus between them: each hears the other only when told below.
+        let (a, b) = (isolated(&store).await, isolated(&store).await);
+        let closed = RoomPatch {
+            closed: Some(true),
+            ..RoomPatch::default()
+        };
+        let slow = RoomPatch {
+            slow_mode_s: Some(5),
+            ..RoomPatch::default()
+        };
+        let on_a = a.set_room("admin", "r", closed).await.unwrap();
+        let on_b = b.set_room("admin", "r", slow).await.unwrap();
+        assert_eq!((on_a.version, on_b.version), (1, 2));
+        assert!(
+            on_b.closed && on_b.slow_mode_s == 5,
+            "B's patch kept A's: {on_b:?}"
+        );
+        // B hears A's older settings after its own: it keeps its own.
+        b.apply(&Event::RoomSet {
+            settings: on_a.clone(),
+        });
+        assert_eq!(b.live().room("r"), on_b);
+        // A hears B's newer ones, then its own again (a broker repeating
+        // it): it keeps B's.
+        for heard in [&on_b, &on_a] {
+            a.apply(&Event::RoomSet {
+                settings: heard.clone(),
+            });
+        }
+        assert_eq!(a.live().room("r"), on_b);
+        assert_eq!(store.load_moderation().await.unwrap().rooms, vec![on_b]);
     }
 
     #[tokio::test]

@@ -148,9 +148,16 @@ impl Moderation {
             })
     }
 
-    /// Replaces a room's settings.
+    /// Takes a room's settings as the store last stored them, unless
+    /// those held here are as new (same or higher version): announcements
+    /// may arrive late, twice or out of order, and must never move the
+    /// room back to older settings.
     pub(super) fn set_room(&self, settings: RoomSettings) {
-        write(&self.rooms).insert(settings.room.clone(), settings);
+        let mut rooms = write(&self.rooms);
+        let held = rooms.get(&settings.room).map_or(0, |r| r.version);
+        if settings.version > held {
+            rooms.insert(settings.room.clone(), settings);
+        }
     }
 
     /// Adds or replaces a mute.
@@ -299,6 +306,7 @@ mod tests {
             closed: true,
             slow_mode_s: 30,
             premod: true,
+            version: 1,
         });
         assert!(m.check_sender("r", "u", false).is_err());
         assert!(m.check_sender("r", "u", true).is_ok());

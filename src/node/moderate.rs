@@ -84,7 +84,8 @@ impl Node {
         self.moderator.live().room(room)
     }
 
-    /// Changes a room's settings; returns them as they now are.
+    /// Changes the fields of a room's settings that `patch` names; returns
+    /// the settings as stored after it (with their version).
     pub async fn set_room(
         &self,
         admin: &Admin,

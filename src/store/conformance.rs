@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{AuditOf, CommitListener, Density, ModerationStore, Store, StoreError};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku, MAX_ID};
-use crate::moderation::{AuditEntry, Ban, Change, Mute, RoomSettings};
+use crate::moderation::{AuditEntry, Ban, Change, Mute, RoomPatch, RoomSettings};
 
 /// A backend under test: one fresh, empty database, on which stores open.
 pub(crate) trait Backing {
@@ -37,6 +37,7 @@ macro_rules! conformance_tests {
             a_held_send_is_approved_or_rejected_once,
             a_failed_write_stores_nothing_and_uses_no_id,
             moderation_state_round_trips,
+            room_patches_apply_to_the_stored_settings,
             audit_is_newest_first,
             close_commits_what_is_queued_and_refuses_new,
             history_survives_reopen,
@@ -497,9 +498,8 @@ pub(crate) async fn a_failed_write_stores_nothing_and_uses_no_id<B: Backing>(b: 
     assert_eq!(seen.ids("r"), vec![1, 2]);
 }
 
-/// Mutes, bans and room settings are stored, replaced and lifted as
-/// recorded, and `load_moderation` returns the unexpired ones and every
-/// held send.
+/// Mutes and bans are stored, replaced and lifted as recorded, and
+/// `load_moderation` returns the unexpired ones and every held send.
 pub(crate) async fn moderation_state_round_trips<B: Backing>(b: &B) {
     let store = b.open(Seen::default().listener()).await;
     let later = now_ms() + 3_600_000;
@@ -511,12 +511,6 @@ pub(crate) async fn moderation_state_round_trips<B: Backing>(b: &B) {
     let ban = |ip: [u8; 4], until| Ban {
         ip: ip.into(),
         until,
-    };
-    let room = |name: &str, slow_mode_s| RoomSettings {
-        room: name.into(),
-        closed: true,
-        slow_mode_s,
-        premod: true,
     };
     let changes = [
         Change::Mute(mute(Some("r"), "alice", later)),
@@ -537,12 +531,6 @@ pub(crate) async fn moderation_state_round_trips<B: Backing>(b: &B) {
         Change::Ban(ban([192, 0, 2, 3], Some(later))),
         Change::Unban([192, 0, 2, 3].into()),
         Change::Ban(ban([192, 0, 2, 4], Some(now_ms() - 1))),
-        Change::Room(room("r", 5)),
-        Change::Room(RoomSettings {
-            closed: false,
-            ..room("r", u32::MAX)
-        }),
-        Change::Room(room("s", 0)),
     ];
     let count = changes.len();
     for change in changes {
@@ -566,20 +554,78 @@ pub(crate) async fn moderation_state_round_trips<B: Backing>(b: &B) {
         bans,
         vec![ban([192, 0, 2, 1], None), ban([192, 0, 2, 2], Some(later))]
     );
-    let mut rooms = snapshot.rooms;
+    assert_eq!(snapshot.held, vec![held]);
+    assert_eq!(store.audit(100, None).await.unwrap().len(), count);
+}
+
+/// A room patch changes the fields it names in the settings as stored
+/// (the defaults at first), leaves the others as they are, and bumps the
+/// version by one, with its audit entry; `load_moderation` returns the
+/// settings with their version.
+pub(crate) async fn room_patches_apply_to_the_stored_settings<B: Backing>(b: &B) {
+    let store = b.open(Seen::default().listener()).await;
+    let settings = |room: &str, closed, slow_mode_s, premod, version| RoomSettings {
+        room: room.into(),
+        closed,
+        slow_mode_s,
+        premod,
+        version,
+    };
+    let patches = [
+        (
+            "r",
+            RoomPatch {
+                closed: Some(true),
+                ..RoomPatch::default()
+            },
+            settings("r", true, 0, false, 1),
+        ),
+        (
+            "r",
+            RoomPatch {
+                slow_mode_s: Some(u32::MAX),
+                ..RoomPatch::default()
+            },
+            settings("r", true, u32::MAX, false, 2),
+        ),
+        (
+            "s",
+            RoomPatch {
+                premod: Some(true),
+                ..RoomPatch::default()
+            },
+            settings("s", false, 0, true, 1),
+        ),
+        (
+            "r",
+            RoomPatch {
+                closed: Some(false),
+                premod: Some(true),
+                slow_mode_s: None,
+            },
+            settings("r", false, u32::MAX, true, 3),
+        ),
+    ];
+    for (i, (room, patch, expected)) in patches.iter().enumerate() {
+        let written = AuditEntry {
+            room: Some((*room).to_owned()),
+            ..entry(&format!("room{i}"))
+        };
+        let stored = store.set_room(room, patch, written).await.unwrap();
+        assert_eq!(&stored, expected, "patch {i}");
+    }
+    let log = store.audit(100, None).await.unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, vec!["room3", "room2", "room1", "room0"]);
+    let mut rooms = store.load_moderation().await.unwrap().rooms;
     rooms.sort_by(|a, b| a.room.cmp(&b.room));
     assert_eq!(
         rooms,
         vec![
-            RoomSettings {
-                closed: false,
-                ..room("r", u32::MAX)
-            },
-            room("s", 0),
+            settings("r", false, u32::MAX, true, 3),
+            settings("s", false, 0, true, 1),
         ]
     );
-    assert_eq!(snapshot.held, vec![held]);
-    assert_eq!(store.audit(100, None).await.unwrap().len(), count);
 }
 
 /// The audit log reads newest first, in pages below a given id, with every

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::danmaku::{Danmaku, NewDanmaku};
-use crate::moderation::{AuditEntry, Change, Held, Snapshot};
+use crate::moderation::{AuditEntry, Change, Held, RoomPatch, RoomSettings, Snapshot};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -177,6 +177,18 @@ pub trait ModerationStore: Send + Sync + 'static {
     /// a missing danmaku, a rejection of a missing held send: false, and
     /// then nothing is written).
     async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError>;
+
+    /// Applies `patch` to the settings the store holds for `room` (the
+    /// defaults if none), bumps their version by one and appends `entry`
+    /// to the audit log, atomically: of patches made at once, on any node,
+    /// each applies to the result of the one before, so patches of
+    /// different fields all hold. Returns the settings as stored.
+    async fn set_room(
+        &self,
+        room: &str,
+        patch: &RoomPatch,
+        entry: AuditEntry,
+    ) -> Result<RoomSettings, StoreError>;
 
     /// Approves held send `held` (whose send is `new`) in one transaction:
     /// deletes it from the held sends, stores `new` under its room's next

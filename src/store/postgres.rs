@@ -42,7 +42,7 @@ use super::{
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
-use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snapshot};
+use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomPatch, RoomSettings, Snapshot};
 
 /// The key of the advisory lock that serialises migrations: nodes that
 /// start together migrate one after the other ("danmaku" in ASCII).
@@ -111,6 +111,8 @@ CREATE TABLE audit (
     detail TEXT   NOT NULL
 );
 ",
+    // 2: room settings are versioned: each change bumps `version`.
+    "ALTER TABLE room_settings ADD COLUMN version BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// How long a connection attempt may take, TCP and start-up together.
@@ -195,6 +197,12 @@ enum Job {
         change: Change,
         entry: AuditEntry,
         reply: Reply<bool>,
+    },
+    SetRoom {
+        room: String,
+        patch: RoomPatch,
+        entry: AuditEntry,
+        reply: Reply<RoomSettings>,
     },
     Approve {
         held: u64,
@@ -450,16 +458,9 @@ impl ModerationStore for PostgresStore {
         let rooms = self
             .readers
             .rows(
-                "SELECT room, closed, slow_mode_s, premod FROM room_settings",
+                "SELECT room, closed, slow_mode_s, premod, version FROM room_settings",
                 &[],
-                |r| {
-                    Ok(RoomSettings {
-                        room: r.try_get(0)?,
-                        closed: r.try_get(1)?,
-                        slow_mode_s: narrow::<i64, _>(r, 2)?,
-                        premod: r.try_get(3)?,
-                    })
-                },
+                |r| room_settings(r.try_get(0)?, r, 1),
             )
             .await?;
         let held = self
@@ -504,6 +505,23 @@ impl ModerationStore for PostgresStore {
         self.ask(|reply| {
             Op::Job(Job::Record {
                 change,
+                entry,
+                reply,
+            })
+        })
+        .await
+    }
+
+    async fn set_room(
+        &self,
+        room: &str,
+        patch: &RoomPatch,
+        entry: AuditEntry,
+    ) -> Result<RoomSettings, StoreError> {
+        self.ask(|reply| {
+            Op::Job(Job::SetRoom {
+                room: room.to_owned(),
+                patch: patch.clone(),
                 entry,
                 reply,
             })
@@ -1074,6 +1092,19 @@ impl Writer {
                     .await;
                 let _ = reply.send(changed);
             }
+            Job::SetRoom {
+                room,
+                patch,
+                entry,
+                reply,
+            } => {
+                let settings = self
+                    .write(1, async move |c: &mut Client| {
+                        set_room(c, room, &patch, &entry).await
+                    })
+                    .await;
+                let _ = reply.send(settings);
+            }
             Job::Approve {
                 held,
                 new,
@@ -1378,23 +1409,6 @@ async fn record(c: &mut Client, change: Change, entry: &AuditEntry) -> Result<bo
             .await?
                 > 0
         }
-        Change::Room(r) => {
-            let slow_mode_s = i64::from(r.slow_mode_s);
-            tx.execute_typed(
-                "INSERT INTO room_settings (room, closed, slow_mode_s, premod) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (room) DO UPDATE SET \
-                 closed = EXCLUDED.closed, slow_mode_s = EXCLUDED.slow_mode_s, \
-                 premod = EXCLUDED.premod",
-                &[
-                    (&r.room, Type::TEXT),
-                    (&r.closed, Type::BOOL),
-                    (&slow_mode_s, Type::INT8),
-                    (&r.premod, Type::BOOL),
-                ],
-            )
-            .await?;
-            true
-        }
     };
     if changed {
         audit(&tx, entry).await?;
@@ -1403,6 +1417,54 @@ async fn record(c: &mut Client, change: Change, entry: &AuditEntry) -> Result<bo
         tx.rollback().await?;
     }
     Ok(changed)
+}
+
+/// Patches a room's settings (or the defaults, if it has none) and bumps
+/// their version in one statement, and appends the audit entry, in one
+/// transaction; returns the settings as stored. The statement reads the
+/// row it updates under its lock, so two nodes patching the room at once
+/// take turns, the second patching what the first committed.
+async fn set_room(
+    c: &mut Client,
+    room: String,
+    patch: &RoomPatch,
+    entry: &AuditEntry,
+) -> Result<RoomSettings, Failure> {
+    let slow_mode_s = patch.slow_mode_s.map(i64::from);
+    let tx = c.transaction().await?;
+    let row = tx
+        .query_typed_one(
+            "INSERT INTO room_settings AS s (room, closed, slow_mode_s, premod, version) \
+             VALUES ($1, COALESCE($2, FALSE), COALESCE($3, 0), COALESCE($4, FALSE), 1) \
+             ON CONFLICT (room) DO UPDATE SET \
+             closed = COALESCE($2, s.closed), \
+             slow_mode_s = COALESCE($3, s.slow_mode_s), \
+             premod = COALESCE($4, s.premod), \
+             version = s.version + 1 \
+             RETURNING closed, slow_mode_s, premod, version",
+            &[
+                (&room, Type::TEXT),
+                (&patch.closed, Type::BOOL),
+                (&slow_mode_s, Type::INT8),
+                (&patch.premod, Type::BOOL),
+            ],
+        )
+        .await?;
+    audit(&tx, entry).await?;
+    tx.commit().await?;
+    room_settings(room, &row, 0)
+}
+
+/// A room's settings from the columns `closed, slow_mode_s, premod,
+/// version`, the first at `at`.
+fn room_settings(room: String, r: &Row, at: usize) -> Result<RoomSettings, Failure> {
+    Ok(RoomSettings {
+        room,
+        closed: r.try_get(at)?,
+        slow_mode_s: narrow::<i64, _>(r, at + 1)?,
+        premod: r.try_get(at + 2)?,
+        version: column_id(r, at + 3)?,
+    })
 }
 
 /// Approves a held send in one transaction: deletes its row, stores the
@@ -1459,7 +1521,7 @@ async fn audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), Failure> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance::{approval, conformance_tests, new, Backing, Seen};
+    use crate::store::conformance::{approval, conformance_tests, entry, new, Backing, Seen};
     use std::path::PathBuf;
     use std::process::Command;
     use std::sync::atomic::AtomicUsize;
@@ -1697,6 +1759,54 @@ mod tests {
         assert_eq!(published, approved);
         assert!(a.load_moderation().await.unwrap().held.is_empty());
         assert_eq!(a.audit(100, None).await.unwrap().len(), 10);
+    }
+
+    /// Two nodes patch different fields of one room at once, many times:
+    /// every patch holds (none is undone by the other node's), each gets
+    /// a version of its own, and the last is the number of patches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_patch_one_room_at_once() {
+        const PER_NODE: u32 = 40;
+        let db = TestDb::create().await;
+        let seen = Seen::default();
+        let a = db.open_with(Arc::new(Metrics::new()), &seen).await;
+        let b = db.open_with(Arc::new(Metrics::new()), &seen).await;
+        // A sets slow mode 1, 2, ...; B turns pre-moderation off and on,
+        // ending on. Each waits for its own patch before the next.
+        async fn patching(store: &PostgresStore, patch: fn(u32) -> RoomPatch) -> Vec<u64> {
+            let mut versions = Vec::new();
+            for i in 1..=PER_NODE {
+                let stored = store.set_room("r", &patch(i), entry("room")).await;
+                versions.push(stored.unwrap().version);
+            }
+            versions
+        }
+        let (on_a, on_b) = tokio::join!(
+            patching(&a, |i| RoomPatch {
+                slow_mode_s: Some(i),
+                ..RoomPatch::default()
+            }),
+            patching(&b, |i| RoomPatch {
+                premod: Some(i % 2 == 0),
+                ..RoomPatch::default()
+            }),
+        );
+        let mut versions: Vec<u64> = on_a.into_iter().chain(on_b).collect();
+        versions.sort_unstable();
+        let patches = u64::from(2 * PER_NODE);
+        assert_eq!(versions, (1..=patches).collect::<Vec<_>>());
+        let rooms = b.load_moderation().await.unwrap().rooms;
+        assert_eq!(
+            rooms,
+            vec![RoomSettings {
+                room: "r".into(),
+                closed: false,
+                slow_mode_s: PER_NODE,
+                premod: true,
+                version: patches,
+            }]
+        );
+        assert_eq!(a.audit(1000, None).await.unwrap().len() as u64, patches);
     }
 
     /// PostgreSQL's `disk_full` makes sends fail with `Full` and the store

@@ -28,7 +28,7 @@ use super::{
 use crate::config::{StoreConfig, Synchronous};
 use crate::danmaku::{now_ms, Color, Danmaku, Mode, NewDanmaku};
 use crate::metrics::Metrics;
-use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomSettings, Snapshot};
+use crate::moderation::{AuditEntry, Ban, Change, Held, Mute, RoomPatch, RoomSettings, Snapshot};
 
 const DB_FILE: &str = "danmaku.sqlite3";
 /// Reads at once, and read-only connections kept open for them. Without
@@ -42,10 +42,11 @@ const READERS: usize = 4;
 /// (SQLite's default, about 2 MiB) the store's caches stay under 6 MiB.
 const READER_CACHE_KIB: i64 = 1024;
 /// The schema's version, in `PRAGMA user_version`; bump it with any change
-/// to [`SCHEMA`]. The schema is applied only to an older database, so that
+/// to [`SCHEMA`], and bring the tables an older version made up to date in
+/// [`upgrade`]. The schema is applied only to an older database, so that
 /// opening an existing one writes nothing: a node restarted on a full disk
-/// still starts.
-const SCHEMA_VERSION: i64 = 2;
+/// still starts. (1: history; 2: moderation; 3: `room_settings.version`.)
+const SCHEMA_VERSION: i64 = 3;
 /// How often the writer tries a write while the disk is full, so that it
 /// takes sends again soon after space returns even if none arrives.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -84,7 +85,8 @@ CREATE TABLE IF NOT EXISTS room_settings (
     room        TEXT    PRIMARY KEY,
     closed      INTEGER NOT NULL,
     slow_mode_s INTEGER NOT NULL,
-    premod      INTEGER NOT NULL
+    premod      INTEGER NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS held (
     hid   INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -177,8 +179,7 @@ impl SqliteStore {
             conn.busy_timeout(Duration::from_secs(5))?;
             let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
             if version < SCHEMA_VERSION {
-                conn.execute_batch(SCHEMA)?;
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                upgrade(&conn, version)?;
             }
             Ok(())
         };
@@ -399,13 +400,14 @@ impl ModerationStore for SqliteStore {
                 })
                 .collect::<Result<_, _>>()?;
             let rooms = c
-                .prepare("SELECT room, closed, slow_mode_s, premod FROM room_settings")?
+                .prepare("SELECT room, closed, slow_mode_s, premod, version FROM room_settings")?
                 .query_map([], |r| {
                     Ok(RoomSettings {
                         room: r.get(0)?,
                         closed: r.get(1)?,
                         slow_mode_s: r.get(2)?,
                         premod: r.get(3)?,
+                        version: column_id(r, 4)?,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -449,6 +451,17 @@ impl ModerationStore for SqliteStore {
 
     async fn record(&self, change: Change, entry: AuditEntry) -> Result<bool, StoreError> {
         self.on_writer(move |w| w.record(change, &entry)).await
+    }
+
+    async fn set_room(
+        &self,
+        room: &str,
+        patch: &RoomPatch,
+        entry: AuditEntry,
+    ) -> Result<RoomSettings, StoreError> {
+        let (room, patch) = (room.to_owned(), patch.clone());
+        self.on_writer(move |w| w.set_room(room, &patch, &entry))
+            .await
     }
 
     async fn note(&self, entry: AuditEntry) -> Result<(), StoreError> {
@@ -890,20 +903,41 @@ impl Writer {
             Change::Unban(ip) => {
                 tx.execute("DELETE FROM bans WHERE ip = ?1", [ip.to_string()])? > 0
             }
-            Change::Room(r) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO room_settings (room, closed, slow_mode_s, premod) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![r.room, r.closed, r.slow_mode_s, r.premod],
-                )?;
-                true
-            }
         };
         if changed {
             audit(&tx, entry)?;
             tx.commit()?;
         }
         Ok(changed)
+    }
+
+    /// Patches a room's settings and appends their audit entry in one
+    /// transaction; returns them as stored. This writer is the only
+    /// connection that writes, so nothing changes the row between the
+    /// patch's read of it and its write.
+    fn set_room(
+        &mut self,
+        room: String,
+        patch: &RoomPatch,
+        entry: &AuditEntry,
+    ) -> Result<RoomSettings, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (closed, slow_mode_s, premod, version) = tx.query_row(
+            SET_ROOM,
+            params![room, patch.closed, patch.slow_mode_s, patch.premod],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, column_id(r, 3)?)),
+        )?;
+        audit(&tx, entry)?;
+        tx.commit()?;
+        Ok(RoomSettings {
+            room,
+            closed,
+            slow_mode_s,
+            premod,
+            version,
+        })
     }
 
     /// Approves a held send in one transaction: deletes its row, stores the
@@ -1018,6 +1052,35 @@ fn insert_send(
     Ok(())
 }
 
+/// Brings a database of schema `version` (0: new) up to
+/// [`SCHEMA_VERSION`], in one transaction, so that a crash halfway leaves
+/// it at `version`, to be upgraded again at the next start.
+fn upgrade(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
+    let tx = conn.unchecked_transaction()?;
+    // Creates the tables an older version lacks, as they are now ...
+    tx.execute_batch(SCHEMA)?;
+    // ... and leaves those it had as they were: add what came since.
+    if version == 2 {
+        tx.execute_batch(
+            "ALTER TABLE room_settings ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+        )?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()
+}
+
+/// [`ModerationStore::set_room`]: applies a patch (`?2` to `?4`, each NULL
+/// if absent) to a room's row, or to the defaults if it has none, and bumps
+/// its version, in one statement of the writer's transaction.
+const SET_ROOM: &str = "INSERT INTO room_settings (room, closed, slow_mode_s, premod, version) \
+     VALUES (?1, coalesce(?2, 0), coalesce(?3, 0), coalesce(?4, 0), 1) \
+     ON CONFLICT (room) DO UPDATE SET \
+     closed = coalesce(?2, room_settings.closed), \
+     slow_mode_s = coalesce(?3, room_settings.slow_mode_s), \
+     premod = coalesce(?4, room_settings.premod), \
+     version = room_settings.version + 1 \
+     RETURNING closed, slow_mode_s, premod, version";
+
 /// Deletes a held send's row; whether there was one.
 fn release(tx: &Transaction<'_>, held: u64) -> Result<bool, rusqlite::Error> {
     let Some(held) = sql_id(held) else {
@@ -1046,7 +1109,8 @@ fn audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), rusqlite::Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::conformance::{conformance_tests, new, Backing};
+    use crate::moderation::RoomPatch;
+    use crate::store::conformance::{conformance_tests, entry, new, Backing};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A fresh database: a new directory.
@@ -1141,6 +1205,50 @@ mod tests {
         assert_eq!(second.await.unwrap().unwrap().id, 2);
         held.await.unwrap().unwrap();
         assert_eq!(*log.lock().unwrap(), vec![(2, 0)]);
+    }
+
+    /// A database a version-2 node made (room settings without a version)
+    /// opens with its settings at version 0; the next patch makes them 1
+    /// and keeps the fields it does not name; it opens again as it is.
+    #[tokio::test]
+    async fn a_version_2_database_gains_the_settings_version() {
+        let db = sqlite();
+        Connection::open(db.0.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE room_settings (room TEXT PRIMARY KEY, closed INTEGER NOT NULL, \
+                 slow_mode_s INTEGER NOT NULL, premod INTEGER NOT NULL) WITHOUT ROWID; \
+                 INSERT INTO room_settings VALUES ('r', 1, 30, 0); \
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        let old = RoomSettings {
+            room: "r".into(),
+            closed: true,
+            slow_mode_s: 30,
+            premod: false,
+            version: 0,
+        };
+        let store = db.open(Box::new(|_| {})).await;
+        assert_eq!(
+            store.load_moderation().await.unwrap().rooms,
+            std::slice::from_ref(&old)
+        );
+        let patch = RoomPatch {
+            premod: Some(true),
+            ..RoomPatch::default()
+        };
+        let patched = store.set_room("r", &patch, entry("room")).await.unwrap();
+        let expected = RoomSettings {
+            premod: true,
+            version: 1,
+            ..old
+        };
+        assert_eq!(patched, expected);
+        store.close().await;
+        drop(store);
+        let again = db.open(Box::new(|_| {})).await;
+        assert_eq!(again.load_moderation().await.unwrap().rooms, [expected]);
     }
 
     /// A video's density reads the `(room, vt)` index and nothing else:

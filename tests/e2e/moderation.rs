@@ -368,7 +368,7 @@ async fn closed_rooms_and_slow_mode() {
     assert_eq!(status, 200);
     assert_eq!(
         settings,
-        json!({"room": "r", "closed": true, "slow_mode_s": 0, "premod": false})
+        json!({"room": "r", "closed": true, "slow_mode_s": 0, "premod": false, "version": 1})
     );
     let (status, body) = send_as(&server, "r", &bob, "hi").await;
     assert_eq!((status, code(&body)), (403, "forbidden"));
@@ -632,7 +632,7 @@ async fn the_admin_cli_moderates() {
     let room = cli(&["room", "r", "--close", "--slow", "5", "--premod", "on"]);
     assert_eq!(
         room,
-        json!({"room": "r", "closed": true, "slow_mode_s": 5, "premod": true})
+        json!({"room": "r", "closed": true, "slow_mode_s": 5, "premod": true, "version": 1})
     );
     assert_eq!(cli(&["room", "r"])["closed"], true);
     assert_eq!(cli(&["held", "r"])["items"], json!([]));
