@@ -43,22 +43,6 @@ const SHARDS: usize = 16;
 /// thousands of store reads ahead of a joining viewer's.
 const CATCH_UP_READS: usize = 32;
 
-/// The order of a page of rooms ([`Hub::page`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RoomOrder {
-    /// Ascending by name, starting after this name (from the first without).
-    ByName {
-        /// The last name of the page before.
-        after: Option<String>,
-    },
-    /// Most viewers first (then by name), skipping the first `skip` rooms.
-    /// Counts change between pages, so pages may overlap or miss a room.
-    ByOnline {
-        /// Rooms of the pages before.
-        skip: usize,
-    },
-}
-
 /// What the hub asks of its node. The hub never touches storage or the
 /// broker; when it needs either, it says so here.
 pub trait HubEvents: Send + Sync + 'static {
@@ -182,37 +166,11 @@ impl Hub {
         self.shard(room).get(room).map(|r| r.stats())
     }
 
-    /// One page of the rooms the hub holds, at most `limit` of them in
-    /// `order`, and whether more follow it.
-    ///
-    /// By name, a page holds the rooms whose names follow `after`, so
-    /// paging by the last name returned lists every room held throughout
-    /// exactly once, however rooms come and go meanwhile. Only the page's
-    /// rooms are locked for their figures.
-    pub fn page(&self, order: &RoomOrder, limit: usize) -> (Vec<RoomStats>, bool) {
-        match order {
-            RoomOrder::ByName { after } => {
-                let mut rooms = self.rooms_where(|name| after.as_deref().is_none_or(|a| name > a));
-                let more = rooms.len() > limit;
-                if more {
-                    rooms.select_nth_unstable_by(limit, |a, b| a.name().cmp(b.name()));
-                    rooms.truncate(limit);
-                }
-                rooms.sort_unstable_by(|a, b| a.name().cmp(b.name()));
-                (rooms.iter().map(|r| r.stats()).collect(), more)
-            }
-            RoomOrder::ByOnline { skip } => {
-                let mut stats: Vec<RoomStats> = self
-                    .rooms_where(|_| true)
-                    .iter()
-                    .map(|r| r.stats())
-                    .collect();
-                stats.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.room.cmp(&b.room)));
-                let more = stats.len() > skip.saturating_add(limit);
-                let page = stats.into_iter().skip(*skip).take(limit).collect();
-                (page, more)
-            }
-        }
+    /// The figures of the rooms the hub holds whose names pass `keep`
+    /// (rooms with viewers here or recent sends). Only those rooms are
+    /// locked for their figures.
+    pub fn figures(&self, keep: impl Fn(&str) -> bool) -> Vec<RoomStats> {
+        self.rooms_where(keep).iter().map(|r| r.stats()).collect()
     }
 
     /// The rooms whose names pass `keep`, each shard locked in turn.
@@ -278,9 +236,8 @@ impl Hub {
 
     /// This node's own viewers, by room (rooms without any left out).
     pub fn local_online(&self) -> HashMap<String, u64> {
-        self.rooms_where(|_| true)
-            .iter()
-            .map(|r| r.stats())
+        self.figures(|_| true)
+            .into_iter()
             .filter(|s| s.online_local > 0)
             .map(|s| (s.room, s.online_local as u64))
             .collect()
@@ -786,8 +743,7 @@ mod tests {
         assert_eq!(next_online(&mut viewer).await, 4);
         assert_eq!(hub.local_online(), HashMap::from([("far".to_owned(), 1)]));
         assert!(hub.stats("elsewhere").is_none(), "not made by presence");
-        let (page, _) = hub.page(&RoomOrder::ByOnline { skip: 0 }, 10);
-        assert_eq!(page[0].online, 4);
+        assert_eq!(hub.figures(|room| room == "far")[0].online, 4);
 
         // Gone elsewhere: announced too.
         hub.set_remote_online(&HashMap::new());

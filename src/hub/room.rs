@@ -104,7 +104,7 @@ struct RoomState {
 }
 
 /// A room's figures, for the rooms API.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RoomStats {
     /// The room name.
     pub room: String,

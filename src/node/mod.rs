@@ -10,6 +10,7 @@ mod memory;
 mod moderate;
 mod presence;
 mod relay;
+mod rooms;
 mod stats;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::config::Config;
 use crate::danmaku::{now_ms, Danmaku, NewDanmaku};
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::{self, Admin, Guard, GuardSetupError, SendRequest, Sender};
-use crate::hub::{Hub, RoomOrder, RoomStats};
+use crate::hub::{Hub, RoomStats};
 use crate::metrics::Metrics;
 use crate::moderation::{AuditEntry, Held, Moderator, Verdict};
 use crate::presence::Presence;
@@ -30,6 +31,7 @@ use crate::store::{Density, ModerationStore, Store, StoreError};
 
 pub use feed::{Delivery, Feed};
 pub use memory::limit_arenas;
+pub use rooms::RoomOrder;
 pub use stats::{Percentiles, Report, Sample};
 
 /// One running server's parts.
@@ -484,27 +486,34 @@ impl Node {
     /// The figures of one room (also one the hub does not hold right now).
     pub async fn room(&self, room: &str) -> Result<RoomStats, ApiError> {
         guard::check_room(room)?;
-        let mut stats = self.hub.stats(room).unwrap_or_else(|| RoomStats {
-            room: room.to_owned(),
-            online: usize::try_from(self.elsewhere.remote(room)).unwrap_or(usize::MAX),
-            online_local: 0,
-            last_id: None,
-            rate_per_s: 0.0,
-        });
+        let mut stats = self
+            .hub
+            .stats(room)
+            .unwrap_or_else(|| rooms::held_elsewhere(room.to_owned(), self.elsewhere.remote(room)));
         if stats.last_id.is_none() {
             stats.last_id = Some(self.store.last_id(room).await?);
         }
         Ok(stats)
     }
 
-    /// One page of the active rooms (those the hub holds: with viewers or
-    /// recent sends), and whether more follow.
+    /// One page of the cluster's active rooms, and whether more follow: the
+    /// rooms this node's hub holds (with viewers here or recent sends),
+    /// with the hub's figures, and the rooms with viewers on other nodes
+    /// only, as presence last read them (`online_local` 0, `rate_per_s` 0:
+    /// this node does not hear their danmaku, and no `last_id`). One node:
+    /// the rooms the hub holds.
     pub fn rooms(&self, order: &RoomOrder, limit: usize) -> (Vec<RoomStats>, bool) {
-        self.hub.page(order, limit)
+        let admits = |room: &str| order.admits(room);
+        let held = self.hub.figures(admits);
+        order.page(
+            rooms::merge(held, self.elsewhere.remote_where(admits)),
+            limit,
+        )
     }
 
     /// The admin dashboard's figures: the samples taken after `after`
-    /// (Unix milliseconds) and the busiest rooms this node holds.
+    /// (Unix milliseconds) and the cluster's busiest rooms ([`Node::rooms`]:
+    /// a room with no viewers here counts no rate).
     pub fn stats(&self, _admin: &Admin, after: i64) -> Report {
         let (rooms, _) = self.rooms(&RoomOrder::ByOnline { skip: 0 }, usize::MAX);
         Report {

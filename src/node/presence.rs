@@ -32,6 +32,18 @@ impl Elsewhere {
         self.state().remote.get(room).copied().unwrap_or(0)
     }
 
+    /// Viewers on the other nodes of each room whose name passes `keep`
+    /// (rooms without any left out).
+    pub fn remote_where(&self, keep: impl Fn(&str) -> bool) -> Counts {
+        let state = self.state();
+        state
+            .remote
+            .iter()
+            .filter(|(room, n)| **n > 0 && keep(room))
+            .map(|(room, n)| (room.clone(), *n))
+            .collect()
+    }
+
     /// Viewers of every room on the other nodes.
     pub fn remote_total(&self) -> u64 {
         self.state().remote.values().sum()

@@ -204,7 +204,8 @@ pub struct Report {
     pub interval_s: u64,
     /// The samples asked for, oldest first.
     pub samples: Vec<Sample>,
-    /// The busiest rooms this node holds, at most [`BUSIEST_ROOMS`].
+    /// The cluster's busiest rooms, at most [`BUSIEST_ROOMS`] (a room with
+    /// viewers on other nodes only has no rate here).
     pub rooms: Vec<RoomStats>,
 }
 

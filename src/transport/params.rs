@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer};
 use crate::danmaku::MAX_ID;
 use crate::error::{ApiError, ErrorCode};
 use crate::guard::check_room;
-use crate::hub::RoomOrder;
+use crate::node::RoomOrder;
 
 /// The rooms one `GET /api/v1/rooms` lists when it names no `limit`.
 pub const DEFAULT_ROOMS_PAGE: usize = 100;

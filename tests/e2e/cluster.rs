@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::moderation::{admin, call, config as auth_config, user};
 use crate::server::{
-    collect_danmaku, http, ids, next_of, open_sse, post, read_sse, watch, Server, Ws,
+    collect_danmaku, get_json, http, ids, next_of, open_sse, post, read_sse, watch, Server, Ws,
     EXEMPT_LOOPBACK, WAIT,
 };
 use crate::services::{unique, Broker, BrokerKind, Database, Postgres};
@@ -658,4 +658,68 @@ fn an_unreachable_backend_at_start_is_one_clear_line_and_exit_1() {
         assert!(!err.contains("secret"), "the password is shown: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+}
+
+/// Every room of `GET /api/v1/rooms?sort=...` on `server`, one room a page
+/// (following `next_cursor`), as (room, online, online_local).
+async fn listed_rooms(server: &Server, sort: &str) -> Result<Vec<(String, u64, u64)>, String> {
+    let mut rooms = Vec::new();
+    let mut query = format!("sort={sort}&limit=1");
+    loop {
+        let (status, page) = get_json(server, &format!("/api/v1/rooms?{query}")).await;
+        if status != 200 {
+            return Err(format!("{status}: {page}"));
+        }
+        let got = page["rooms"].as_array().ok_or(format!("{page}"))?;
+        rooms.extend(got.iter().map(|r| {
+            (
+                r["room"].as_str().unwrap_or_default().to_owned(),
+                r["online"].as_u64().unwrap_or(0),
+                r["online_local"].as_u64().unwrap_or(0),
+            )
+        }));
+        match page["next_cursor"].as_str() {
+            Some(cursor) if rooms.len() <= 10 => {
+                query = format!("sort={sort}&limit=1&cursor={cursor}")
+            }
+            Some(_) => return Err(format!("no end: {rooms:?}")),
+            None => return Ok(rooms),
+        }
+    }
+}
+
+/// Every node lists the cluster's rooms, with their viewers here and
+/// elsewhere, page by page in either order; a room whose last viewer (on
+/// another node) left drops out of the list.
+#[tokio::test]
+async fn every_node_lists_the_rooms_watched_on_any_node() {
+    let db = Database::shared();
+    let cluster = Cluster::start(2, &db.url(), &BrokerKind::Redis.shared());
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let id = unique();
+    let (x, y) = (format!("list-x-{id}"), format!("list-y-{id}"));
+    let (_on_a, _) = watch(a, &x, None).await;
+    let (on_b, _) = watch(b, &y, None).await;
+    for (node, name, x_local, y_local) in [(a, "A", 1, 0), (b, "B", 0, 1)] {
+        let want = vec![(x.clone(), 1, x_local), (y.clone(), 1, y_local)];
+        for sort in ["name", "online"] {
+            eventually(Duration::from_secs(10), "the cluster's rooms", || async {
+                match listed_rooms(node, sort).await? {
+                    rooms if rooms == want => Ok(()),
+                    other => Err(format!("node {name}, sort={sort}: {other:?}")),
+                }
+            })
+            .await;
+        }
+    }
+    drop(on_b);
+    let want = vec![(x.clone(), 1, 1)];
+    eventually(Duration::from_secs(15), "the room left", || async {
+        match listed_rooms(a, "name").await? {
+            rooms if rooms == want => Ok(()),
+            other => Err(format!("node A: {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(listed_rooms(a, "online").await.unwrap(), want);
 }
