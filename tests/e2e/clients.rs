@@ -20,18 +20,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::moderation::{admin, call, user};
 use crate::server::*;
-use crate::services::free_port;
 
 /// A server with tokens (`moderation::config`), the Bilibili TCP listener
 /// on the returned address, loopback exempt from the limits, and `extra`
-/// lines in its `[bilibili]` section.
+/// lines in its `[bilibili]` section. The TCP listener takes a port of the
+/// kernel's choosing, read back from the banner: a port picked here and
+/// bound later could be taken in between.
 fn start(dir: &tempfile::TempDir, extra: &str) -> (Server, String) {
-    let tcp = format!("127.0.0.1:{}", free_port());
     let config = format!(
-        "{}{EXEMPT_LOOPBACK}[bilibili]\ntcp_listen = \"{tcp}\"\n{extra}\n",
+        "{}{EXEMPT_LOOPBACK}[bilibili]\ntcp_listen = \"127.0.0.1:0\"\n{extra}\n",
         crate::moderation::config()
     );
     let server = Server::start(&dir.path().join("data"), Some(&config));
+    let tcp = server
+        .bilibili_tcp()
+        .expect("the banner names the bilibili tcp listener");
     (server, tcp)
 }
 

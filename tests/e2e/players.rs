@@ -473,6 +473,47 @@ async fn segments_hold_their_six_minutes() {
     }
 }
 
+#[tokio::test]
+async fn a_busy_segment_is_thinned_over_its_whole_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("{}[limits]\nmax_segment_items = 120\n", config());
+    let server = Server::start(&dir.path().join("d"), Some(&cfg));
+    // 240 danmaku in the first 24 s of segment 1 (ten a second), then 60
+    // over its last minute (one a second): 300, more than the cap.
+    let mut file = String::new();
+    let busy = (0..240).map(|i| f64::from(i) / 10.0);
+    let late = (300..360).map(f64::from);
+    for (i, vt) in busy.chain(late).enumerate() {
+        file.push_str(&json!({"text": format!("d{i}"), "vt": vt}).to_string());
+        file.push('\n');
+    }
+    let (status, report) = import(&server, "busy", "application/x-ndjson", file).await;
+    assert_eq!((status, report["imported"].clone()), (201, json!(300)));
+
+    let url = format!(
+        "{}/x/v2/dm/web/seg.so?type=1&oid=busy&segment_index=1",
+        server.url()
+    );
+    let bytes = http().get(url).send().await.unwrap().bytes().await.unwrap();
+    let progress: Vec<i32> = DmSegMobileReply::decode(bytes)
+        .unwrap()
+        .elems
+        .iter()
+        .map(|e| e.progress)
+        .collect();
+    assert_eq!(progress.len(), 120, "the cap, filled: {progress:?}");
+    assert!(progress.is_sorted(), "by video time: {progress:?}");
+    // The whole window shows: every danmaku of the quiet last minute (60
+    // of them, all in slices under their share), and the busy start
+    // thinned to the rest, not its first 120 only (which end at 12 s).
+    let late: Vec<i32> = progress.iter().copied().filter(|&p| p >= 300_000).collect();
+    assert_eq!(late, (300..360).map(|s| s * 1000).collect::<Vec<_>>());
+    assert!(
+        progress.iter().any(|&p| (18_000..24_000).contains(&p)),
+        "the end of the busy start: {progress:?}"
+    );
+}
+
 /// The CORS headers of a request with `origin`.
 async fn cors(
     server: &Server,
