@@ -162,6 +162,20 @@ async fn live_client_works(kind: &str) {
         assert_eq!(d["uid"], bilibili::user_id("alice"), "{why}");
         assert_eq!(d["name"], stored["name"], "{why}");
         assert_eq!(d["ts"], stored["ts"], "{why}");
+        // The slots parsers index beyond those, present with the empty or
+        // zero value Bilibili sends for a viewer without them.
+        assert_eq!(d["medal"], json!([]), "{why}: no medal");
+        assert_eq!(
+            (d["level"].clone(), d["levelSlots"].clone()),
+            (json!(0), json!(5)),
+            "{why}"
+        );
+        assert_eq!(d["title"], json!(["", ""]), "{why}: no title");
+        assert_eq!(d["guard"], 0, "{why}: no guard");
+        assert_eq!(d["wealth"], 0, "{why}: info[16][0]");
+        assert_eq!(d["extra"], json!({}), "{why}: info[0][15].extra");
+        let slots = (&d["slots"], &d["modeSlots"], &d["userSlots"]);
+        assert_eq!(slots, (&json!(18), &json!(18), &json!(8)), "{why}");
 
         // A second viewer (on our own WebSocket) counts in the heartbeat.
         let (other, _) = watch(&server, &room, None).await;
