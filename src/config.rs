@@ -348,6 +348,10 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Most danmaku one history request returns.
     pub max_history: usize,
+    /// Most danmaku one protobuf segment (six minutes of video) holds; a
+    /// busier window is thinned evenly over its six minutes
+    /// (docs/players.md).
+    pub max_segment_items: usize,
     /// Sends one user may make at once.
     pub send_burst: u32,
     /// Sends per second one user's bucket refills at (0: no per-user limit).
@@ -389,6 +393,7 @@ impl Default for Limits {
             max_import_bytes: 64 * 1024 * 1024,
             max_in_flight: 32,
             max_history: 1000,
+            max_segment_items: 6000,
             send_burst: 3,
             send_per_second: 0.5,
             ip_send_burst: 10,
@@ -773,6 +778,7 @@ impl Config {
             bound("limits.max_body_bytes",        l.max_body_bytes,       256,  MIB),
             bound("limits.max_in_flight",         l.max_in_flight,        1,    10_000),
             bound("limits.max_history",           l.max_history,          1,    100_000),
+            bound("limits.max_segment_items",     l.max_segment_items,    1,    100_000),
             bound("limits.max_limiter_keys",      l.max_limiter_keys,     1,    10_000_000),
             // governor multiplies the refill period (up to 1000 s) by the
             // burst in u64 nanoseconds: 1e6 x 1e12 ns stays below 1.8e19.

@@ -1234,8 +1234,16 @@ fn stored(text: impl Strategy<Value = String>) -> impl Strategy<Value = Danmaku>
     (
         (1u64..=danmaku::danmaku::MAX_ID, "(?s).{0,20}", text, mode()),
         (0u32..=0xff_ff_ff, guard::SIZE_RANGE, 0i64..=i64::MAX),
-        // Video times with the five decimals the export writes.
-        proptest::option::of(0u64..=(guard::MAX_VIDEO_TIME as u64) * 100_000),
+        // Any video time a send may carry: the whole range, times with the
+        // five decimals of bilibili's own files, both zeros and the
+        // smallest positive f64 (hundreds of decimals).
+        proptest::option::of(prop_oneof![
+            0.0..=guard::MAX_VIDEO_TIME,
+            (0u64..=(guard::MAX_VIDEO_TIME as u64) * 100_000).prop_map(|k| k as f64 / 100_000.0),
+            Just(-0.0),
+            Just(0.0),
+            Just(f64::from_bits(1)),
+        ]),
     )
         .prop_map(|((id, user, text, mode), (color, size, ts), vt)| Danmaku {
             id,
@@ -1247,7 +1255,7 @@ fn stored(text: impl Strategy<Value = String>) -> impl Strategy<Value = Danmaku>
             color: Color(color),
             size,
             ts,
-            vt: vt.map(|k| k as f64 / 100_000.0),
+            vt,
             priority: false,
         })
 }
@@ -1271,8 +1279,8 @@ const IMPORT: ImportLimits = ImportLimits {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
-    /// What the export writes, the import reads back: time (0 for none),
-    /// mode, size, colour and text, the second it was sent and the
+    /// What the export writes, the import reads back: time exactly (0 for
+    /// none), mode, size, colour and text, the second it was sent and the
     /// sender's hash.
     #[test]
     fn xml_round_trips(items in vec(stored(storable_text()), 0..20)) {
@@ -1286,7 +1294,8 @@ proptest! {
             prop_assert_eq!(b.mode, d.mode);
             prop_assert_eq!(b.size, d.size);
             prop_assert_eq!(b.color, d.color);
-            prop_assert_eq!(b.vt.map(f64::to_bits), Some(d.vt.unwrap_or(0.0).to_bits()));
+            // Exactly the same number (a -0 comes back as the 0 it equals).
+            prop_assert_eq!(b.vt, Some(d.vt.unwrap_or(0.0)));
             prop_assert_eq!(b.ctime_ms, Some(d.ts.div_euclid(1000) * 1000));
             prop_assert_eq!(b.user_hash.clone(), Some(danmaku::protocol::bilibili::member_hash(&d.user)));
         }

@@ -17,6 +17,14 @@
 //! itself read as UTF-8 (lossily), so the filter gets arbitrary text either
 //! way.
 //!
+//! The same bytes are a DPlayer POST body (`dplayer::parse_post`, then
+//! the guard's `check_send` on the room and send it names, as its route
+//! does): the body is refused as JSON exactly when it is not a JSON
+//! object; what the parser accepts has a colour of at most `0xffffff`, one
+//! of DPlayer's three modes and a finite time; what the guard then accepts
+//! has a non-empty room of the grammar, a non-empty text as sent and a
+//! colour of at most `0xffffff`.
+//!
 //! The same bytes, read as a query string, go through every route's query
 //! type (`transport::params`: history, stream, WebSocket, audit, rooms
 //! list), as a `Last-Event-ID` header and as a path id. A refusal is
@@ -32,11 +40,12 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use danmaku::config::{FilterAction, Limits};
-use danmaku::danmaku::MAX_ID;
+use danmaku::danmaku::{Color, MAX_ID};
 use danmaku::error::ErrorCode;
 use danmaku::guard::filter::{check_text, WordFilter};
 use danmaku::guard::{self, SendRequest, Sender};
 use danmaku::hub::RoomOrder;
+use danmaku::protocol::dplayer::{self, PostError};
 use danmaku::transport::body::parse_json;
 use danmaku::transport::params::{
     next_cursor, parse_query, path_id, AuditQuery, DensityQuery, HistoryQuery, HistoryRange,
@@ -202,10 +211,53 @@ fn query_strings(query: &str) {
     }
 }
 
+/// `data` as DPlayer's POST body, through the parser and the guard.
+fn dplayer_post(data: &[u8], limits: &Limits, sender: &Sender) {
+    let is_object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data).is_ok();
+    let post = match dplayer::parse_post(data) {
+        Ok(post) => post,
+        Err(e) => {
+            assert_eq!(matches!(e, PostError::Json(_)), !is_object, "{e}");
+            return;
+        }
+    };
+    assert!(is_object, "accepted a body that is no JSON object");
+    let send = &post.send;
+    if let Some(c) = &send.color {
+        let color = Color::parse(c).unwrap_or_else(|| panic!("the parser's colour {c:?}"));
+        assert!(color.0 <= 0xff_ff_ff, "{c:?}");
+    }
+    if let Some(m) = &send.mode {
+        assert!(matches!(m.as_str(), "scroll" | "top" | "bottom"), "mode {m:?}");
+    }
+    assert!(send.vt.is_none_or(f64::is_finite), "time {:?}", send.vt);
+    let text = send.text.clone();
+    match guard::check_send(limits, &post.room, &sender.identity, post.send) {
+        Ok(new) => {
+            assert!(!post.room.is_empty() && guard::check_room(&post.room).is_ok());
+            assert_eq!(new.room, post.room);
+            assert_eq!(new.text, text, "the guard changed the text");
+            assert!(!new.text.trim().is_empty());
+            assert!(new.color.0 <= 0xff_ff_ff);
+        }
+        Err(e) => assert!(
+            matches!(
+                e.code,
+                ErrorCode::EmptyText
+                    | ErrorCode::TextTooLong
+                    | ErrorCode::InvalidField
+                    | ErrorCode::InvalidRoom
+            ),
+            "{e}"
+        ),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     query_strings(&String::from_utf8_lossy(data));
     let limits = Limits::default();
     let sender = Sender::guest(std::net::IpAddr::from([192, 0, 2, 1]));
+    dplayer_post(data, &limits, &sender);
     match parse_json::<SendRequest>(data) {
         Err(e) => {
             assert!(

@@ -115,6 +115,45 @@ impl Progress {
     }
 }
 
+/// Counts the danmaku of an XML export as its chunks arrive, by the `<d `
+/// that opens each (a text's `<` is escaped, so only a danmaku has one),
+/// including one split across two chunks.
+#[derive(Default)]
+struct OpenTags {
+    /// The last bytes seen, which the next chunk may complete to a tag.
+    tail: Vec<u8>,
+}
+
+impl OpenTags {
+    const TAG: &'static [u8] = b"<d ";
+    /// Enough of the previous chunks to complete a tag with the next.
+    const KEEP: usize = Self::TAG.len() - 1;
+
+    /// The tags that `chunk` completes: those inside it and the one that
+    /// began in the chunks before it, if any.
+    fn count(&mut self, chunk: &[u8]) -> u64 {
+        let tags = |bytes: &[u8]| {
+            bytes
+                .windows(Self::TAG.len())
+                .filter(|w| *w == Self::TAG)
+                .count()
+        };
+        // The tail and the first bytes of the chunk: every tag found here
+        // starts in the tail (too short to hold one), so none is counted
+        // twice.
+        let mut seam = std::mem::take(&mut self.tail);
+        seam.extend_from_slice(&chunk[..chunk.len().min(Self::KEEP)]);
+        let found = tags(&seam) + tags(chunk);
+        let last = if chunk.len() >= Self::KEEP {
+            chunk
+        } else {
+            &seam
+        };
+        self.tail = last[last.len().saturating_sub(Self::KEEP)..].to_vec();
+        found as u64
+    }
+}
+
 /// Writes the room's history to the file or stdout: XML streamed from the
 /// server's XML route, JSON lines from the history route a page at a time.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
@@ -136,13 +175,14 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         Format::Xml => {
             let url = format!("{base}/danmaku.xml");
             let mut res = checked(client.get(&url).send().await, &url).await?;
+            let mut tags = OpenTags::default();
             while let Some(chunk) = res
                 .chunk()
                 .await
                 .context("the export was cut short; the file is incomplete")?
             {
                 out.write_all(&chunk)?;
-                progress.add(chunk.windows(3).filter(|w| w == b"<d ").count() as u64);
+                progress.add(tags.count(&chunk));
             }
         }
         Format::Jsonl => {
@@ -186,4 +226,34 @@ async fn checked(
         bail!("{status}: {text}");
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An export of three danmaku, one of whose texts reads like a tag.
+    const EXPORT: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><i><chatid>0</chatid>\n\
+        <d p=\"1,1,25,16777215,0,0,ab,1\">a</d>\n<d p=\"2,1,25,0,0,0,ab,2\">&lt;d x</d>\n\
+        <d p=\"3,1,25,0,0,0,ab,3\">c</d>\n</i>\n";
+
+    #[test]
+    fn counts_every_danmaku_however_the_export_is_split() {
+        let whole = |chunks: &[&[u8]]| {
+            let mut tags = OpenTags::default();
+            chunks.iter().map(|c| tags.count(c)).sum::<u64>()
+        };
+        assert_eq!(whole(&[EXPORT]), 3);
+        for i in 0..=EXPORT.len() {
+            let (a, b) = EXPORT.split_at(i);
+            assert_eq!(whole(&[a, b]), 3, "split at {i}");
+            // A one-byte (or empty) chunk between: the tail spans it.
+            for j in i..=(i + 2).min(EXPORT.len()) {
+                let (b, c) = b.split_at(j - i);
+                assert_eq!(whole(&[a, b, c]), 3, "split at {i} and {j}");
+            }
+        }
+        let bytes: Vec<&[u8]> = EXPORT.chunks(1).collect();
+        assert_eq!(whole(&bytes), 3, "a byte at a time");
+    }
 }

@@ -13,7 +13,7 @@
 //!
 //! | field | meaning | ours |
 //! |-------|---------|------|
-//! | 0 | video time, seconds | `vt` with 5 decimals, `0.00000` when it has none |
+//! | 0 | video time, seconds | `vt` in the shortest decimals that read back as the same `f64` (no exponent), `0` when it has none |
 //! | 1 | mode | scroll 1, bottom 4, top 5, reverse 6 |
 //! | 2 | font size | `size` |
 //! | 3 | colour | decimal RGB |
@@ -121,10 +121,14 @@ impl XmlWriter {
     /// line.
     pub fn d(&self, d: &Danmaku) -> Vec<u8> {
         let mut out = String::with_capacity(64 + d.text.len());
-        let vt = d.vt.filter(|vt| vt.is_finite()).unwrap_or(0.0);
+        // `Display` writes the shortest decimal form that parses back to
+        // the same f64, and never an exponent, which some readers would
+        // not take: our own import reads the time back exactly. Adding 0
+        // makes a -0 (which a send may carry) the plain `0`.
+        let vt = d.vt.filter(|vt| vt.is_finite()).unwrap_or(0.0) + 0.0;
         let _ = write!(
             out,
-            "<d p=\"{vt:.5},{},{},{},{},0,{},{}\">",
+            "<d p=\"{vt},{},{},{},{},0,{},{}\">",
             i32::from(mode_code(d.mode)),
             d.size,
             d.color.0 & 0xff_ff_ff,
@@ -867,11 +871,23 @@ mod tests {
         let hash = member_hash("alice");
         assert_eq!(
             row,
-            format!("<d p=\"12.34568,5,36,1223476,1700000123,0,{hash},42\">hi</d>\n")
+            format!("<d p=\"12.345678,5,36,1223476,1700000123,0,{hash},42\">hi</d>\n")
         );
-        let none = danmaku(1, "x", Mode::Bottom, None);
-        let row = String::from_utf8(XmlWriter::new(1).d(&none)).unwrap();
-        assert!(row.starts_with("<d p=\"0.00000,4,"), "{row}");
+        for (vt, written) in [
+            (None, "0"),
+            (Some(-0.0), "0"),
+            (Some(3.0), "3"),
+            (Some(0.1 + 0.2), "0.30000000000000004"),
+            (Some(1e-7), "0.0000001"),
+            (Some(2_592_000.0), "2592000"),
+        ] {
+            let row =
+                String::from_utf8(XmlWriter::new(1).d(&danmaku(1, "x", Mode::Bottom, vt))).unwrap();
+            assert!(
+                row.starts_with(&format!("<d p=\"{written},4,")),
+                "{vt:?}: {row}"
+            );
+        }
         for (mode, code) in [
             (Mode::Scroll, 1),
             (Mode::Bottom, 4),

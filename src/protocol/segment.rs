@@ -111,6 +111,32 @@ pub fn segment_range(index: NonZeroU32) -> (f64, f64) {
     (start, start + length)
 }
 
+/// How many equal slices of video time a segment's cap is shared among
+/// when its window holds more danmaku than the cap: 60 slices of 6 s.
+pub const SLICES: usize = 60;
+
+/// The `i`-th of [`SLICES`] equal slices of `[from, to)`, for `i` below
+/// `SLICES`. Neighbours share their bound (computed the same way for
+/// both), so every time of the window lies in exactly one slice.
+pub fn slice(from: f64, to: f64, i: usize) -> (f64, f64) {
+    let at = |k: usize| {
+        if k >= SLICES {
+            to
+        } else {
+            from + (to - from) * k as f64 / SLICES as f64
+        }
+    };
+    (at(i), at(i + 1))
+}
+
+/// `total` split into `parts` whole shares as even as can be: they differ
+/// by at most one and add up to `total` (none when `parts` is 0).
+pub fn split(total: usize, parts: usize) -> Vec<usize> {
+    (0..parts)
+        .map(|i| total * (i + 1) / parts - total * i / parts)
+        .collect()
+}
+
 /// The segment holding `items` (the route selects them by video time, in
 /// id order), encoded.
 pub fn encode_segment(items: &[Danmaku]) -> Vec<u8> {
@@ -177,6 +203,26 @@ mod tests {
         // field 1 (id) as a varint: the layout bilibili's players expect.
         assert_eq!(&bytes[..1], &[0x0a]);
         assert_eq!(&bytes[2..4], &[0x08, 7]);
+    }
+
+    #[test]
+    fn slices_tile_the_window_and_shares_add_up() {
+        let (from, to) = segment_range(index(3));
+        assert_eq!(slice(from, to, 0), (720.0, 726.0));
+        assert_eq!(slice(from, to, SLICES - 1), (1074.0, 1080.0));
+        for i in 1..SLICES {
+            assert_eq!(slice(from, to, i - 1).1, slice(from, to, i).0);
+        }
+        for (total, parts) in [(6000, 60), (10, 60), (61, 60), (0, 3), (7, 1), (5, 0)] {
+            let shares = split(total, parts);
+            assert_eq!(shares.len(), parts);
+            assert_eq!(
+                shares.iter().sum::<usize>(),
+                if parts == 0 { 0 } else { total }
+            );
+            let (lo, hi) = (shares.iter().min(), shares.iter().max());
+            assert!(hi.zip(lo).is_none_or(|(h, l)| h - l <= 1), "{shares:?}");
+        }
     }
 
     #[test]

@@ -342,8 +342,8 @@ pub(super) struct SegmentQuery {
 
 /// `GET /x/v2/dm/web/seg.so?type=1&oid=ROOM&segment_index=N`: the
 /// danmaku of the room whose video time lies in the N-th six-minute
-/// segment (at most `limits.max_history`, by video time), as bilibili's
-/// protobuf `DmSegMobileReply`.
+/// segment (at most `limits.max_segment_items`, see [`segment_items`]), as
+/// bilibili's protobuf `DmSegMobileReply`.
 pub(super) async fn segment(
     State(app): State<App>,
     query: Result<Query<SegmentQuery>, ApiError>,
@@ -363,11 +363,8 @@ pub(super) async fn segment(
             .and_then(NonZeroU32::new)
             .ok_or_else(|| invalid("segment_index must be a whole number from 1"))?;
         let (from, to) = segment::segment_range(index);
-        let limit = app.node.config.limits.max_history;
-        let items = app
-            .node
-            .history_by_video_time(&room, from, to, limit)
-            .await?;
+        let cap = app.node.config.limits.max_segment_items;
+        let items = segment_items(&app.node, &room, from, to, cap).await?;
         Ok(segment::encode_segment(&items))
     }
     .await;
@@ -378,6 +375,52 @@ pub(super) async fn segment(
             e.into_response()
         }
     }
+}
+
+/// Rounds of slice reads [`segment_items`] makes at most.
+const SEGMENT_ROUNDS: usize = 3;
+
+/// The danmaku of `room` with a video time in `[from, to)`, by video time:
+/// all of them when they number at most `cap`; otherwise `cap` of them
+/// spread over the window, so that a busy segment still shows danmaku to
+/// its end. The cap is then shared evenly among the window's
+/// [`segment::SLICES`] slices (each keeps its earliest), and what the
+/// quieter slices leave is shared again among those that filled their
+/// share, for up to [`SEGMENT_ROUNDS`] rounds. Each round reads at most
+/// `cap` rows, which bounds the work of one request; what the last
+/// round's quieter slices leave goes unused.
+async fn segment_items(
+    node: &Node,
+    room: &str,
+    from: f64,
+    to: f64,
+    cap: usize,
+) -> Result<Vec<Danmaku>, ApiError> {
+    let all = node.history_by_video_time(room, from, to, cap + 1).await?;
+    if all.len() <= cap {
+        return Ok(all);
+    }
+    let mut limits = segment::split(cap, segment::SLICES);
+    let mut got: Vec<Vec<Danmaku>> = (0..segment::SLICES).map(|_| Vec::new()).collect();
+    // The slices that filled their share, and so may hold more.
+    let mut open: Vec<usize> = (0..segment::SLICES).collect();
+    for round in 1..=SEGMENT_ROUNDS {
+        for &i in &open {
+            if limits[i] > got[i].len() {
+                let (a, b) = segment::slice(from, to, i);
+                got[i] = node.history_by_video_time(room, a, b, limits[i]).await?;
+            }
+        }
+        open.retain(|&i| got[i].len() == limits[i]);
+        let left = cap - got.iter().map(Vec::len).sum::<usize>();
+        if left == 0 || open.is_empty() || round == SEGMENT_ROUNDS {
+            break;
+        }
+        for (&i, extra) in open.iter().zip(segment::split(left, open.len())) {
+            limits[i] += extra;
+        }
+    }
+    Ok(got.into_iter().flatten().collect())
 }
 
 // ------------------------------------------------------------ CORS

@@ -7,7 +7,7 @@
 // Prints one JSON object per line on stdout: {"event":"live"} once
 // authenticated, {"event":"heartbeat","online":N} for every heartbeat
 // reply, {"event":"danmu",...} for every DANMU_MSG with the fields players
-// read out of `info`, {"event":"cmd","cmd":...} for any other command, and
+// read out of `info` (and the lengths of the arrays they index), {"event":"cmd","cmd":...} for any other command, and
 // {"event":"close"} / {"event":"error","message":...}. Sends a heartbeat
 // whenever a line "heartbeat" arrives on stdin; exits when stdin closes.
 import { LiveWS, LiveTCP } from 'bilibili-live-ws';
@@ -43,8 +43,17 @@ live.on('DANMU_MSG', (data) => {
     // What popular parsers index beyond these: medal, level, title, guard.
     medal: info[3],
     level: info[4][0],
+    levelSlots: info[4].length,
     title: info[5],
     guard: info[7],
+    // How many slots there are, where blivedm reads info[16][0] (wealth
+    // level) and info[0][15], and blive-message-listener parses
+    // info[0][15].extra as JSON (a throw here exits the client).
+    slots: info.length,
+    modeSlots: info[0].length,
+    userSlots: info[2].length,
+    wealth: info[16][0],
+    extra: JSON.parse(info[0][15].extra),
   });
 });
 live.on('msg', (data) => {

@@ -1,12 +1,17 @@
 // Drives real players in Debian's Chromium (playwright-core) against a
-// danmaku server, for tests/e2e/clients.rs. The player page is served from
-// its own origin (127.0.0.1:PAGE_PORT), as on a site that embeds a player
-// and fetches danmaku from ours, so CORS is part of what is tested.
+// danmaku server, for tests/e2e/browser.rs. The player page is served from
+// its own origin (127.0.0.1 on a port of the kernel's choosing), as on a
+// site that embeds a player and fetches danmaku from ours, so CORS is part
+// of what is tested.
 //
-//   node players.mjs dplayer   SERVER ROOM PAGE_PORT SEND_TEXT
-//   node players.mjs artplayer SERVER ROOM PAGE_PORT
+//   node players.mjs dplayer   ROOM SEND_TEXT
+//   node players.mjs artplayer ROOM
 //
-// SERVER is http://host:port. Prints one JSON object on stdout:
+// Once the page site listens, prints {"origin":"http://127.0.0.1:PORT"} on
+// a line of its own, then reads the server's URL (http://host:port) from
+// the first line of stdin: the test starts its server knowing the page's
+// origin (a server allows writes from named origins only). Then prints one
+// JSON object on stdout:
 // - dplayer: {"loaded":[texts DPlayer loaded], "sent":true|"error message",
 //   "drawn":[{"text","html","imgs"}] for every loaded danmaku drawn on
 //   screen, "alerts":[...]}
@@ -15,11 +20,12 @@
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const [player, server, room, pagePort, sendText] = process.argv.slice(2);
+const [player, room, sendText] = process.argv.slice(2);
 const modules = path.join(here, 'node_modules');
 const assets = {
   '/dplayer.js': path.join(modules, 'dplayer/dist/DPlayer.min.js'),
@@ -51,7 +57,27 @@ async function makeVideo(seconds) {
   return URL.createObjectURL(new Blob(chunks, { type: 'video/webm' }));
 }`;
 
-const pages = {
+const site = http.createServer((req, res) => {
+  const file = assets[req.url];
+  if (file) {
+    res.writeHead(200, { 'content-type': 'text/javascript' });
+    fs.createReadStream(file).pipe(res);
+  } else if (req.url === '/') {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(pages()[player]);
+  } else {
+    res.writeHead(404).end();
+  }
+});
+await new Promise((r) => site.listen(0, '127.0.0.1', r));
+const origin = `http://127.0.0.1:${site.address().port}`;
+process.stdout.write(JSON.stringify({ origin }) + '\n');
+const input = readline.createInterface({ input: process.stdin });
+const server = (await input[Symbol.asyncIterator]().next()).value.trim();
+input.close();
+
+// The pages, once the server is known.
+const pages = () => ({
   dplayer: `<!doctype html><meta charset="utf-8"><div id="p" style="width:640px;height:360px"></div>
 <script src="/dplayer.js"></script><script>
 window.alerts = [];
@@ -88,21 +114,7 @@ window.shown = [];
   window.started = true;
 })();
 </script>`,
-};
-
-const site = http.createServer((req, res) => {
-  const file = assets[req.url];
-  if (file) {
-    res.writeHead(200, { 'content-type': 'text/javascript' });
-    fs.createReadStream(file).pipe(res);
-  } else if (req.url === '/') {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
-    res.end(pages[player]);
-  } else {
-    res.writeHead(404).end();
-  }
 });
-await new Promise((r) => site.listen(Number(pagePort), '127.0.0.1', r));
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -115,7 +127,7 @@ try {
   const page = await browser.newPage();
   page.on('console', (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
   page.on('pageerror', (e) => process.stderr.write(`[page error] ${e}\n`));
-  await page.goto(`http://127.0.0.1:${pagePort}/`);
+  await page.goto(`${origin}/`);
   if (player === 'dplayer') {
     await page.waitForFunction(() => window.loaded === true, null, { timeout: 15000 });
     out.loaded = await page.evaluate(() => window.dp.danmaku.dan.map((d) => d.text));

@@ -20,18 +20,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::moderation::{admin, call, user};
 use crate::server::*;
-use crate::services::free_port;
 
 /// A server with tokens (`moderation::config`), the Bilibili TCP listener
 /// on the returned address, loopback exempt from the limits, and `extra`
-/// lines in its `[bilibili]` section.
+/// lines in its `[bilibili]` section. The TCP listener takes a port of the
+/// kernel's choosing, read back from the banner: a port picked here and
+/// bound later could be taken in between.
 fn start(dir: &tempfile::TempDir, extra: &str) -> (Server, String) {
-    let tcp = format!("127.0.0.1:{}", free_port());
     let config = format!(
-        "{}{EXEMPT_LOOPBACK}[bilibili]\ntcp_listen = \"{tcp}\"\n{extra}\n",
+        "{}{EXEMPT_LOOPBACK}[bilibili]\ntcp_listen = \"127.0.0.1:0\"\n{extra}\n",
         crate::moderation::config()
     );
     let server = Server::start(&dir.path().join("data"), Some(&config));
+    let tcp = server
+        .bilibili_tcp()
+        .expect("the banner names the bilibili tcp listener");
     (server, tcp)
 }
 
@@ -159,6 +162,20 @@ async fn live_client_works(kind: &str) {
         assert_eq!(d["uid"], bilibili::user_id("alice"), "{why}");
         assert_eq!(d["name"], stored["name"], "{why}");
         assert_eq!(d["ts"], stored["ts"], "{why}");
+        // The slots parsers index beyond those, present with the empty or
+        // zero value Bilibili sends for a viewer without them.
+        assert_eq!(d["medal"], json!([]), "{why}: no medal");
+        assert_eq!(
+            (d["level"].clone(), d["levelSlots"].clone()),
+            (json!(0), json!(5)),
+            "{why}"
+        );
+        assert_eq!(d["title"], json!(["", ""]), "{why}: no title");
+        assert_eq!(d["guard"], 0, "{why}: no guard");
+        assert_eq!(d["wealth"], 0, "{why}: info[16][0]");
+        assert_eq!(d["extra"], json!({}), "{why}: info[0][15].extra");
+        let slots = (&d["slots"], &d["modeSlots"], &d["userSlots"]);
+        assert_eq!(slots, (&json!(18), &json!(18), &json!(8)), "{why}");
 
         // A second viewer (on our own WebSocket) counts in the heartbeat.
         let (other, _) = watch(&server, &room, None).await;

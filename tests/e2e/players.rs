@@ -392,10 +392,15 @@ async fn biliass_converts_our_export_keeping_every_line() {
     );
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("d"), Some(&config()));
-    let texts = ["first & <one>", "第二条弹幕", "third 'quoted' \"text\""];
+    let texts = [
+        "first & <one>",
+        "第二条弹幕",
+        "third 'quoted' \"text\"",
+        "fourth goes back",
+    ];
     let mut file = String::new();
     for (i, t) in texts.iter().enumerate() {
-        let mode = ["scroll", "top", "bottom"][i];
+        let mode = ["scroll", "top", "bottom", "reverse"][i];
         file.push_str(&json!({"text": t, "vt": i as f64 * 2.0, "mode": mode}).to_string());
         file.push('\n');
     }
@@ -420,9 +425,25 @@ async fn biliass_converts_our_export_keeping_every_line() {
     let ass = String::from_utf8(out.stdout).unwrap();
     let dialogues: Vec<&str> = ass.lines().filter(|l| l.starts_with("Dialogue:")).collect();
     assert_eq!(dialogues.len(), texts.len(), "{ass}");
-    for t in ["first", "第二条弹幕", "third"] {
+    for t in ["first", "第二条弹幕", "third", "fourth"] {
         assert!(dialogues.iter().any(|d| d.contains(t)), "{t} in {ass}");
     }
+    // The scrolling ones move across the screen: the usual way from its
+    // right edge, the reverse (bilibili's mode 6) from its left edge.
+    let moves = |t: &str| -> (f64, f64) {
+        let line = dialogues.iter().find(|d| d.contains(t)).unwrap();
+        let args = line
+            .split_once("\\move(")
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .unwrap_or_else(|| panic!("{t} does not move: {line}"))
+            .0;
+        let xs: Vec<f64> = args.split(',').map(|a| a.trim().parse().unwrap()).collect();
+        (xs[0], xs[2])
+    };
+    let (from, to) = moves("first");
+    assert!(from >= 1920.0 && to < 0.0, "scroll: {from} to {to}");
+    let (from, to) = moves("fourth");
+    assert!(from < 0.0 && to >= 1920.0, "reverse: {from} to {to}");
 }
 
 #[tokio::test]
@@ -471,6 +492,47 @@ async fn segments_hold_their_six_minutes() {
             "{query}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_busy_segment_is_thinned_over_its_whole_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!("{}[limits]\nmax_segment_items = 120\n", config());
+    let server = Server::start(&dir.path().join("d"), Some(&cfg));
+    // 240 danmaku in the first 24 s of segment 1 (ten a second), then 60
+    // over its last minute (one a second): 300, more than the cap.
+    let mut file = String::new();
+    let busy = (0..240).map(|i| f64::from(i) / 10.0);
+    let late = (300..360).map(f64::from);
+    for (i, vt) in busy.chain(late).enumerate() {
+        file.push_str(&json!({"text": format!("d{i}"), "vt": vt}).to_string());
+        file.push('\n');
+    }
+    let (status, report) = import(&server, "busy", "application/x-ndjson", file).await;
+    assert_eq!((status, report["imported"].clone()), (201, json!(300)));
+
+    let url = format!(
+        "{}/x/v2/dm/web/seg.so?type=1&oid=busy&segment_index=1",
+        server.url()
+    );
+    let bytes = http().get(url).send().await.unwrap().bytes().await.unwrap();
+    let progress: Vec<i32> = DmSegMobileReply::decode(bytes)
+        .unwrap()
+        .elems
+        .iter()
+        .map(|e| e.progress)
+        .collect();
+    assert_eq!(progress.len(), 120, "the cap, filled: {progress:?}");
+    assert!(progress.is_sorted(), "by video time: {progress:?}");
+    // The whole window shows: every danmaku of the quiet last minute (60
+    // of them, all in slices under their share), and the busy start
+    // thinned to the rest, not its first 120 only (which end at 12 s).
+    let late: Vec<i32> = progress.iter().copied().filter(|&p| p >= 300_000).collect();
+    assert_eq!(late, (300..360).map(|s| s * 1000).collect::<Vec<_>>());
+    assert!(
+        progress.iter().any(|&p| (18_000..24_000).contains(&p)),
+        "the end of the busy start: {progress:?}"
+    );
 }
 
 /// The CORS headers of a request with `origin`.
@@ -620,7 +682,10 @@ async fn the_cli_round_trips_xml_and_jsonl() {
     let server = Server::start(&dir.path().join("d"), Some(&config()));
     let url = server.url();
     for (i, mode) in ["scroll", "top", "bottom", "reverse"].iter().enumerate() {
-        let body = json!({"text": format!("{mode} <&> {i}"), "mode": mode, "vt": i as f64 * 1.25,
+        // Times with more decimals than bilibili's files carry: read back
+        // exactly all the same.
+        let vt = i as f64 * 1.25 + 0.123_456_789;
+        let body = json!({"text": format!("{mode} <&> {i}"), "mode": mode, "vt": vt,
                           "color": "#12ab34", "size": 20 + i});
         let (status, _) = call(
             &server,

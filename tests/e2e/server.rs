@@ -28,6 +28,8 @@ pub struct Server {
     child: Option<Child>,
     /// `127.0.0.1:PORT`.
     pub addr: String,
+    /// The lines of the start banner, `danmaku listening on …` to `  data …`.
+    banner: Vec<String>,
 }
 
 impl Server {
@@ -58,19 +60,42 @@ impl Server {
         let mut child = cmd.spawn().expect("start danmaku");
         let stdout = child.stdout.take().unwrap();
         let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        // The banner ends with its `  data` line; what it says (the
+        // addresses actually bound) is kept, so that a test asks the
+        // server where it listens instead of guessing a free port.
+        let mut banner = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).unwrap();
+            assert!(read > 0, "the server exited before its banner: {banner:?}");
+            let line = line.trim_end().to_owned();
+            let last = line.starts_with("  data ");
+            banner.push(line);
+            if last {
+                break;
+            }
+        }
         // Keep reading the rest, as a terminal would.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let addr = line
-            .trim()
+        let addr = banner[0]
             .strip_prefix("danmaku listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .unwrap_or_else(|| panic!("unexpected first line: {:?}", banner[0]))
             .to_owned();
         Server {
             child: Some(child),
             addr,
+            banner,
         }
+    }
+
+    /// The address of the Bilibili TCP listener, from the banner's
+    /// `  bilibili   ws://…/sub, tcp ADDR` line (`None` without one).
+    pub fn bilibili_tcp(&self) -> Option<String> {
+        self.banner
+            .iter()
+            .find(|l| l.trim_start().starts_with("bilibili "))?
+            .split_once(", tcp ")
+            .map(|(_, at)| at.to_owned())
     }
 
     /// `http://ADDR`.
