@@ -44,7 +44,7 @@ use danmaku::danmaku::{Color, MAX_ID};
 use danmaku::error::ErrorCode;
 use danmaku::guard::filter::{check_text, WordFilter};
 use danmaku::guard::{self, SendRequest, Sender};
-use danmaku::hub::RoomOrder;
+use danmaku::node::RoomOrder;
 use danmaku::protocol::dplayer::{self, PostError};
 use danmaku::transport::body::parse_json;
 use danmaku::transport::params::{
