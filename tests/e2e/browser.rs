@@ -4,86 +4,41 @@
 //! on a page of another origin, as on a site that embeds a player.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
 use crate::server::*;
+use crate::web::Conversation;
 
 /// A text that would be markup if a player inserted it as HTML.
 const MARKUP: &str = "<img src=x onerror=alert(1)>";
 
-/// `players.mjs` with its page site up, waiting for the server's URL.
-struct Players {
-    child: Child,
-    /// The page site's origin, `http://127.0.0.1:PORT`: a port the site
-    /// bound itself, so no other process can take it between a pick and a
-    /// bind.
-    origin: String,
+/// Starts `players.mjs` with `args` and returns it with the origin of its
+/// page site: a port the site bound itself, so that no other process can
+/// take it between a pick and a bind. The script then waits for the
+/// server's URL.
+fn start_players(args: &[&str]) -> (Conversation, String) {
+    let mut players = Conversation::client("players.mjs", args);
+    let first = players.next();
+    let origin = first["origin"]
+        .as_str()
+        .unwrap_or_else(|| panic!("players.mjs printed no origin: {first}"))
+        .to_owned();
+    (players, origin)
 }
 
-impl Players {
-    /// Starts `node players.mjs ARGS…` and reads the origin it prints.
-    fn open(args: &[&str]) -> Players {
-        let mut child = Command::new("node")
-            .arg("players.mjs")
-            .args(args)
-            .current_dir(clients_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run node (Node.js 20 is needed): {e}"));
-        let mut line = String::new();
-        // The script prints nothing more before it has the server's URL,
-        // so this reader buffers nothing past the line.
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let first: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        let Some(origin) = first["origin"].as_str().map(str::to_owned) else {
-            drop(child.stdin.take());
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "players.mjs printed no origin ({line:?}):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        Players { child, origin }
-    }
-
-    /// Points the players at `server`, waits for them, and returns the
-    /// report they printed.
-    fn run(mut self, server: &Server) -> Value {
-        let mut stdin = self.child.stdin.take().unwrap();
-        writeln!(stdin, "{}", server.url()).unwrap();
-        drop(stdin);
-        let out = self.child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "players.mjs failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "players.mjs printed no report ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
+/// Points `players` at `server`, waits for them, and returns their report.
+fn run(mut players: Conversation, server: &Server) -> Value {
+    players.say(&server.url());
+    players.report()
 }
 
 #[tokio::test]
 async fn dplayer_loads_history_sends_and_shows_markup_as_text() {
     let _turn = take_turn().await;
     let dir = tempfile::tempdir().unwrap();
-    let players = Players::open(&["dplayer", "film", "sent from DPlayer"]);
-    let config = format!(
-        "{EXEMPT_LOOPBACK}[http]\ncors_write_origins = [\"{}\"]\n",
-        players.origin
-    );
+    let (players, origin) = start_players(&["dplayer", "film", "sent from DPlayer"]);
+    let config = format!("{EXEMPT_LOOPBACK}[http]\ncors_write_origins = [\"{origin}\"]\n");
     let server = Server::start(&dir.path().join("data"), Some(&config));
     for (text, vt) in [
         ("hello from the past", 1.0),
@@ -94,7 +49,7 @@ async fn dplayer_loads_history_sends_and_shows_markup_as_text() {
         assert_eq!(status, 201, "{body}");
     }
 
-    let report = players.run(&server);
+    let report = run(players, &server);
 
     // DPlayer read the room's history through /dplayer/v3/ (cross-origin).
     let loaded = report["loaded"].as_array().unwrap();
@@ -138,7 +93,8 @@ async fn artplayer_shows_the_xml_export_at_each_danmakus_time() {
         assert_eq!(status, 201, "{body}");
     }
 
-    let report = Players::open(&["artplayer", "clip"]).run(&server);
+    let (players, _) = start_players(&["artplayer", "clip"]);
+    let report = run(players, &server);
 
     // When each danmaku first appeared, by the video's clock.
     let mut first: HashMap<&str, f64> = HashMap::new();

@@ -41,8 +41,13 @@ pub struct Conversation {
 impl Conversation {
     /// Starts `node pages/SCRIPT ARGS…`.
     pub fn start(script: &str, args: &[&str]) -> Conversation {
+        Conversation::client(&format!("pages/{script}"), args)
+    }
+
+    /// Starts `node PATH ARGS…`, PATH being under `tests/clients`.
+    pub fn client(path: &str, args: &[&str]) -> Conversation {
         let mut child = Command::new("node")
-            .arg(format!("pages/{script}"))
+            .arg(path)
             .args(args)
             .current_dir(clients_dir())
             .stdin(Stdio::piped())
@@ -53,7 +58,7 @@ impl Conversation {
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         Conversation {
-            script: script.to_owned(),
+            script: path.to_owned(),
             child,
             stdin,
             lines,
