@@ -13,11 +13,11 @@
 //! refused by its room, a token of its user's and of its address's.
 //!
 //! Slow mode (a room's "one send per N s per user") and the flood guard
-//! (one user repeating a text) are shared the same way: a key
-//! `{namespace}:limit:slow:{room}:{user}` set only if absent, expiring
-//! after the interval ([`SLOW_MODE`]), and a count per user and text
-//! `{namespace}:limit:flood:{user}:{fingerprint}` expiring at the end of
-//! the window ([`FLOOD`]).
+//! (one user repeating a text) are shared the same way, each a count of
+//! sends in a window that starts with the first of them ([`WINDOW`]):
+//! `{namespace}:limit:slow:{room}:{user}`, one send per interval, and
+//! `{namespace}:limit:flood:{user}:{fingerprint}`, `flood_repeats` sends
+//! of one text per flood window.
 //!
 //! Time is the Redis server's (`TIME` inside the script), because the
 //! nodes' clocks may differ. A key expires (`SET … PX`) once its bucket is
@@ -80,24 +80,12 @@ end
 return {0, 0}
 ";
 
-/// Slow mode's script: one send per interval per user and room. Lets the
-/// send through and starts the interval (`ARGV[1]` ms) if none is running,
-/// else returns the milliseconds it has left (at least 1).
-const SLOW_MODE: &str = r"
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
-  return 0
-end
-local left = redis.call('PTTL', KEYS[1])
-if left < 1 then
-  return 1
-end
-return left
-";
-
-/// The flood guard's script: counts a user's sends of one text in a window
-/// (`ARGV[1]` ms, from the first of them); past `ARGV[2]` sends, returns
-/// the milliseconds the window has left (at least 1), else 0.
-const FLOOD: &str = r"
+/// Slow mode's and the flood guard's script: counts a send in the window
+/// of `KEYS[1]` (`ARGV[1]` ms from the first send counted in it); past
+/// `ARGV[2]` sends, returns the milliseconds the window has left (at least
+/// 1), else 0. A refused send neither lengthens the window nor matters
+/// once it ends.
+const WINDOW: &str = r"
 local sent = redis.call('INCR', KEYS[1])
 if sent == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
@@ -205,8 +193,7 @@ fn probe_ms() -> u64 {
 pub struct SharedLimits {
     conn: ConnectionManager,
     script: Script,
-    slow_mode: Script,
-    flood: Script,
+    window: Script,
     /// `{namespace}:limit:`.
     prefix: String,
     user: Option<Bucket>,
@@ -254,18 +241,16 @@ impl SharedLimits {
             .set_max_delay(PROBE_EVERY);
         let mut conn = ConnectionManager::new_with_config(Client::open(url)?, config).await?;
         let script = Script::new(GCRA);
-        let (slow_mode, flood) = (Script::new(SLOW_MODE), Script::new(FLOOD));
+        let window = Script::new(WINDOW);
         // Loaded now so that a server that cannot run them fails the start.
         // After a Redis restart has flushed them, EVALSHA answers NOSCRIPT
         // and the script is sent again (`invoke_async` does both).
         script.prepare_invoke().load_async(&mut conn).await?;
-        slow_mode.prepare_invoke().load_async(&mut conn).await?;
-        flood.prepare_invoke().load_async(&mut conn).await?;
+        window.prepare_invoke().load_async(&mut conn).await?;
         Ok(SharedLimits {
             conn,
             script,
-            slow_mode,
-            flood,
+            window,
             prefix: format!("{namespace}:limit:"),
             user: Bucket::new(limits.send_burst, limits.send_per_second),
             ip: Bucket::new(limits.ip_send_burst, limits.ip_send_per_second),
@@ -301,10 +286,8 @@ impl SharedLimits {
         user: &str,
         every: Duration,
     ) -> Option<Result<(), RetryAfter>> {
-        let mut call = self.slow_mode.prepare_invoke();
-        call.key(format!("{}slow:{room}:{user}", self.prefix))
-            .arg(millis(every));
-        self.answer(self.wait_of(call)).await
+        let key = format!("{}slow:{room}:{user}", self.prefix);
+        self.answer(self.count_in_window(key, every, 1)).await
     }
 
     /// The flood guard across the cluster: counts `user`'s send of the
@@ -320,19 +303,22 @@ impl SharedLimits {
         window: Duration,
         repeats: u32,
     ) -> Option<Result<(), RetryAfter>> {
-        let mut call = self.flood.prepare_invoke();
-        call.key(format!("{}flood:{user}:{fingerprint:016x}", self.prefix))
-            .arg(millis(window))
-            .arg(repeats);
-        self.answer(self.wait_of(call)).await
+        let key = format!("{}flood:{user}:{fingerprint:016x}", self.prefix);
+        self.answer(self.count_in_window(key, window, repeats))
+            .await
     }
 
-    /// Runs a script that answers the milliseconds a refused send must
-    /// wait, or 0 to let it through.
-    async fn wait_of(
+    /// Counts a send under `key` in its window of `window` ([`WINDOW`]):
+    /// through if it is one of the first `allowed`, else refused until the
+    /// window ends.
+    async fn count_in_window(
         &self,
-        call: redis::ScriptInvocation<'_>,
+        key: String,
+        window: Duration,
+        allowed: u32,
     ) -> Result<Result<(), RetryAfter>, RedisError> {
+        let mut call = self.window.prepare_invoke();
+        call.key(key).arg(millis(window)).arg(allowed);
         let mut conn = self.conn.clone();
         let left_ms: u64 = call.invoke_async(&mut conn).await?;
         Ok(match left_ms {
